@@ -1,0 +1,54 @@
+"""The `cpt-jax` command: a thin dispatcher over `cpt_jax.commands.<verb>` modules.
+
+Each command module defines ``register(subparsers)``, which adds its sub-parser and sets
+``func`` to a callable taking the parsed ``argparse.Namespace`` (and returning an exit code
+or None). Heavy imports (jax, torch) happen inside those callables so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from cpt_jax.errors import UserError
+
+# verb module names under cpt_jax.commands, in the order `--help` lists them
+COMMAND_MODULES: tuple[str, ...] = (
+    "model_info",
+    "convert",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cpt-jax", description="Continual pretraining of Pythia models in JAX."
+    )
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"cpt_jax.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    # `--config.a.b=value` overrides are collected by the verbs that take a config.
+    args, extra = parser.parse_known_args(argv)
+    unknown = [a for a in extra if not a.startswith("--config.")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.config_overrides = [a for a in extra if a.startswith("--config.")]
+    if args.config_overrides and not getattr(args, "takes_config", False):
+        parser.error(f"'{args.verb}' takes no --config.* overrides")
+    try:
+        code = args.func(args)
+    except (UserError, FileNotFoundError) as err:
+        print(f"cpt-jax {args.verb}: error: {err}", file=sys.stderr)
+        return 2
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per `cpt-jax` verb; see `cpt_jax.cli`."""

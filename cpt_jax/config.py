@@ -1,0 +1,304 @@
+"""Experiment configuration: ml-collections defaults, experiment files, overrides, validation.
+
+An experiment file in ``configs/`` defines ``get_config()`` returning ``defaults()`` with some
+fields changed. Overrides follow the ml-collections convention
+(``--config.optim.peak_lr=6e-4``). Every key must exist in ``defaults()`` and keep its type;
+anything else stops with one line that names the key.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import math
+import os
+import re
+from typing import Any
+
+import ml_collections
+
+from cpt_jax.errors import UserError
+
+ConfigDict = ml_collections.ConfigDict
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def defaults() -> ConfigDict:
+    """All configuration keys with their defaults (a tiny CPU model, synthetic data)."""
+    c = ConfigDict()
+    c.seed = 0
+    c.run_dir = "runs/default"
+
+    c.model = ConfigDict()
+    c.model.preset = ""  # "14m" ... "12b"; when set, fills the shape fields below
+    c.model.vocab_size = 512
+    c.model.hidden_size = 64  # d
+    c.model.num_layers = 2  # L
+    c.model.num_heads = 4  # H
+    c.model.intermediate_size = 0  # 0 means 4 * d
+    c.model.rotary_pct = 0.25
+    c.model.rotary_emb_base = 10000.0
+    c.model.rope_scaling = 1.0  # position interpolation factor (> 1 stretches positions)
+    c.model.use_parallel_residual = True
+    c.model.layer_norm_eps = 1e-5
+    c.model.attention_bias = True
+    c.model.max_position_embeddings = 2048
+    c.model.param_dtype = "float32"
+    c.model.compute_dtype = "float32"
+    c.model.attention = "auto"  # auto | xla | cudnn | chunked
+    c.model.attention_chunk = 512  # query block size for "chunked"
+    c.model.remat = "none"  # none | full | dots (save matmul outputs)
+    c.model.scan_layers = True
+
+    c.train = ConfigDict()
+    c.train.steps = 100
+    c.train.batch_size = 8  # global sequences per optimizer step
+    c.train.seq_len = 64  # T; batches carry T + 1 tokens
+    c.train.micro_batches = 1  # gradient accumulation inside the jitted step
+    c.train.init_from = ""  # orbax params checkpoint to continue from (fresh optimizer state)
+    c.train.log_every = 10
+    c.train.eval_every = 0  # 0: evaluate only at the end
+    c.train.eval_batches = 4
+    c.train.progress = True
+
+    c.optim = ConfigDict()
+    c.optim.peak_lr = 1e-3  # eta_max
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.95
+    c.optim.eps = 1e-8
+    c.optim.weight_decay = 0.1  # matrices only, never biases or LayerNorm
+    c.optim.grad_clip = 1.0  # global norm; 0 disables
+
+    c.schedule = ConfigDict()
+    c.schedule.name = "cosine"  # cosine | constant | wsd | infinite
+    c.schedule.warmup_frac = 0.01  # W as a fraction of the phase's steps
+    c.schedule.warmup_steps = -1  # W in steps; overrides warmup_frac when >= 0
+    c.schedule.start_lr = 0.0  # eta at t = 0 (re-warm from Pythia's final LR 0.1 x peak)
+    c.schedule.min_lr_ratio = 0.1  # eta_min / eta_max
+    c.schedule.decay_frac = 0.1  # WSD: share of steps spent decaying
+    c.schedule.decay_shape = "linear"  # WSD: linear | sqrt | exp
+    c.schedule.cooldown_frac = 0.2  # infinite: share of steps cooling eta_max -> eta_const
+    c.schedule.cooldown_shape = "cosine"  # infinite: cosine | inv_sqrt
+    c.schedule.inv_sqrt_alpha = 10.0  # infinite: a in h(x) = 1/sqrt(1 + a x) - 1
+    c.schedule.const_lr_ratio = 0.5  # infinite: eta_const / eta_max
+    c.schedule.anneal_frac = 0.0  # infinite: final share annealing eta_const -> eta_min
+
+    c.mesh = ConfigDict()
+    c.mesh.data = 1
+    c.mesh.fsdp = -1  # -1: all remaining devices
+    c.mesh.tensor = 1
+    c.mesh.distributed = "auto"  # auto | on | off: jax.distributed.initialize()
+
+    c.checkpoint = ConfigDict()
+    c.checkpoint.every = 0  # 0: only at the end
+    c.checkpoint.keep = 3
+    c.checkpoint.keep_steps = ""  # comma-separated steps never deleted
+    c.checkpoint.async_save = True
+
+    c.data = ConfigDict()
+    c.data.source = "synthetic"  # synthetic | tokenized
+    c.data.dir = ""  # DATA_DIR written by `cpt-jax tokenize` / `cpt-jax corpus`
+    c.data.domains = ""  # comma-separated domain names ("" = all in the manifest)
+    c.data.weights = "proportional"  # proportional | uniform | "a=0.5,b=0.5" | path.json
+    c.data.phases = ""  # "STEP:a=0.7,b=0.3;STEP:..." weights from STEP on
+    c.data.replay_domains = ""  # comma-separated old-data domains
+    c.data.replay_fraction = 0.0  # per-batch quota of replayed sequences
+    c.data.upstream = ""  # domains whose loss measures forgetting
+    c.data.downstream = ""  # domains whose loss measures learning
+    c.data.workers = 0
+
+    c.logging = ConfigDict()
+    c.logging.tensorboard = True
+    return c
+
+
+# ---------------------------------------------------------------------------------------
+# loading
+
+
+def load(path: str, overrides: list[str] | tuple[str, ...] = ()) -> ConfigDict:
+    """Load ``get_config()`` from an experiment file, apply overrides, validate."""
+    if not os.path.isfile(path):
+        raise UserError(f"config file not found: {path}")
+    spec = importlib.util.spec_from_file_location("_cpt_jax_experiment", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except AttributeError as err:  # an unknown key assigned on a locked ConfigDict
+        raise UserError(f"{path}: {_first_line(err)}") from None
+    if not hasattr(module, "get_config"):
+        raise UserError(f"{path} defines no get_config()")
+    try:
+        cfg = module.get_config()
+    except AttributeError as err:
+        raise UserError(f"{path}: {_first_line(err)}") from None
+    apply_overrides(cfg, overrides)
+    validate(cfg)
+    return cfg
+
+
+def base() -> ConfigDict:
+    """``defaults()`` locked, for experiment files: assigning an unknown key raises."""
+    cfg = defaults()
+    cfg.lock()
+    return cfg
+
+
+def apply_overrides(cfg: ConfigDict, overrides: list[str] | tuple[str, ...]) -> None:
+    """Apply ``--config.a.b=value`` strings (the value parsed to the field's type)."""
+    for item in overrides:
+        body = item[2:] if item.startswith("--") else item
+        if "=" not in body or not body.startswith("config."):
+            raise UserError(f"override {item!r}: expected --config.KEY=VALUE")
+        key, text = body[len("config.") :].split("=", 1)
+        set_value(cfg, key, text)
+
+
+def set_value(cfg: ConfigDict, key: str, text: str) -> None:
+    """Set dotted ``key`` from its command-line text, keeping the default's type."""
+    *parents, leaf = key.split(".")
+    node = cfg
+    for name in parents:
+        if not isinstance(node, ConfigDict) or name not in node:
+            raise UserError(f"unknown config key '{key}'")
+        node = node[name]
+    if not isinstance(node, ConfigDict) or leaf not in node:
+        raise UserError(f"unknown config key '{key}'")
+    current = node[leaf]
+    with node.unlocked():
+        node[leaf] = _parse_like(current, text, key)
+
+
+def _parse_like(current: Any, text: str, key: str) -> Any:
+    if isinstance(current, bool):
+        if text.lower() in ("true", "1", "yes"):
+            return True
+        if text.lower() in ("false", "0", "no"):
+            return False
+        raise UserError(f"config key '{key}' expects true or false, got {text!r}")
+    if isinstance(current, int):
+        try:
+            return int(text)
+        except ValueError:
+            raise UserError(f"config key '{key}' expects an integer, got {text!r}") from None
+    if isinstance(current, float):
+        try:
+            return float(text)
+        except ValueError:
+            raise UserError(f"config key '{key}' expects a number, got {text!r}") from None
+    if isinstance(current, str):
+        return text
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise UserError(f"config key '{key}' cannot parse {text!r}") from None
+
+
+# ---------------------------------------------------------------------------------------
+# validation
+
+
+def validate(cfg: ConfigDict) -> None:
+    """Check keys, types and values against ``defaults()``; raise one ``UserError``."""
+    _check_keys(cfg, defaults(), "")
+    m, t, o, s = cfg.model, cfg.train, cfg.optim, cfg.schedule
+    if m.preset:
+        from cpt_jax.model.presets import PRESETS
+
+        if m.preset not in PRESETS:
+            raise UserError(
+                f"model.preset '{m.preset}' is not one of {', '.join(PRESETS)}"
+            )
+    _choice("model.param_dtype", m.param_dtype, DTYPES)
+    _choice("model.compute_dtype", m.compute_dtype, DTYPES)
+    _choice("model.attention", m.attention, ("auto", "xla", "cudnn", "chunked"))
+    _choice("model.remat", m.remat, ("none", "full", "dots"))
+    _choice("schedule.name", s.name, ("cosine", "constant", "wsd", "infinite"))
+    _choice("schedule.decay_shape", s.decay_shape, ("linear", "sqrt", "exp"))
+    _choice("schedule.cooldown_shape", s.cooldown_shape, ("cosine", "inv_sqrt"))
+    _choice("data.source", cfg.data.source, ("synthetic", "tokenized"))
+    _choice("mesh.distributed", cfg.mesh.distributed, ("auto", "on", "off"))
+    if not m.preset:
+        _positive("model.hidden_size", m.hidden_size)
+        _positive("model.num_layers", m.num_layers)
+        _positive("model.num_heads", m.num_heads)
+        _positive("model.vocab_size", m.vocab_size)
+        if m.hidden_size % m.num_heads:
+            raise UserError(
+                f"model.hidden_size {m.hidden_size} is not divisible by model.num_heads {m.num_heads}"
+            )
+    if not 0.0 <= m.rotary_pct <= 1.0:
+        raise UserError(f"model.rotary_pct must be in [0, 1], got {m.rotary_pct}")
+    for name in ("train.steps", "train.batch_size", "train.seq_len", "train.micro_batches"):
+        _positive(name, cfg[name.split(".")[0]][name.split(".")[1]])
+    if t.batch_size % t.micro_batches:
+        raise UserError(
+            f"train.batch_size {t.batch_size} is not divisible by train.micro_batches {t.micro_batches}"
+        )
+    if not (o.peak_lr > 0 and math.isfinite(o.peak_lr)):
+        raise UserError(f"optim.peak_lr must be a positive number, got {o.peak_lr}")
+    for name in ("b1", "b2"):
+        if not 0.0 <= o[name] < 1.0:
+            raise UserError(f"optim.{name} must be in [0, 1), got {o[name]}")
+    for name in ("warmup_frac", "decay_frac", "cooldown_frac", "anneal_frac"):
+        if not 0.0 <= s[name] <= 1.0:
+            raise UserError(f"schedule.{name} must be in [0, 1], got {s[name]}")
+    if not 0.0 <= cfg.data.replay_fraction < 1.0:
+        raise UserError(
+            f"data.replay_fraction must be in [0, 1), got {cfg.data.replay_fraction}"
+        )
+    for axis in ("data", "fsdp", "tensor"):
+        size = cfg.mesh[axis]
+        if size == 0 or size < -1:
+            raise UserError(f"mesh.{axis} must be a positive size or -1, got {size}")
+
+
+def _check_keys(cfg: ConfigDict, ref: ConfigDict, prefix: str) -> None:
+    for key in cfg.keys():
+        name = prefix + key
+        if key not in ref:
+            raise UserError(f"unknown config key '{name}'")
+        value, default = cfg[key], ref[key]
+        if isinstance(default, ConfigDict):
+            if not isinstance(value, ConfigDict):
+                raise UserError(f"config key '{name}' must be a section, got {value!r}")
+            _check_keys(value, default, name + ".")
+        elif not _same_type(value, default):
+            raise UserError(
+                f"config key '{name}' expects {type(default).__name__}, got {value!r}"
+            )
+
+
+def _same_type(value: Any, default: Any) -> bool:
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise UserError(f"{name} '{value}' is not one of {', '.join(allowed)}")
+
+
+def _positive(name: str, value: int) -> None:
+    if value <= 0:
+        raise UserError(f"{name} must be positive, got {value}")
+
+
+def _first_line(err: Exception) -> str:
+    """ml-collections' locked-key error, reduced to one line naming the key."""
+    text = str(err).strip().strip("'\"").replace("\\n", "\n")
+    unknown = re.search(r'Key "([^"]+)" does not exist', text)
+    if unknown:
+        hint = re.search(r'Did you mean "([^"]+)"', text)
+        suffix = f" (did you mean '{hint.group(1)}'?)" if hint else ""
+        return f"unknown config key '{unknown.group(1)}'{suffix}"
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def to_dict(cfg: ConfigDict) -> dict:
+    """A plain, JSON-serialisable copy (what a run writes to ``RUN_DIR/config.json``)."""
+    return cfg.to_dict()
