@@ -16,7 +16,6 @@ from cpt_jax.errors import UserError
 # verb module names under cpt_jax.commands, in the order `--help` lists them
 COMMAND_MODULES: tuple[str, ...] = (
     "model_info",
-    "convert",
 )
 
 

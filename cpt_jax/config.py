@@ -43,6 +43,7 @@ def defaults() -> ConfigDict:
     c.model.use_parallel_residual = True
     c.model.layer_norm_eps = 1e-5
     c.model.attention_bias = True
+    c.model.hidden_act = "gelu"  # exact erf GELU, as HF's "gelu"
     c.model.max_position_embeddings = 2048
     c.model.param_dtype = "float32"
     c.model.compute_dtype = "float32"
