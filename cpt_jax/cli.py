@@ -16,6 +16,7 @@ from cpt_jax.errors import UserError
 # verb module names under cpt_jax.commands, in the order `--help` lists them
 COMMAND_MODULES: tuple[str, ...] = (
     "model_info",
+    "assets",
 )
 
 
