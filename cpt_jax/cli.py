@@ -17,6 +17,7 @@ from cpt_jax.errors import UserError
 COMMAND_MODULES: tuple[str, ...] = (
     "model_info",
     "assets",
+    "tokenize",
 )
 
 

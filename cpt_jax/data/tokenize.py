@@ -1,0 +1,264 @@
+"""Tokenize one domain's raw text into ``DATA_DIR/<domain>/{train,val}.{bin,idx}``.
+
+As GPT-NeoX prepares the Pile: each document is encoded without special tokens and gets EOS
+(id 0 for Pythia) appended; documents are stored one per sequence. Worker processes encode
+chunks of documents; results are written in input order, so the output does not depend on
+the number of workers.
+
+Validation hold-out is by document and deterministic: document ``i`` (0-based, counting the
+non-empty documents of the inputs in order) goes to ``val`` when
+``blake2b(f"{domain}/{i}") / 2**64 < val_fraction``. When that picks no document at all, the
+last document goes to ``val`` so a small domain still has something to evaluate on.
+
+Re-running with the same inputs (by content), tokenizer and options is a no-op: the manifest
+records a fingerprint of all of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing as mp
+import os
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from cpt_jax.data import manifest as mf
+from cpt_jax.data.indexed import IndexedDataset, IndexedDatasetWriter, dtype_for_vocab
+from cpt_jax.data.readers import expand_inputs, input_kind, iter_documents
+from cpt_jax.data.manifest import load_manifest  # noqa: F401  (re-exported for callers)
+from cpt_jax.errors import UserError
+
+FINGERPRINT_VERSION = "cpt-jax-tokenize-1"
+_CHUNK_CHARS = 1 << 20  # about 1 MB of text per worker task
+_CHUNK_DOCS = 2048
+
+
+def is_val_document(index: int, domain: str, val_fraction: float) -> bool:
+    """Deterministic hold-out: hash of (domain, document index) below ``val_fraction``."""
+    digest = hashlib.blake2b(f"{domain}/{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2**64 < val_fraction
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def input_fingerprint(paths: list[Path], tokenizer_sha256: str, options: dict) -> str:
+    """Hash of the inputs' contents (in order), the tokenizer and the options that shape output."""
+    h = hashlib.sha256(FINGERPRINT_VERSION.encode())
+    h.update(tokenizer_sha256.encode())
+    h.update(repr(sorted(options.items())).encode())
+    for p in paths:
+        h.update(f"\0{input_kind(p)}:{file_digest(p)}".encode())
+    return h.hexdigest()
+
+
+# ---- worker side ---------------------------------------------------------------------------
+
+_TOKENIZER = None
+_EOS = 0
+
+
+def _init_worker(tokenizer_path: str, eos_id: int, single_thread: bool) -> None:
+    global _TOKENIZER, _EOS
+    if single_thread:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    from cpt_jax.data.tokenizer import load_tokenizer
+
+    _TOKENIZER, _EOS = load_tokenizer(tokenizer_path), eos_id
+
+
+def _encode_chunk(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids of the documents, each followed by EOS, concatenated; plus per-doc lengths."""
+    encs = _TOKENIZER.encode_batch(texts, add_special_tokens=False)
+    ids = [np.asarray(e.ids + [_EOS], dtype=np.int32) for e in encs]
+    lengths = np.asarray([len(a) for a in ids], dtype=np.int64)
+    return (np.concatenate(ids) if ids else np.zeros(0, np.int32)), lengths
+
+
+def _chunks(docs: Iterator[str], stats: dict) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    chars = 0
+    for doc in docs:
+        chunk.append(doc)
+        chars += len(doc)
+        stats["bytes"] += len(doc.encode("utf-8", errors="replace"))
+        if chars >= _CHUNK_CHARS or len(chunk) >= _CHUNK_DOCS:
+            yield chunk
+            chunk, chars = [], 0
+    if chunk:
+        yield chunk
+
+
+def _encoded_documents(
+    chunks: Iterator[list[str]], tokenizer_path: str, eos_id: int, workers: int
+) -> Iterator[np.ndarray]:
+    """Token arrays of every document in input order; at most 2 x workers chunks in flight."""
+    if workers <= 1:
+        _init_worker(tokenizer_path, eos_id, single_thread=False)
+        results: Iterable = map(_encode_chunk, chunks)
+    else:
+        ctx = mp.get_context("spawn")  # no fork of a process that may hold threads
+        pool = ctx.Pool(workers, _init_worker, (tokenizer_path, eos_id, True))
+        results = _ordered(pool, chunks, 2 * workers)
+    try:
+        for flat, lengths in results:
+            yield from np.split(flat, np.cumsum(lengths)[:-1]) if len(lengths) else ()
+    finally:
+        if workers > 1:
+            pool.terminate()
+            pool.join()
+
+
+def _ordered(pool, chunks: Iterator[list[str]], window: int) -> Iterator:
+    pending: deque = deque()
+    for chunk in chunks:
+        pending.append(pool.apply_async(_encode_chunk, (chunk,)))
+        if len(pending) >= window:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
+
+
+# ---- driver --------------------------------------------------------------------------------
+
+
+class _Progress:
+    def __init__(self, domain: str, stats: dict, enabled: bool):
+        self.domain, self.stats, self.enabled = domain, stats, enabled
+        self.start = self.last = time.perf_counter()
+        self.tty = sys.stderr.isatty()
+
+    def update(self, tokens: int, docs: int, final: bool = False) -> None:
+        now = time.perf_counter()
+        if not self.enabled or (not final and now - self.last < (0.5 if self.tty else 10.0)):
+            return
+        self.last = now
+        mb = self.stats["bytes"] / 1e6
+        line = (f"tokenize {self.domain}: {mb:,.1f} MB, {docs:,} docs, {tokens:,} tokens, "
+                f"{mb / max(now - self.start, 1e-9):.2f} MB/s")
+        end = "\n" if final or not self.tty else ""
+        print(("\r" if self.tty else "") + line, end=end, file=sys.stderr, flush=True)
+
+
+def _up_to_date(data_dir: Path, domain: str, fingerprint: str, tokenizer: dict) -> dict | None:
+    if not mf.manifest_path(data_dir).exists():
+        return None
+    manifest = load_manifest(data_dir)
+    entry = manifest["domains"].get(domain)
+    if not entry or entry.get("fingerprint") != fingerprint:
+        return None
+    if manifest["tokenizer"]["sha256"] != tokenizer["sha256"]:
+        return None
+    try:
+        for split in ("train", "val"):
+            ds = IndexedDataset(data_dir / entry[split])
+            if (ds.num_tokens, len(ds)) != (entry[f"{split}_tokens"], entry[f"{split}_documents"]):
+                return None
+    except UserError:
+        return None
+    return entry
+
+
+def tokenize_domain(
+    inputs: list[str | os.PathLike],
+    domain: str,
+    data_dir: str | os.PathLike,
+    tokenizer_path: str | os.PathLike | None = None,
+    *,
+    text_field: str = "text",
+    doc_sep: str | None = None,
+    val_fraction: float = 0.01,
+    workers: int = 1,
+    max_tokens: int | None = None,
+    eos_id: int | None = None,
+    sources: list[dict] | None = None,
+    license: str = "unknown",
+    tokenizer_name: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Tokenize ``inputs`` into ``data_dir/<domain>/{train,val}`` and record it in the manifest.
+
+    ``max_tokens`` stops after the document that reaches that many tokens (train + val).
+    Returns the domain's manifest entry.
+    """
+    from cpt_jax.data.tokenizer import PYTHIA_TOKENIZER_NAME, fetch_assets, file_sha256, load_tokenizer
+
+    mf.check_domain_name(domain)
+    if not 0.0 <= val_fraction < 1.0:
+        raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if workers < 1:
+        raise UserError(f"workers must be >= 1, got {workers}")
+    if max_tokens is not None and max_tokens <= 0:
+        raise UserError(f"max_tokens must be positive, got {max_tokens}")
+    paths = expand_inputs(list(inputs))
+    if tokenizer_path is None:
+        tokenizer_path = fetch_assets(log=log).tokenizer
+        tokenizer_name = tokenizer_name or PYTHIA_TOKENIZER_NAME
+    tokenizer_path = Path(tokenizer_path)
+    tok = load_tokenizer(tokenizer_path)
+    tokenizer_path = tokenizer_path / "tokenizer.json" if tokenizer_path.is_dir() else tokenizer_path
+    if eos_id is None:
+        eos_id = tok.token_to_id("<|endoftext|>")
+        if eos_id is None:
+            raise UserError(f"{tokenizer_path}: no <|endoftext|> token; pass the EOS id explicitly")
+    vocab = tok.get_vocab_size(with_added_tokens=True)
+    tokenizer = {"name": tokenizer_name or os.fspath(tokenizer_path),
+                 "sha256": file_sha256(tokenizer_path), "vocab_size": vocab}
+    options = {"text_field": text_field, "doc_sep": doc_sep, "val_fraction": val_fraction,
+               "max_tokens": max_tokens, "eos_id": eos_id, "domain": domain}
+    fingerprint = input_fingerprint(paths, tokenizer["sha256"], options)
+    data_dir = Path(data_dir)
+    entry = _up_to_date(data_dir, domain, fingerprint, tokenizer)
+    if entry is not None:
+        log(f"tokenize {domain}: up to date ({entry['train_tokens']:,} train tokens)")
+        return entry
+
+    mf.update_manifest(data_dir, tokenizer, domain, None)  # never points at half-rewritten files
+    dtype = dtype_for_vocab(vocab)
+    stats = {"bytes": 0}
+    bar = _Progress(domain, stats, progress)
+    docs = _encoded_documents(
+        _chunks(iter_documents(paths, text_field, doc_sep), stats), os.fspath(tokenizer_path),
+        eos_id, workers)
+    with IndexedDatasetWriter(data_dir / domain / "train", dtype) as train, \
+            IndexedDatasetWriter(data_dir / domain / "val", dtype) as val:
+        pending: tuple[int, np.ndarray] | None = None  # one document of look-ahead
+        try:
+            for i, ids in enumerate(docs):
+                if pending is not None:
+                    j, prev = pending
+                    (val if is_val_document(j, domain, val_fraction) else train).add_document(prev)
+                pending = (i, ids)
+                total = train.num_tokens + val.num_tokens + len(ids)
+                bar.update(total, i + 1)
+                if max_tokens is not None and total >= max_tokens:
+                    break
+        finally:
+            docs.close()  # stops the worker pool, also on an early break or an error
+        if pending is not None:
+            j, last = pending
+            to_val = is_val_document(j, domain, val_fraction) or (
+                val_fraction > 0 and val.num_documents == 0 and train.num_documents > 0)
+            (val if to_val else train).add_document(last)
+        bar.update(train.num_tokens + val.num_tokens, train.num_documents + val.num_documents, True)
+    entry = {
+        "train": f"{domain}/train", "val": f"{domain}/val",
+        "train_tokens": train.num_tokens, "val_tokens": val.num_tokens,
+        "train_documents": train.num_documents, "val_documents": val.num_documents,
+        "sources": sources if sources is not None else [
+            {"name": os.fspath(p), "license": license} for p in map(Path, inputs)],
+        "license": license, "fingerprint": fingerprint,
+    }
+    mf.update_manifest(data_dir, tokenizer, domain, entry)
+    return entry
