@@ -101,6 +101,8 @@ def restore_params_item(item_dir: Path) -> Params:
         meta = ckptr.metadata(item_dir)
         tree = getattr(meta, "item_metadata", meta)
         tree = getattr(tree, "tree", tree)
+        if tree is None:
+            raise UserError(f"params checkpoint {item_dir} has no readable metadata (corrupt or partial)")
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         target = jax.tree.map(
             lambda m: jax.ShapeDtypeStruct(tuple(m.shape), np.dtype(m.dtype), sharding=device),
