@@ -1,0 +1,101 @@
+"""Grid sweeps: a Cartesian product of runs, each finished run skipped, results in one CSV.
+
+A sweep file is a config file (``get_config()``: what every run shares) that also defines
+
+    def get_grid(cfg) -> dict[str, list]      # axis name -> values, e.g. {"size": [...], "r": [...]}
+    def apply(point: dict) -> dict[str, Any]  # one grid point -> config keys to set
+
+Every point of the product becomes a run named from its values under ``run_dir``. The runs go
+through ``cpt_jax.experiment`` (skipped when finished with the same config). For the D-CPT law
+(``cpt_jax.dcpt``) each finished run adds one CSV row: N (parameters), D (training tokens),
+r (the point's ``r``: the domain's share of the mixture), the general loss (mean held-out loss
+over ``data.upstream``) and the domain loss (over ``data.downstream``).
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import itertools
+import os
+import shlex
+from pathlib import Path
+from typing import Any
+
+from ml_collections import ConfigDict
+
+from cpt_jax import config as config_lib
+from cpt_jax import experiment
+from cpt_jax.errors import UserError
+
+COLUMNS = ("run", "N", "D", "r", "general_loss", "domain_loss")
+
+
+def load_sweep(path: str, overrides: list[str] | tuple[str, ...] = ()) -> tuple[ConfigDict, list[dict]]:
+    """The shared config and the sweep's runs (``{"name", "set", "point"}``) of a sweep file."""
+    shared = config_lib.load(path, overrides)
+    spec = importlib.util.spec_from_file_location("_cpt_jax_sweep", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for name in ("get_grid", "apply"):
+        if not hasattr(module, name):
+            raise UserError(f"{path} defines no {name}(): not a sweep file")
+    grid = module.get_grid(shared)
+    if not isinstance(grid, dict) or not grid or not all(isinstance(v, list) and v for v in grid.values()):
+        raise UserError(f"{path}: get_grid must return {{axis: non-empty list of values}}")
+    runs = []
+    for values in itertools.product(*grid.values()):
+        point = dict(zip(grid, values))
+        name = "_".join(f"{axis}{_slug(value)}" for axis, value in point.items())
+        runs.append({"name": name, "set": dict(module.apply(point)), "point": point})
+    return shared, runs
+
+
+def _slug(value: Any) -> str:
+    return str(value).replace("/", "-").replace(" ", "")
+
+
+def commands(path: str, overrides: list[str], shared: ConfigDict, runs: list[dict]) -> list[str]:
+    """One ``cpt-jax train`` command line per run, for a cluster scheduler."""
+    lines = []
+    for run in runs:
+        sets = {**run["set"], "run_dir": str(Path(shared.run_dir) / run["name"])}
+        args = [f"--config.{k}={experiment.as_text(v)}" for k, v in sets.items()]
+        lines.append(shlex.join(["cpt-jax", "train", "--config", path, *overrides, *args]))
+    return lines
+
+
+def result_row(cfg: ConfigDict, run: dict, summary: dict) -> dict:
+    """The D-CPT CSV row of one finished run."""
+    from cpt_jax.model import pythia  # noqa: PLC0415 (jax import on demand)
+
+    losses = experiment.domain_losses(summary)
+    general = [d for d in cfg.data.upstream.split(",") if d]
+    domain = [d for d in cfg.data.downstream.split(",") if d]
+    return {
+        "run": run["name"],
+        "N": pythia.count_params(pythia.PythiaConfig.from_config(cfg.model)),
+        "D": int(cfg.train.steps) * int(cfg.train.batch_size) * int(cfg.train.seq_len),
+        "r": float(run["point"].get("r", float("nan"))),
+        "general_loss": experiment.mean_loss(losses, general),
+        "domain_loss": experiment.mean_loss(losses, domain),
+    }
+
+
+def run_sweep(shared: ConfigDict, runs: list[dict], run_fn=None) -> Path:
+    """Run every point (skipping finished ones) and write ``RUN_DIR/results.csv``."""
+    summaries = experiment.run_experiment(shared, runs_for_experiment(runs), run_fn)
+    out = Path(shared.run_dir) / "results.csv"
+    os.makedirs(out.parent, exist_ok=True)
+    with open(out, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        for run in runs:
+            cfg = experiment.run_config(shared, {"name": run["name"], "set": run["set"]},
+                                        shared.run_dir)
+            writer.writerow(result_row(cfg, run, summaries[run["name"]]))
+    return out
+
+
+def runs_for_experiment(runs: list[dict]) -> list[dict]:
+    return [{"name": r["name"], "set": r["set"]} for r in runs]
