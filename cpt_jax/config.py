@@ -109,6 +109,21 @@ def defaults() -> ConfigDict:
     c.data.downstream = ""  # domains whose loss measures learning
     c.data.workers = 0
 
+    c.doremi = ConfigDict()  # cpt-jax doremi (docs/doremi.md)
+    c.doremi.eta = 1.0  # step size of the alpha update
+    c.doremi.c = 1e-3  # smoothing towards uniform: alpha = (1 - c) alpha' + c / k
+    c.doremi.normalization = "domain"  # domain: sum_i alpha_i mean_i (paper) | token (official code)
+    c.doremi.absent = "previous"  # lambda_i of a domain with no token in the batch: previous | zero
+    c.doremi.reference = ""  # params checkpoint / run dir of a ready reference ("" = train one)
+    c.doremi.reference_weights = "proportional"  # mixture of the round-1 reference run
+    c.doremi.proxy_weights = "uniform"  # the proxy's fixed (stratified) mixture
+    c.doremi.reference_steps = 0  # 0: train.steps
+    c.doremi.proxy_steps = 0  # 0: train.steps
+    c.doremi.rounds = 1  # iterated DoReMi: round k's reference trains on round k-1's weights
+    c.doremi.tolerance = 1e-3  # stop iterating when max_i |alpha_bar_i - previous| < tolerance
+    c.doremi.main = True  # train the main model on alpha_bar (train.steps)
+    c.doremi.baseline = True  # and a baseline on reference_weights with the same budget
+
     c.logging = ConfigDict()
     c.logging.tensorboard = True
     return c
@@ -253,6 +268,17 @@ def validate(cfg: ConfigDict) -> None:
         size = cfg.mesh[axis]
         if size == 0 or size < -1:
             raise UserError(f"mesh.{axis} must be a positive size or -1, got {size}")
+    d = cfg.doremi
+    _choice("doremi.normalization", d.normalization, ("domain", "token"))
+    _choice("doremi.absent", d.absent, ("previous", "zero"))
+    if not (d.eta > 0 and math.isfinite(d.eta)):
+        raise UserError(f"doremi.eta must be a positive number, got {d.eta}")
+    if not 0.0 <= d.c <= 1.0:
+        raise UserError(f"doremi.c must be in [0, 1], got {d.c}")
+    _positive("doremi.rounds", d.rounds)
+    for name in ("reference_steps", "proxy_steps", "tolerance"):
+        if d[name] < 0:
+            raise UserError(f"doremi.{name} must be >= 0, got {d[name]}")
 
 
 def _check_keys(cfg: ConfigDict, ref: ConfigDict, prefix: str) -> None:
