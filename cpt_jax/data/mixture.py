@@ -1,0 +1,278 @@
+"""Domain mixture: weights, phases, a replay quota, and the per-step allocation of batch slots.
+
+Weights (``data.weights``, each phase, ``data.replay_weights``): ``proportional`` (to train
+tokens), ``uniform``, ``"a=0.5,b=0.3"``, a JSON file (DoReMi's ``{"average": {...}, "final":
+{...}}``, whose ``average`` alpha-bar is used, or a flat ``{domain: w}``), or a mapping.
+Phases (``data.phases = "0:a=1.0;500:a=0.7,b=0.3"``) replace the main weights from each step on.
+
+Replay (Ibrahim et al. 2024): each global batch of B sequences holds exactly
+``R = floor(replay_fraction * B + 0.5)`` sequences from the replay domains (by their own weights)
+and B - R from the main mixture: compute-equivalent replay.
+
+Allocation (stratified, deterministic): the g-th slot of a sub-mixture (counted from its phase's
+start) goes to the domain whose cumulative-weight interval holds ``(vdc(g) + U) mod 1``, with vdc
+the base-2 van der Corput sequence (bit reversal of g) and U a rotation keyed by (seed, phase).
+Any run of m consecutive slots gives domain i ``m * w_i + O(log m)`` slots (within one slot of
+``B * w_i`` when B is a power of two), so every batch is close to the weights, not just their
+mean; and the count of domain i among the first G slots has a closed form (O(log G)), so the
+draws made before step k are known without replaying steps 0..k-1: batch k is a pure function of
+(config, seed, k).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from cpt_jax.data.sources import derive_key
+from cpt_jax.errors import UserError
+
+K = 48  # bits of the fixed-point circle: 2**48 slots per phase
+_M = 1 << K
+
+
+# ----------------------------------------------------------------------------------------
+# weights and phases
+
+
+def _parse_pairs(text: str, what: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"{what}: '{item.strip()}' is not DOMAIN=WEIGHT")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise UserError(f"{what}: weight '{value.strip()}' of '{name.strip()}' is not a number") from None
+    return out
+
+
+def _read_json(path: str, what: str) -> dict[str, float]:
+    try:
+        data = json.loads(open(path, encoding="utf-8").read())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{what}: cannot read weights file {path} ({type(err).__name__})") from None
+    if isinstance(data, dict) and isinstance(data.get("average"), dict):
+        data = data["average"]  # DoReMi: the averaged weights alpha-bar
+    if not isinstance(data, dict):
+        raise UserError(f"{what}: {path} holds no {{domain: weight}} object")
+    out = {}
+    for name, value in data.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{what}: {path}: weight of '{name}' is not a number")
+        out[str(name)] = float(value)
+    return out
+
+
+def parse_weights(
+    spec: str | Mapping[str, float],
+    names: list[str],
+    members: list[str],
+    tokens: Mapping[str, int] | None = None,
+    what: str = "data.weights",
+) -> np.ndarray:
+    """Normalised weights over ``names`` (the domain-id order) from a spec.
+
+    ``proportional`` / ``uniform`` cover ``members``; explicit weights may name any of ``names``.
+    """
+    if isinstance(spec, str) and spec.strip() in ("proportional", "uniform"):
+        if not members:
+            raise UserError(f"{what}: no domains to weight")
+        if spec.strip() == "uniform" or tokens is None:
+            raw = {d: 1.0 for d in members}
+        else:
+            raw = {d: float(tokens[d]) for d in members}
+    elif isinstance(spec, Mapping):
+        raw = {str(k): float(v) for k, v in spec.items()}
+    elif spec.strip().endswith(".json") or os.path.isfile(spec.strip()):
+        raw = _read_json(spec.strip(), what)
+    else:
+        raw = _parse_pairs(spec, what)
+    unknown = [d for d in raw if d not in names]
+    if unknown:
+        raise UserError(f"{what}: unknown domain '{unknown[0]}' (known: {', '.join(names)})")
+    bad = [d for d, w in raw.items() if not (math.isfinite(w) and w >= 0)]
+    if bad:
+        raise UserError(f"{what}: weight of '{bad[0]}' must be a finite number >= 0, got {raw[bad[0]]}")
+    w = np.array([raw.get(d, 0.0) for d in names], np.float64)
+    if not w.sum() > 0:
+        raise UserError(f"{what}: weights sum to 0")
+    return w / w.sum()
+
+
+def parse_phases(text: str, what: str = "data.phases") -> list[tuple[int, str]]:
+    """``"STEP:SPEC;STEP:SPEC"`` -> [(step, spec)], steps strictly increasing and >= 0."""
+    out: list[tuple[int, str]] = []
+    for item in text.split(";"):
+        if not item.strip():
+            continue
+        step, sep, spec = item.partition(":")
+        try:
+            start = int(step)
+        except ValueError:
+            start = -1
+        if not sep or start < 0 or not spec.strip():
+            raise UserError(f"{what}: '{item.strip()}' is not STEP:WEIGHTS with STEP >= 0")
+        if out and start <= out[-1][0]:
+            raise UserError(f"{what}: phase steps must increase, got {out[-1][0]} then {start}")
+        out.append((start, spec.strip()))
+    return out
+
+
+def replay_quota(replay_fraction: float, batch: int) -> int:
+    """R = round-half-up(fraction * B), refused when it rounds to 0 or to B."""
+    r = int(math.floor(replay_fraction * batch + 0.5))
+    if replay_fraction > 0 and not 0 < r < batch:
+        raise UserError(
+            f"data.replay_fraction {replay_fraction} x batch {batch} rounds to {r} replayed "
+            f"sequences; it must leave between 1 and {batch - 1}"
+        )
+    return r
+
+
+# ----------------------------------------------------------------------------------------
+# stratified allocation
+
+
+def bitrev(g: np.ndarray) -> np.ndarray:
+    """Reverse the low K bits of each g (uint64)."""
+    x = np.asarray(g, np.uint64)
+    for shift, mask in (
+        (1, 0x5555555555555555), (2, 0x3333333333333333), (4, 0x0F0F0F0F0F0F0F0F),
+        (8, 0x00FF00FF00FF00FF), (16, 0x0000FFFF0000FFFF), (32, 0x00000000FFFFFFFF),
+    ):
+        s, m = np.uint64(shift), np.uint64(mask)
+        x = ((x >> s) & m) | ((x & m) << s)
+    return x >> np.uint64(64 - K)
+
+
+def _count_below(g_total: int, bounds: np.ndarray) -> np.ndarray:
+    """#{g < g_total : bitrev(g) < a} for each a in ``bounds`` (ints in [0, 2**K])."""
+    total = np.zeros(len(bounds), np.int64)
+    c = 0
+    for k in range(K - 1, -1, -1):
+        if g_total >> k & 1:
+            delta = int(bitrev(np.array([c]))[0])  # the block {c + r : r < 2**k} is
+            s = 1 << (K - k)  # {j * s + delta : j < 2**k}
+            total += np.clip(-((delta - bounds) // s), 0, 1 << k)
+            c += 1 << k
+    return total
+
+
+class Stratified:
+    """Slots -> domains by the rotated van der Corput sequence over cumulative weights."""
+
+    def __init__(self, weights: np.ndarray, rotation: int):
+        cum = np.cumsum(np.asarray(weights, np.float64))
+        edges = [0] + [min(_M, int(round(c * _M))) for c in cum[:-1]] + [_M]
+        self.edges = np.maximum.accumulate(np.array(edges, np.int64))
+        self.rotation = int(rotation) % _M
+
+    def domains(self, g0: int, n: int) -> np.ndarray:
+        """Domain index of slots g0 .. g0 + n - 1."""
+        v = (bitrev(np.arange(g0, g0 + n, dtype=np.uint64)) + np.uint64(self.rotation)) % np.uint64(_M)
+        return np.searchsorted(self.edges[1:-1], v.astype(np.int64), side="right")
+
+    def counts(self, g_total: int) -> np.ndarray:
+        """Slots of each domain among the first ``g_total``: closed form, O(K) numpy ops."""
+        if g_total == 0:
+            return np.zeros(len(self.edges) - 1, np.int64)
+        u, t = self.rotation, self.edges
+        # (x + u) mod M < t  <=>  x in [0, t - u) or x in [M - u, M - u + t)
+        below = _count_below(g_total, np.concatenate([
+            np.maximum(t - u, 0), np.minimum(_M - u + t, _M), np.full(1, _M - u),
+        ]))
+        n = len(t)
+        h = below[:n] + below[n : 2 * n] - below[2 * n]
+        return np.diff(h)
+
+
+# ----------------------------------------------------------------------------------------
+# the plan: which domain and which draw fills each slot of step k
+
+
+class MixturePlan:
+    """Phased main mixture plus a replay quota over domains ``names`` (ids = list index).
+
+    ``layout(k)`` -> (domain[B], draw[B]): the domain of each slot of global batch k and the
+    index j of that draw within the domain (j counts all earlier draws of that domain).
+    """
+
+    def __init__(
+        self,
+        names: list[str],
+        phases: list[tuple[int, np.ndarray]],
+        batch: int,
+        seed: int,
+        replay_weights: np.ndarray | None = None,
+        replay: int = 0,
+    ):
+        if not phases or phases[0][0] != 0:
+            raise UserError("the first mixture phase must start at step 0")
+        self.names, self.batch, self.replay = list(names), int(batch), int(replay)
+        self.main = self.batch - self.replay
+        self.starts = [int(s) for s, _ in phases]
+        self.weights = [np.asarray(w, np.float64) for _, w in phases]
+        self.allocs = [
+            Stratified(w, derive_key(seed, "mixture", i, s)) for i, (s, w) in enumerate(phases)
+        ]
+        self.replay_weights = replay_weights
+        self.replay_alloc = (
+            Stratified(replay_weights, derive_key(seed, "replay")) if self.replay else None
+        )
+        # draws of each domain made by the main mixture before each phase starts
+        self.before = [np.zeros(len(names), np.int64)]
+        for p in range(len(phases) - 1):
+            span = (self.starts[p + 1] - self.starts[p]) * self.main
+            self.before.append(self.before[-1] + self.allocs[p].counts(span))
+        # where replayed sequences sit in the batch: evenly spread
+        self.replay_rows = np.floor((np.arange(self.replay) + 0.5) * self.batch / max(self.replay, 1)).astype(np.int64)
+        self.main_rows = np.setdiff1d(np.arange(self.batch), self.replay_rows)
+
+    def phase(self, step: int) -> int:
+        return int(np.searchsorted(self.starts, step, side="right")) - 1
+
+    def weights_at(self, step: int) -> np.ndarray:
+        """Effective per-sequence domain shares of step ``step`` (main and replay combined)."""
+        w = self.weights[self.phase(step)] * self.main / self.batch
+        if self.replay:
+            w = w + self.replay_weights * self.replay / self.batch
+        return w
+
+    def layout(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        if step < 0:
+            raise UserError(f"data step must be >= 0, got {step}")
+        p = self.phase(step)
+        g0 = (step - self.starts[p]) * self.main
+        main_dom = self.allocs[p].domains(g0, self.main)
+        done = self.before[p] + self.allocs[p].counts(g0)
+        if self.replay:
+            rep_dom = self.replay_alloc.domains(step * self.replay, self.replay)
+            done = done + self.replay_alloc.counts(step * self.replay)
+        else:
+            rep_dom = np.zeros(0, np.int64)
+        dom = np.concatenate([main_dom, rep_dom])
+        draw = done[dom] + _ranks(dom)  # main slots first, then replay, per domain
+        out_dom, out_draw = np.empty(self.batch, np.int64), np.empty(self.batch, np.int64)
+        out_dom[self.main_rows], out_draw[self.main_rows] = dom[: self.main], draw[: self.main]
+        out_dom[self.replay_rows], out_draw[self.replay_rows] = dom[self.main :], draw[self.main :]
+        return out_dom, out_draw
+
+
+def _ranks(ids: np.ndarray) -> np.ndarray:
+    """For each position, how many earlier positions hold the same id."""
+    order = np.argsort(ids, kind="stable")
+    ordered = ids[order]
+    first = np.concatenate([[0], np.flatnonzero(np.diff(ordered)) + 1])
+    runs = np.diff(np.concatenate([first, [len(ids)]]))
+    ranks = np.empty(len(ids), np.int64)
+    ranks[order] = np.arange(len(ids)) - np.repeat(first, runs)
+    return ranks

@@ -1,0 +1,273 @@
+"""Training and evaluation batches: domains -> windows -> mixture -> ``{tokens, domain}``.
+
+``TrainData(cfg, process_index, process_count).batch(k)`` is this process's rows of global batch
+k, a pure function of (config, seed, k): the mixture plan gives every slot of batch k a domain
+and a draw index j (``mixture.MixturePlan.layout``), and draw j of a domain reads window
+``pi_{j // n}(j mod n)`` of that domain's stream (``sources.WindowSource``). Resuming therefore
+needs only the step. Process p of P holds rows ``[p B / P, (p + 1) B / P)`` of the global batch
+and reads only those windows. ``iterator(k)`` runs ``batch`` for k, k + 1, ... through grain
+(``MapDataset.range(...).map(...)``, thread prefetch, optional worker processes).
+
+``eval_sets(cfg)`` gives each domain ``train.eval_batches`` fixed batches of ``train.batch_size``
+windows spread evenly over its held-out ``val`` split (synthetic data: a disjoint seed).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from cpt_jax.data.mixture import MixturePlan, parse_phases, parse_weights, replay_quota
+from cpt_jax.data.sources import (
+    SYNTHETIC_DOMAINS,
+    FilteredStream,
+    IndexedStream,
+    SyntheticStream,
+    WindowSource,
+    derive_key,
+)
+from cpt_jax.errors import UserError
+
+log = logging.getLogger(__name__)
+Batch = dict[str, np.ndarray]
+_FAR = 1 << 40  # "no end" for the grain step range
+
+
+def model_vocab(cfg: Any) -> int:
+    """V of the configured model (a preset's padded vocabulary, else model.vocab_size)."""
+    if cfg.model.preset:
+        from cpt_jax.model.presets import PRESETS
+
+        return PRESETS[cfg.model.preset].vocab_size
+    return int(cfg.model.vocab_size)
+
+
+def _names(text: str) -> list[str]:
+    out: list[str] = []
+    for item in text.split(","):
+        if item.strip() and item.strip() not in out:
+            out.append(item.strip())
+    return out
+
+
+class Catalog:
+    """What ``cfg.data`` can read: domain names, train token counts, and their streams."""
+
+    def __init__(self, cfg: Any):
+        self.cfg, self.vocab = cfg, model_vocab(cfg)
+        d, t = cfg.data, cfg.train
+        if d.source == "synthetic":
+            self.where = "the synthetic source"
+            self.available = list(SYNTHETIC_DOMAINS)
+            self.val_tokens = max(d.synthetic_tokens // 16, t.eval_batches * t.batch_size * t.seq_len + 1)
+            self.tokens = {n: int(d.synthetic_tokens) for n in self.available}
+        else:
+            from cpt_jax.data.manifest import load_manifest, manifest_path
+
+            if not d.dir:
+                raise UserError("data.source is 'tokenized' but data.dir is empty")
+            self.manifest = load_manifest(d.dir)
+            self.where = str(manifest_path(d.dir))
+            self.available = list(self.manifest["domains"])
+            self.tokens = {n: e["train_tokens"] for n, e in self.manifest["domains"].items()}
+            tok = self.manifest["tokenizer"]
+            if tok["vocab_size"] > self.vocab:
+                raise UserError(
+                    f"{self.where}: tokenizer {tok['name']} has {tok['vocab_size']} ids but the "
+                    f"model's vocabulary has {self.vocab} (token ids >= {self.vocab} cannot be embedded)"
+                )
+
+    def check(self, names: list[str], what: str) -> list[str]:
+        """``names``, or a UserError naming the first one not available."""
+        for name in names:
+            if name not in self.available:
+                raise UserError(
+                    f"{what}: domain '{name}' not in {self.where} "
+                    f"(available: {', '.join(self.available) or 'none'})"
+                )
+        return names
+
+    def stream(self, name: str, split: str) -> Any:
+        """The ``split`` ("train" | "val") token stream of domain ``name``."""
+        seed = self.cfg.seed
+        if self.cfg.data.source == "synthetic":
+            n = self.tokens[name] if split == "train" else self.val_tokens
+            return SyntheticStream(name, n, self.vocab, derive_key(seed, "synthetic", name, split))
+        from cpt_jax.data.manifest import domain_prefix
+
+        return IndexedStream(domain_prefix(self.cfg.data.dir, self.manifest, name, split))
+
+
+def domain_lists(cfg: Any, catalog: Catalog) -> tuple[list[str], list[str], list[str]]:
+    """(all domains in id order, main-mixture members, replay members).
+
+    All = ``data.domains`` ("" = every available domain), then replay, upstream and downstream
+    domains not already listed; ids index this list in batches, metrics and eval sets.
+    """
+    d = cfg.data
+    main = catalog.check(_names(d.domains), "data.domains") or list(catalog.available)
+    replay = catalog.check(_names(d.replay_domains), "data.replay_domains")
+    extra = catalog.check(_names(d.upstream) + _names(d.downstream), "data.upstream/downstream")
+    names = list(main)
+    for name in replay + extra:
+        if name not in names:
+            names.append(name)
+    return names, main, replay
+
+
+def build_plan(cfg: Any, names: list[str], main: list[str], replay: list[str], tokens: dict) -> MixturePlan:
+    """The mixture plan of ``cfg.data`` over ``names`` (see ``mixture``)."""
+    d, t = cfg.data, cfg.train
+    phases = parse_phases(d.phases)
+    if not phases or phases[0][0] > 0:
+        phases = [(0, d.weights)] + phases
+    weighted = [
+        (s, parse_weights(spec, names, main, tokens, "data.weights" if s == 0 and spec is d.weights
+                          else f"data.phases (step {s})"))
+        for s, spec in phases
+    ]
+    quota, replay_w = 0, None
+    if d.replay_fraction > 0:
+        if not replay:
+            raise UserError("data.replay_fraction > 0 needs data.replay_domains")
+        quota = replay_quota(d.replay_fraction, t.batch_size)
+        replay_w = parse_weights(d.replay_weights, names, replay, tokens, "data.replay_weights")
+    return MixturePlan(names, weighted, t.batch_size, cfg.seed, replay_w, quota)
+
+
+class TrainData:
+    """Deterministic, resumable training batches for process ``process_index`` of ``process_count``."""
+
+    def __init__(self, cfg: Any, process_index: int = 0, process_count: int = 1):
+        t, d = cfg.train, cfg.data
+        if process_count < 1 or not 0 <= process_index < process_count:
+            raise UserError(f"process index {process_index} is not in [0, {process_count})")
+        if t.batch_size % process_count:
+            raise UserError(
+                f"train.batch_size {t.batch_size} is not divisible by the {process_count} processes"
+            )
+        self.cfg, self.seq_len, self.batch_size = cfg, int(t.seq_len), int(t.batch_size)
+        per = self.batch_size // process_count
+        self.rows = slice(process_index * per, (process_index + 1) * per)
+        catalog = Catalog(cfg)
+        self.vocab = catalog.vocab
+        self.domains, self.main_domains, self.replay_domains = domain_lists(cfg, catalog)
+        self.plan = build_plan(cfg, self.domains, self.main_domains, self.replay_domains, catalog.tokens)
+        self.sources = []
+        for name in self.domains:
+            stream = catalog.stream(name, "train")
+            if d.long_threshold > 0 and name in self.main_domains:
+                key = derive_key(cfg.seed, "long", name)
+                stream = FilteredStream(stream, d.long_threshold, d.long_keep, key)
+            self.sources.append(WindowSource(stream, self.seq_len, name, cfg.seed))
+        used = np.max([self.plan.weights_at(s) for s in self.plan.starts], axis=0) > 0
+        for i in np.flatnonzero(used):
+            len(self.sources[i])  # every sampled domain must hold at least one window
+
+    def weights_at(self, step: int) -> np.ndarray:
+        """Expected share of each domain (id order) among the sequences of global batch ``step``."""
+        return self.plan.weights_at(step)
+
+    def batch(self, step: int) -> Batch:
+        """This process's rows of global batch ``step``: tokens int32 [b, T+1], domain int32 [b]."""
+        dom, draw = self.plan.layout(int(step))
+        dom, draw = dom[self.rows], draw[self.rows]
+        tokens = np.empty((len(dom), self.seq_len + 1), np.int32)
+        for i in np.unique(dom):
+            sel = dom == i
+            tokens[sel] = self.sources[i].read(draw[sel])
+        _check_ids(tokens, self.vocab, f"batch {step}")
+        return {"tokens": tokens, "domain": dom.astype(np.int32)}
+
+    def iterator(self, start_step: int = 0, stop_step: int | None = None) -> Iterator[Batch]:
+        """Batches ``start_step, start_step + 1, ...`` (up to ``stop_step``), prefetched by grain.
+
+        ``data.workers`` > 0 runs ``batch`` in that many worker processes (round-robin over
+        steps, so the order is unchanged); otherwise in background threads of this process.
+        """
+        import grain
+
+        stop = _FAR if stop_step is None else int(stop_step)
+        if not 0 <= start_step <= stop:
+            raise UserError(f"data iterator range [{start_step}, {stop}) is invalid")
+        d = self.cfg.data
+        ds = grain.MapDataset.range(int(start_step), stop).map(_BatchFn(self))
+        if d.workers > 0:
+            from absl import flags
+
+            if not flags.FLAGS.is_parsed():  # grain's worker code reads absl flags
+                flags.FLAGS.mark_as_parsed()
+            it = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=d.prefetch))
+            it = it.mp_prefetch(
+                grain.MultiprocessingOptions(num_workers=d.workers, per_worker_buffer_size=d.prefetch)
+            )
+        else:
+            it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=d.prefetch))
+        return _plain(iter(it))
+
+    def state(self, step: int) -> dict:
+        """What a checkpoint stores to resume the data: the next step and the domain ids."""
+        return {"step": int(step), "domains": list(self.domains), "batch_size": self.batch_size,
+                "seq_len": self.seq_len, "seed": int(self.cfg.seed)}
+
+    def resume_step(self, state: dict) -> int:
+        """The step to pass to ``iterator`` for a saved ``state``; refuses changed domain ids."""
+        if list(state.get("domains", self.domains)) != self.domains:
+            raise UserError(
+                f"checkpoint data domains {state['domains']} differ from the config's {self.domains}"
+            )
+        return int(state["step"])
+
+
+class _BatchFn:
+    """Picklable ``step -> batch`` for grain (workers rebuild streams from small state)."""
+
+    def __init__(self, data: TrainData):
+        self.data = data
+
+    def __call__(self, step: int) -> Batch:
+        return self.data.batch(step)
+
+
+def _plain(it: Iterator[Batch]) -> Iterator[Batch]:
+    """Copy each batch out of grain's shared-memory arrays so none outlives its worker."""
+    for batch in it:
+        yield {k: np.array(v) for k, v in batch.items()}
+
+
+def _check_ids(tokens: np.ndarray, vocab: int, where: str) -> None:
+    if tokens.size and int(tokens.max()) >= vocab:
+        raise UserError(f"{where}: token id {int(tokens.max())} >= model vocabulary size {vocab}")
+
+
+def eval_sets(cfg: Any, domains: list[str] | None = None) -> dict[str, list[Batch]]:
+    """``train.eval_batches`` fixed batches of each domain's held-out ``val`` split.
+
+    Windows (T + 1 tokens, stride T) are taken at evenly spaced positions over the split; a split
+    with fewer windows than wanted gives all it has (the last batch may be short); a domain with
+    no window at all is left out with a warning. Domain ids follow ``TrainData.domains``.
+    """
+    catalog = Catalog(cfg)
+    names, _, _ = domain_lists(cfg, catalog)
+    wanted = names if domains is None else catalog.check(list(domains), "eval domains")
+    ids = {n: i for i, n in enumerate(names + [n for n in wanted if n not in names])}
+    t = cfg.train
+    out: dict[str, list[Batch]] = {}
+    for name in wanted:
+        source = WindowSource(catalog.stream(name, "val"), t.seq_len, name, cfg.seed)
+        n = max(0, (source.stream.num_tokens - 1) // t.seq_len)
+        if n == 0:
+            log.warning("eval: domain '%s' has no val window of %d tokens; skipped", name, t.seq_len + 1)
+            continue
+        k = min(n, t.eval_batches * t.batch_size)
+        windows = source.windows(np.arange(k, dtype=np.int64) * n // k)
+        _check_ids(windows, catalog.vocab, f"val split of '{name}'")
+        dom = np.full(k, ids[name], np.int32)
+        out[name] = [
+            {"tokens": windows[i : i + t.batch_size], "domain": dom[i : i + t.batch_size]}
+            for i in range(0, k, t.batch_size)
+        ]
+    return out
