@@ -107,7 +107,12 @@ def defaults() -> ConfigDict:
     c.data.replay_fraction = 0.0  # per-batch quota of replayed sequences
     c.data.upstream = ""  # domains whose loss measures forgetting
     c.data.downstream = ""  # domains whose loss measures learning
-    c.data.workers = 0
+    c.data.workers = 0  # grain worker processes (0: threads in this process)
+    c.data.prefetch = 4  # batches buffered ahead (per worker)
+    c.data.replay_weights = "proportional"  # weights among replay_domains (same forms as weights)
+    c.data.synthetic_tokens = 1 << 20  # synthetic source: train tokens per domain
+    c.data.long_threshold = 0  # > 0: documents shorter than this are kept with long_keep
+    c.data.long_keep = 1.0  # keep probability of short documents (long-context up-sampling)
 
     c.doremi = ConfigDict()  # cpt-jax doremi (docs/doremi.md)
     c.doremi.eta = 1.0  # step size of the alpha update
@@ -264,6 +269,13 @@ def validate(cfg: ConfigDict) -> None:
         raise UserError(
             f"data.replay_fraction must be in [0, 1), got {cfg.data.replay_fraction}"
         )
+    for name in ("workers", "long_threshold"):
+        if cfg.data[name] < 0:
+            raise UserError(f"data.{name} must be >= 0, got {cfg.data[name]}")
+    _positive("data.prefetch", cfg.data.prefetch)
+    _positive("data.synthetic_tokens", cfg.data.synthetic_tokens)
+    if not 0.0 <= cfg.data.long_keep <= 1.0:
+        raise UserError(f"data.long_keep must be in [0, 1], got {cfg.data.long_keep}")
     for axis in ("data", "fsdp", "tensor"):
         size = cfg.mesh[axis]
         if size == 0 or size < -1:
