@@ -121,14 +121,10 @@ def domain_lists(cfg: Any, catalog: Catalog) -> tuple[list[str], list[str], list
 def build_plan(cfg: Any, names: list[str], main: list[str], replay: list[str], tokens: dict) -> MixturePlan:
     """The mixture plan of ``cfg.data`` over ``names`` (see ``mixture``)."""
     d, t = cfg.data, cfg.train
-    phases = parse_phases(d.phases)
-    if not phases or phases[0][0] > 0:
-        phases = [(0, d.weights)] + phases
-    weighted = [
-        (s, parse_weights(spec, names, main, tokens, "data.weights" if s == 0 and spec is d.weights
-                          else f"data.phases (step {s})"))
-        for s, spec in phases
-    ]
+    phases = [(s, spec, f"data.phases (step {s})") for s, spec in parse_phases(d.phases)]
+    if not phases or phases[0][0] > 0:  # data.weights until the first phase
+        phases = [(0, d.weights, "data.weights")] + phases
+    weighted = [(s, parse_weights(spec, names, main, tokens, what)) for s, spec, what in phases]
     quota, replay_w = 0, None
     if d.replay_fraction > 0:
         if not replay:
@@ -239,8 +235,11 @@ def _plain(it: Iterator[Batch]) -> Iterator[Batch]:
 
 
 def _check_ids(tokens: np.ndarray, vocab: int, where: str) -> None:
-    if tokens.size and int(tokens.max()) >= vocab:
-        raise UserError(f"{where}: token id {int(tokens.max())} >= model vocabulary size {vocab}")
+    if tokens.size and not 0 <= int(tokens.min()) <= int(tokens.max()) < vocab:
+        raise UserError(
+            f"{where}: token ids span {int(tokens.min())}..{int(tokens.max())}, outside the "
+            f"model vocabulary [0, {vocab})"
+        )
 
 
 def eval_sets(cfg: Any, domains: list[str] | None = None) -> dict[str, list[Batch]]:
