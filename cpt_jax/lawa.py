@@ -1,0 +1,314 @@
+"""Latest-weight averaging (LAWA; Kaddour 2022, Sanyal et al. 2023), offline and streaming.
+
+LAWA replaces the latest parameters theta_t by the uniform mean of the k latest checkpoints
+taken every nu steps: ``theta_bar_t = (1/k) * sum_{i=0}^{k-1} theta_{t - i*nu}``. Optimizer
+state is never averaged (it is never even read here).
+
+Offline averaging streams: leaf group by leaf group, each checkpoint's part is restored onto
+this host (as numpy, whatever sharding or process count wrote them) and added into a running
+fp32 sum, so peak host memory stays below two copies of the params for any k. Checkpoint trees are checked against
+each other from orbax metadata before any array is read.
+
+Sources are step directories of a training run (``RUN/checkpoints/<step>/params``, model shape
+in ``RUN/model.json``) or params-only checkpoints (``DIR/params`` + ``DIR/model.json``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from cpt_jax.errors import UserError
+
+Tree = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """One checkpoint to average: a label for messages, its orbax ``params`` item, its model."""
+
+    label: str
+    params_dir: str
+    model: dict[str, Any]
+
+
+# ---------------------------------------------------------------------------------------
+# finding and choosing checkpoints
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{path} not found") from None
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from None
+
+
+def run_steps(run_dir: str) -> list[int]:
+    """Steps of the finished checkpoints under ``RUN/checkpoints`` (those with a params item)."""
+    root = os.path.join(run_dir, "checkpoints")
+    if not os.path.isdir(root):
+        raise UserError(f"{run_dir} is not a training run dir (no checkpoints/ inside)")
+    steps = [
+        int(name)
+        for name in os.listdir(root)
+        if name.isdigit() and os.path.isdir(os.path.join(root, name, "params"))
+    ]
+    if not steps:
+        raise UserError(f"{root} holds no finished checkpoints")
+    return sorted(steps)
+
+
+def select_steps(
+    steps: list[int],
+    last: int | None = None,
+    every: int | None = None,
+    explicit: list[int] | None = None,
+) -> list[int]:
+    """The checkpoints to average: ``explicit`` steps, or the ``last`` k of those that are
+    multiples of ``every`` (nu; all checkpoints when None)."""
+    available = sorted(steps)
+    if explicit:
+        if last is not None or every is not None:
+            raise UserError("give either explicit steps or --last/--every, not both")
+        missing = [s for s in explicit if s not in available]
+        if missing:
+            raise UserError(f"no checkpoint at step {missing[0]} (have {_short(available)})")
+        if len(set(explicit)) != len(explicit):
+            raise UserError(f"a step is listed twice in {explicit}")
+        return sorted(explicit)
+    if last is None or last < 1:
+        raise UserError(f"the number of checkpoints to average must be >= 1, got {last}")
+    pool = available
+    if every is not None:
+        if every < 1:
+            raise UserError(f"the checkpoint spacing nu must be >= 1, got {every}")
+        pool = [s for s in available if s % every == 0]
+    if len(pool) < last:
+        where = f" at multiples of {every}" if every is not None else ""
+        raise UserError(f"asked for the last {last} checkpoints but only {len(pool)} exist{where}")
+    return pool[-last:]
+
+
+def windows(steps: list[int], k: int, every: int | None = None) -> list[list[int]]:
+    """Sliding LAWA windows along a run: for each checkpoint t (multiple of nu) with k - 1
+    earlier ones, the window [t - (k-1) nu, ..., t] as checkpoint steps."""
+    pool = [s for s in sorted(steps) if every is None or s % every == 0]
+    if k < 1 or len(pool) < k:
+        raise UserError(f"sliding windows of {k} checkpoints need at least {k}, found {len(pool)}")
+    return [pool[i - k + 1 : i + 1] for i in range(k - 1, len(pool))]
+
+
+def _short(steps: list[int]) -> str:
+    return ", ".join(map(str, steps)) if len(steps) <= 8 else f"{steps[0]}..{steps[-1]} ({len(steps)})"
+
+
+def run_sources(run_dir: str, steps: list[int]) -> list[Source]:
+    """Sources for some steps of a training run (model shape from ``RUN/model.json``)."""
+    model = _read_json(os.path.join(run_dir, "model.json"))
+    root = os.path.join(run_dir, "checkpoints")
+    return [
+        Source(f"step {s}", os.path.join(os.path.abspath(root), str(s), "params"), model)
+        for s in steps
+    ]
+
+
+def dir_source(path: str) -> Source:
+    """A source from a params-only checkpoint dir or one run step dir ``RUN/checkpoints/<step>``."""
+    path = os.path.abspath(path)
+    if not os.path.isdir(os.path.join(path, "params")):
+        raise UserError(f"{path} holds no orbax params item (no params/ inside)")
+    own = os.path.join(path, "model.json")
+    run_model = os.path.join(os.path.dirname(os.path.dirname(path)), "model.json")
+    model = _read_json(own if os.path.exists(own) else run_model)
+    return Source(path, os.path.join(path, "params"), model)
+
+
+# ---------------------------------------------------------------------------------------
+# streaming average
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested dict as ``{"a/b/c": leaf}`` (params are plain nested dicts)."""
+    if isinstance(tree, dict) or (hasattr(tree, "keys") and hasattr(tree, "__getitem__")):
+        out: dict[str, Any] = {}
+        for key in tree.keys():
+            out.update(_flatten(tree[key], f"{prefix}{key}/"))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def _unflatten(flat: dict[str, Any]) -> Tree:
+    tree: Tree = {}
+    for path, leaf in flat.items():
+        node = tree
+        *parents, name = path.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[name] = leaf
+    return tree
+
+
+def leaf_specs(params_dir: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """``{leaf path: (shape, dtype)}`` of an orbax params item, from metadata only."""
+    import orbax.checkpoint as ocp
+    from etils import epath
+
+    try:
+        meta = ocp.PyTreeCheckpointHandler().metadata(epath.Path(params_dir))
+    except (FileNotFoundError, ValueError) as err:
+        raise UserError(f"cannot read checkpoint metadata in {params_dir}: {str(err).splitlines()[0]}") from None
+    tree = getattr(meta, "tree", meta)
+    return {k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in _flatten(tree).items()}
+
+
+def check_compatible(sources: list[Source]) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Same model.json, same leaves, shapes and dtypes in every source; else one UserError line."""
+    if not sources:
+        raise UserError("no checkpoints to average")
+    first = sources[0]
+    ref = leaf_specs(first.params_dir)
+    for src in sources[1:]:
+        if src.model != first.model:
+            diff = sorted(k for k in set(src.model) | set(first.model) if src.model.get(k) != first.model.get(k))
+            raise UserError(
+                f"{src.label}: model.json differs from {first.label} in {', '.join(diff[:4])}"
+            )
+        specs = leaf_specs(src.params_dir)
+        for path in sorted(set(ref) | set(specs)):
+            if path not in specs:
+                raise UserError(f"{src.label}: leaf '{path}' is missing (present in {first.label})")
+            if path not in ref:
+                raise UserError(f"{src.label}: extra leaf '{path}' (absent in {first.label})")
+            if specs[path] != ref[path]:
+                (s0, d0), (s1, d1) = ref[path], specs[path]
+                raise UserError(
+                    f"{src.label}: leaf '{path}' is {d1.name}{list(s1)}, "
+                    f"{first.label} has {d0.name}{list(s0)}"
+                )
+    return ref
+
+
+def restore_numpy(params_dir: str, leaves: list[str] | None = None) -> dict[str, np.ndarray]:
+    """``{leaf path: array}`` of an orbax params item restored onto this host as numpy (any
+    writer's sharding or process count); only the ``leaves`` listed when given."""
+    import orbax.checkpoint as ocp
+    from etils import epath
+
+    path = epath.Path(params_dir)
+    if leaves is None:
+        leaves = list(leaf_specs(params_dir))
+    item = _unflatten({leaf: 0 for leaf in leaves})
+    args = _unflatten({leaf: ocp.RestoreArgs(restore_type=np.ndarray) for leaf in leaves})
+    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
+        tree = ckptr.restore(
+            path, args=ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True)
+        )
+    return _flatten(tree)
+
+
+def leaf_groups(specs: dict[str, tuple[tuple[int, ...], np.dtype]]) -> list[list[str]]:
+    """Leaves packed in order into groups no bigger than the largest leaf (fewer restores)."""
+    size = {p: int(np.prod(shape)) * dtype.itemsize for p, (shape, dtype) in specs.items()}
+    budget = max(size.values(), default=0)
+    groups: list[list[str]] = []
+    used = budget + 1
+    for path in specs:
+        if used + size[path] > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append(path)
+        used += size[path]
+    return groups
+
+
+def _return_freed_buffers_to_os() -> None:
+    """Make glibc hand large freed buffers back to the OS (fixed 1 MiB mmap threshold).
+
+    Tensorstore allocates each restored array on its worker threads; with glibc's default
+    dynamic mmap threshold those buffers land in per-thread arenas and are kept after being
+    freed, so RSS would grow by one checkpoint per restore although only two are ever live.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
+def _acc_dtype(dtype: np.dtype) -> np.dtype:
+    return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
+
+
+def average(
+    sources: list[Source],
+    restore: Callable[[str, list[str]], dict[str, np.ndarray]] = restore_numpy,
+) -> Tree:
+    """Uniform mean of the sources' params, ``theta_bar = (1/k) sum_i theta_i``, streaming.
+
+    Leaf-group-major: for each group of leaves (no bigger than the largest leaf), restore that
+    group from each checkpoint in turn and add it into an fp32 running sum (fp64 for fp64
+    leaves), then divide by k and cast back to the leaf's dtype. Peak host memory: one copy of
+    the result plus about two groups in flight, whatever k is.
+    """
+    specs = check_compatible(sources)
+    _return_freed_buffers_to_os()
+    out: dict[str, np.ndarray] = {}
+    k = len(sources)
+    for group in leaf_groups(specs):
+        acc: dict[str, np.ndarray] = {}
+        for src in sources:
+            part = restore(src.params_dir, group)
+            for path in group:
+                x = np.asarray(part.pop(path))
+                if path not in acc:
+                    want = _acc_dtype(specs[path][1])
+                    acc[path] = x if x.dtype == want and x.flags.writeable else x.astype(want)
+                else:
+                    np.add(acc[path], x, out=acc[path])
+                del x
+            del part
+        for path in group:
+            summed = acc.pop(path)
+            np.divide(summed, k, out=summed)
+            dtype = specs[path][1]
+            out[path] = summed if summed.dtype == dtype else summed.astype(dtype)
+            del summed
+    return _unflatten({path: out[path] for path in specs})
+
+
+def iter_window_averages(
+    run_dir: str, spans: list[list[int]]
+) -> Iterator[tuple[list[int], Tree]]:
+    """One average per window (each summed afresh: exact, k restores per window)."""
+    for span in spans:
+        yield span, average(run_sources(run_dir, span))
+
+
+# ---------------------------------------------------------------------------------------
+# writing
+
+
+def save_average(out_dir: str, params: Tree, model: dict[str, Any], info: dict[str, Any]) -> None:
+    """Write ``params`` as a params-only checkpoint (``model.json`` + orbax ``params/``) and
+    ``lawa.json`` (which checkpoints were averaged)."""
+    from cpt_jax.model.checkpoint import config_from_dict, save_params
+
+    save_params(out_dir, params, config_from_dict(model))
+    with open(os.path.join(out_dir, "lawa.json"), "w") as f:
+        json.dump(info, f, indent=1)
+
+
+def check_out_dir(path: str) -> None:
+    """The output must not exist yet, or be empty (never overwrite a checkpoint)."""
+    if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+        raise UserError(f"output {path} already exists and is not empty")

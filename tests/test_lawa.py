@@ -1,0 +1,200 @@
+"""Offline LAWA: checkpoint choice, the streaming average against numpy, errors, memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cpt_jax import cli, lawa
+from cpt_jax.errors import UserError
+
+SHAPES = {"embed_in": (64, 16), "layers/qkv/kernel": (2, 16, 48), "layers/qkv/bias": (2, 48), "final_ln/scale": (16,)}
+MODEL = {"vocab_size": 64, "hidden_size": 16, "num_layers": 2, "num_heads": 2}
+
+
+def write_run(run_dir, steps, shapes=SHAPES, dtype=np.float32, seed=0, model=MODEL):
+    """Checkpoints in the engine's layout: RUN/checkpoints/<step>/{params,opt_state,extras,meta}."""
+    import orbax.checkpoint as ocp
+
+    rng = np.random.default_rng(seed)
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "model.json"), "w") as f:
+        json.dump(model, f)
+    mngr = ocp.CheckpointManager(
+        os.path.join(os.path.abspath(run_dir), "checkpoints"),
+        options=ocp.CheckpointManagerOptions(max_to_keep=None, enable_async_checkpointing=False),
+    )
+    written = {}
+    for step in steps:
+        flat = {p: rng.standard_normal(s).astype(dtype) for p, s in shapes.items()}
+        params = lawa._unflatten(flat)
+        mngr.save(step, args=ocp.args.Composite(
+            params=ocp.args.StandardSave(params),
+            opt_state=ocp.args.StandardSave({"mu": lawa._unflatten(dict(flat))}),
+            extras=ocp.args.JsonSave({}),
+            meta=ocp.args.JsonSave({"step": step}),
+        ))
+        written[step] = flat
+    mngr.wait_until_finished()
+    mngr.close()
+    return written
+
+
+def restore_independently(step_dir):
+    """The params item restored with orbax's StandardCheckpointer (not lawa's code path)."""
+    import orbax.checkpoint as ocp
+
+    with ocp.StandardCheckpointer() as ckptr:
+        tree = ckptr.restore(os.path.join(os.path.abspath(step_dir), "params"))
+    return {k: np.asarray(v) for k, v in lawa._flatten(tree).items()}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    run_dir = str(tmp_path_factory.mktemp("lawa") / "run")
+    write_run(run_dir, [2, 4, 6, 8, 10])
+    return run_dir
+
+
+def test_select_steps():
+    steps = [2, 4, 5, 6, 8, 10]
+    assert lawa.select_steps(steps, last=3) == [6, 8, 10]
+    assert lawa.select_steps(steps, last=2, every=4) == [4, 8]
+    assert lawa.select_steps(steps, explicit=[8, 2]) == [2, 8]
+    assert lawa.windows(steps, 2, every=2) == [[2, 4], [4, 6], [6, 8], [8, 10]]
+    with pytest.raises(UserError, match="only 2 exist at multiples of 4"):
+        lawa.select_steps(steps, last=3, every=4)
+    with pytest.raises(UserError, match="no checkpoint at step 7"):
+        lawa.select_steps(steps, explicit=[7])
+
+
+def test_cli_last3_equals_numpy_mean_and_never_reads_opt_state(run, tmp_path):
+    # optimizer state must never be read: break it in every checkpoint
+    for step in (6, 8, 10):
+        shutil.rmtree(os.path.join(run, "checkpoints", str(step), "opt_state"))
+    out = str(tmp_path / "avg")
+    assert cli.main(["average", "--run", run, "--last", "3", "--out", out]) == 0
+    got = restore_independently(out)
+    want = [restore_independently(os.path.join(run, "checkpoints", str(s))) for s in (6, 8, 10)]
+    assert set(got) == set(SHAPES)
+    for path in SHAPES:
+        ref = np.mean(np.stack([w[path] for w in want]).astype(np.float64), axis=0)
+        assert got[path].dtype == np.float32
+        np.testing.assert_allclose(got[path], ref, rtol=1e-6, atol=1e-7)
+    assert json.load(open(os.path.join(out, "lawa.json")))["steps"] == [6, 8, 10]
+    assert json.load(open(os.path.join(out, "model.json")))["hidden_size"] == 16
+
+
+def test_cli_windows_and_explicit_steps(run, tmp_path):
+    out = str(tmp_path / "win")
+    assert cli.main(["average", "--run", run, "--last", "2", "--every", "4", "--windows", "--out", out]) == 0
+    assert sorted(os.listdir(out)) == ["8"]  # multiples of 4: steps 4, 8 -> one window
+    out2 = str(tmp_path / "win2")
+    assert cli.main(["average", "--run", run, "--last", "2", "--windows", "--out", out2]) == 0
+    assert sorted(map(int, os.listdir(out2))) == [4, 6, 8, 10]
+    ck = {s: restore_independently(os.path.join(run, "checkpoints", str(s))) for s in (2, 4, 6, 8, 10)}
+    for end, start in ((4, 2), (6, 4), (8, 6), (10, 8)):
+        got = restore_independently(os.path.join(out2, str(end)))
+        for path in SHAPES:
+            np.testing.assert_allclose(got[path], (ck[start][path] + ck[end][path]) / 2, rtol=1e-6)
+    out3 = str(tmp_path / "explicit")
+    assert cli.main(["average", "--run", run, "--steps", "2,10", "--out", out3]) == 0
+    got = restore_independently(out3)
+    np.testing.assert_allclose(got["embed_in"], (ck[2]["embed_in"] + ck[10]["embed_in"]) / 2, rtol=1e-6)
+
+
+def test_bfloat16_sums_in_fp32(tmp_path):
+    import ml_dtypes
+
+    run_dir = str(tmp_path / "bf")
+    written = write_run(run_dir, [1, 2, 3, 4], dtype=ml_dtypes.bfloat16, seed=3)
+    got = lawa._flatten(lawa.average(lawa.run_sources(run_dir, [1, 2, 3, 4])))
+    for path in SHAPES:
+        ref = np.mean([written[s][path].astype(np.float32) for s in (1, 2, 3, 4)], axis=0)
+        assert got[path].dtype == ml_dtypes.bfloat16
+        np.testing.assert_array_equal(got[path], ref.astype(ml_dtypes.bfloat16))
+
+
+def test_mismatched_checkpoints_are_one_line_errors(tmp_path, capsys):
+    run_dir = str(tmp_path / "mix")
+    write_run(run_dir, [1, 2])
+    bad = dict(SHAPES, **{"layers/qkv/bias": (2, 40)})
+    write_run(str(tmp_path / "other"), [3], shapes=bad)
+    shutil.move(str(tmp_path / "other" / "checkpoints" / "3"), os.path.join(run_dir, "checkpoints", "3"))
+    code = cli.main(["average", "--run", run_dir, "--last", "3", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err
+    assert "step 3: leaf 'layers/qkv/bias' is float32[2, 40], step 1 has float32[2, 48]" in err
+    missing = {k: v for k, v in SHAPES.items() if k != "final_ln/scale"}
+    write_run(str(tmp_path / "third"), [4], shapes=missing)
+    with pytest.raises(UserError, match="step 4: leaf 'final_ln/scale' is missing"):
+        lawa.average(lawa.run_sources(run_dir, [1]) + lawa.run_sources(str(tmp_path / "third"), [4]))
+    write_run(str(tmp_path / "wide"), [5], model=dict(MODEL, hidden_size=32))
+    a, b = os.path.join(run_dir, "checkpoints", "1"), str(tmp_path / "wide" / "checkpoints" / "5")
+    with pytest.raises(UserError, match="model.json differs from .* in hidden_size"):
+        lawa.average([lawa.dir_source(a), lawa.dir_source(b)])
+    assert cli.main(["average", "--run", run_dir, "--last", "1", "--out", run_dir]) == 2
+    assert "already exists and is not empty" in capsys.readouterr().err
+
+
+def test_sharded_checkpoint_from_8_devices(tmp_path):
+    """A params item saved as arrays sharded over 8 devices averages like the numpy mean."""
+    code = r"""
+import os, sys, json
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+import jax, numpy as np, orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ("fsdp", "tensor"))
+run = sys.argv[1]
+mngr = ocp.CheckpointManager(os.path.join(run, "checkpoints"), options=ocp.CheckpointManagerOptions(enable_async_checkpointing=False))
+for step in (1, 2):
+    x = np.arange(64 * 16, dtype=np.float32).reshape(64, 16) * step
+    arr = jax.device_put(x, NamedSharding(mesh, P("fsdp", "tensor")))
+    mngr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave({"w": arr}), meta=ocp.args.JsonSave({"step": step})))
+mngr.wait_until_finished(); mngr.close()
+json.dump({}, open(os.path.join(run, "model.json"), "w"))
+"""
+    run_dir = str(tmp_path / "sharded")
+    subprocess.run([sys.executable, "-c", code, run_dir], check=True, capture_output=True)
+    got = lawa.average(lawa.run_sources(run_dir, [1, 2]))["w"]
+    np.testing.assert_array_equal(got, np.arange(64 * 16, dtype=np.float32).reshape(64, 16) * 1.5)
+
+
+MEMORY_CHILD = r"""
+import json, sys
+from cpt_jax import lawa
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+run, k = sys.argv[1], int(sys.argv[2])
+sources = lawa.run_sources(run, lawa.select_steps(lawa.run_steps(run), last=k))
+lawa.average(lawa.run_sources(run, [1]))  # warm orbax / tensorstore
+open("/proc/self/clear_refs", "w").write("5")  # reset the peak-RSS mark
+before = status("VmRSS")
+lawa.average(sources)
+print(json.dumps({"rise": status("VmHWM") - before}))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc peak-RSS reset")
+def test_peak_memory_flat_in_k(tmp_path):
+    """Peak RSS rise for k = 8 is about that for k = 2 (streaming), below two param copies."""
+    shapes = {f"w{i}": (512, 1024) for i in range(4)}  # 8 MiB fp32 in four 2 MiB leaves
+    run_dir = str(tmp_path / "mem")
+    write_run(run_dir, list(range(1, 9)), shapes=shapes)
+    nbytes = 4 * 512 * 1024 * 4
+    rise = {}
+    for k in (2, 8):
+        out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, run_dir, str(k)],
+                             check=True, capture_output=True, text=True)
+        rise[k] = json.loads(out.stdout.strip().splitlines()[-1])["rise"]
+    print({k: round(v / nbytes, 2) for k, v in rise.items()}, "param copies")
+    assert rise[8] < 1.5 * rise[2] + 2**20, rise
+    assert rise[8] < 2.0 * nbytes, (rise, nbytes)
