@@ -188,9 +188,12 @@ class DoReMiObjective:
         del params
         return {"doremi": init_state(self.k), "reference": self.reference_params}
 
-    def _batch_sums(self, params: Any, reference: Any, tokens: jax.Array, domain: jax.Array):
-        """Excess-loss sums, counts, proxy and reference loss sums, each ``[k]``."""
-        lp = losses.next_token_losses(jax.lax.stop_gradient(params), tokens, self.config, self.vocab_chunk)
+    def _proxy_losses(self, params: Any, tokens: jax.Array) -> jax.Array:
+        return losses.next_token_losses(params, tokens, self.config, self.vocab_chunk)
+
+    def _batch_sums(self, lp: jax.Array, reference: Any, tokens: jax.Array, domain: jax.Array):
+        """Excess-loss sums, counts, proxy and reference loss sums (each ``[k]``) given the
+        proxy's token losses ``lp``."""
         lr = losses.next_token_losses(
             jax.lax.stop_gradient(reference), tokens, self.reference_config, self.vocab_chunk
         )
@@ -202,9 +205,13 @@ class DoReMiObjective:
     def prepare(self, params: Any, batch: dict, extras: dict) -> tuple[dict, dict, dict]:
         """Global-batch lambda and one alpha step; ctx carries the loss weights ``w``."""
         tokens, domain = batch["tokens"], batch["domain"]
-        m = self.micro_batches
+        m, ctx = self.micro_batches, {}
         if m <= 1:
-            sums = self._batch_sums(params, extras["reference"], tokens, domain)
+            # one proxy forward serves lambda and the gradient: its VJP (a pytree holding the
+            # residuals) rides in ctx and ``loss`` reuses it instead of a second forward
+            lp, ctx["vjp"] = jax.vjp(lambda p: self._proxy_losses(p, tokens), params)
+            ctx["lp"] = jax.lax.stop_gradient(lp)
+            sums = self._batch_sums(ctx["lp"], extras["reference"], tokens, domain)
         else:
             b = tokens.shape[0]
             if b % m:
@@ -213,7 +220,8 @@ class DoReMiObjective:
             dom = domain.reshape(m, b // m)
 
             def body(acc, xs):
-                part = self._batch_sums(params, extras["reference"], *xs)
+                lp = self._proxy_losses(jax.lax.stop_gradient(params), xs[0])
+                part = self._batch_sums(lp, extras["reference"], *xs)
                 return jax.tree.map(jnp.add, acc, part), None
 
             zero = tuple(jnp.zeros((self.k,), jnp.float32) for _ in range(4))
@@ -229,14 +237,39 @@ class DoReMiObjective:
             metrics[f"doremi/lambda/{name}"] = state["lambda"][i]
             metrics[f"doremi/ref/{name}/loss"] = ref_sums[i] / denom[i]
             metrics[f"doremi/proxy/{name}/loss"] = proxy_sums[i] / denom[i]
-        return {"w": w}, new_extras, metrics
+        ctx["w"] = w
+        return ctx, new_extras, metrics
 
     def loss(self, params: Any, micro_batch: dict, ctx: dict) -> tuple[jax.Array, dict]:
         """``sum_i w_i * S_i`` over this micro-batch (alpha constant); aux: per-domain sums."""
-        tl = losses.next_token_losses(params, micro_batch["tokens"], self.config, self.vocab_chunk)
+        tokens = micro_batch["tokens"]
+        if "vjp" in ctx:
+            if ctx["lp"].shape != (tokens.shape[0], tokens.shape[1] - 1):
+                raise UserError("DoReMi with micro_batches=1 got a micro-batch that is not the whole batch")
+            tl = _reuse_forward(params, ctx["lp"], ctx["vjp"])
+        else:
+            tl = self._proxy_losses(params, tokens)
         sums, counts = losses.domain_sums(tl, micro_batch["domain"], self.k)
         loss = jnp.sum(jax.lax.stop_gradient(ctx["w"]) * sums)
         return loss, {"loss_sums": sums, "counts": counts}
+
+
+def _reuse_forward(params: Any, lp: jax.Array, vjp: Any) -> jax.Array:
+    """``lp`` (the token losses ``prepare`` computed at these same params) with the gradient
+    of that forward's VJP: the backward pass without a second forward."""
+
+    @jax.custom_vjp
+    def reuse(p: Any) -> jax.Array:
+        return lp
+
+    def fwd(p: Any) -> tuple[jax.Array, None]:
+        return lp, None
+
+    def bwd(_: None, g: jax.Array) -> tuple[Any]:
+        return vjp(g)
+
+    reuse.defvjp(fwd, bwd)
+    return reuse(params)
 
 
 def weights_json(state: dict, domains: list[str]) -> dict[str, dict[str, float]]:

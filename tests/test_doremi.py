@@ -109,6 +109,12 @@ def test_objective_prepare_and_loss_match_numpy_on_a_tiny_model():
     dom = np.asarray(batch["domain"])
     lam_np, alpha_np = np_step(np.full(k, 1 / k), np.zeros(k), lp, lr, dom, k, 1.0, 1e-3)
     paper = sum(alpha_np[i] * lp[dom == i].mean() for i in (0, 2))
+
+    def paper_objective(p):  # the paper's step 4 written directly, alpha a constant
+        tl = losses.next_token_losses(p, batch["tokens"], CFG)
+        return sum(alpha_np[i] * tl[dom == i].mean() for i in (0, 2))
+
+    grad_ref = jax.grad(paper_objective)(proxy)
     results = []
     for m in (1, 2):
         obj = doremi.DoReMiObjective(CFG, k, ref, 1.0, 1e-3, "domain", micro_batches=m,
@@ -119,8 +125,19 @@ def test_objective_prepare_and_loss_match_numpy_on_a_tiny_model():
         np.testing.assert_allclose(new["doremi"]["alpha"], alpha_np, rtol=1e-5)
         np.testing.assert_allclose(metrics["doremi/ref/c/loss"], lr[dom == 2].mean(), rtol=1e-5)
         np.testing.assert_allclose(metrics["doremi/alpha/b"], alpha_np[1], rtol=1e-5)
-        value, aux = obj.loss(proxy, batch, ctx)
+        assert ("vjp" in ctx) == (m == 1)  # m = 1 reuses prepare's forward for the gradient
+
+        @jax.jit
+        def grad_of_loss(p, ctx):
+            micro = jax.tree.map(lambda a: a.reshape(m, -1, *a.shape[1:]), batch)
+            parts = [jax.value_and_grad(obj.loss, has_aux=True)(p, jax.tree.map(lambda a: a[j], micro), ctx)
+                     for j in range(m)]
+            return sum(v for (v, _), _ in parts), jax.tree.map(lambda *g: sum(g), *[g for _, g in parts])
+
+        value, grad = grad_of_loss(proxy, ctx)
         np.testing.assert_allclose(float(value), paper, rtol=1e-5)
+        for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(grad_ref)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
         results.append(new["doremi"]["alpha"])
     np.testing.assert_allclose(results[0], results[1], rtol=1e-6)
 
