@@ -143,27 +143,49 @@ def test_mismatched_checkpoints_are_one_line_errors(tmp_path, capsys):
     assert "already exists and is not empty" in capsys.readouterr().err
 
 
-def test_sharded_checkpoint_from_8_devices(tmp_path):
-    """A params item saved as arrays sharded over 8 devices averages like the numpy mean."""
-    code = r"""
+WRITER = r"""
 import os, sys, json
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
-import jax, numpy as np, orbax.checkpoint as ocp
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+import jax, numpy as np
+pid, port, run = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=pid)
+import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-mesh = Mesh(np.array(jax.devices()).reshape(4, 2), ("fsdp", "tensor"))
-run = sys.argv[1]
-mngr = ocp.CheckpointManager(os.path.join(run, "checkpoints"), options=ocp.CheckpointManagerOptions(enable_async_checkpointing=False))
-for step in (1, 2):
-    x = np.arange(64 * 16, dtype=np.float32).reshape(64, 16) * step
-    arr = jax.device_put(x, NamedSharding(mesh, P("fsdp", "tensor")))
-    mngr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave({"w": arr}), meta=ocp.args.JsonSave({"step": step})))
-mngr.wait_until_finished(); mngr.close()
-json.dump({}, open(os.path.join(run, "model.json"), "w"))
+sharding = NamedSharding(Mesh(np.array(jax.devices()), ("fsdp",)), P("fsdp"))
+options = ocp.CheckpointManagerOptions(enable_async_checkpointing=False)
+mngr = ocp.CheckpointManager(os.path.join(run, "checkpoints"), options=options)
+for step in (1, 2, 3):
+    x = np.arange(32 * 8, dtype=np.float32).reshape(32, 8) * step
+    arr = jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+    mngr.save(step, args=ocp.args.Composite(
+        params=ocp.args.StandardSave({"w": arr}), meta=ocp.args.JsonSave({"step": step})))
+mngr.wait_until_finished()
+mngr.close()
+if pid == 0:
+    json.dump({}, open(os.path.join(run, "model.json"), "w"))
 """
-    run_dir = str(tmp_path / "sharded")
-    subprocess.run([sys.executable, "-c", code, run_dir], check=True, capture_output=True)
-    got = lawa.average(lawa.run_sources(run_dir, [1, 2]))["w"]
-    np.testing.assert_array_equal(got, np.arange(64 * 16, dtype=np.float32).reshape(64, 16) * 1.5)
+
+
+def test_checkpoint_written_by_two_processes(tmp_path):
+    """Params sharded over 4 devices of 2 jax processes (one file set per process) average on
+    one host to the numpy mean."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    run_dir = str(tmp_path / "mp")
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(i), port, run_dir],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in (0, 1)]
+    for p in procs:
+        out, _ = p.communicate(timeout=180)
+        assert p.returncode == 0, out.decode()[-2000:]
+    params_dir = os.path.join(run_dir, "checkpoints", "3", "params")
+    assert {"ocdbt.process_0", "ocdbt.process_1"} <= set(os.listdir(params_dir))
+    got = lawa.average(lawa.run_sources(run_dir, [1, 2, 3]))["w"]
+    x = np.arange(32 * 8, dtype=np.float32).reshape(32, 8)
+    np.testing.assert_array_equal(got, (x * 1 + x * 2 + x * 3) / 3)
 
 
 MEMORY_CHILD = r"""
