@@ -129,6 +129,12 @@ def defaults() -> ConfigDict:
     c.doremi.main = True  # train the main model on alpha_bar (train.steps)
     c.doremi.baseline = True  # and a baseline on reference_weights with the same budget
 
+    c.lawa = ConfigDict()  # online latest-weight averaging (docs/lawa.md)
+    c.lawa.k = 0  # window: average of the k latest snapshots (0 = off)
+    c.lawa.every = 10  # nu: a snapshot every nu optimizer steps
+    c.lawa.store = "host"  # host: snapshots in host memory | disk: params items under RUN/lawa/
+    c.lawa.ema = 0.0  # beta of an EMA of the params updated every step (0 = off)
+
     c.logging = ConfigDict()
     c.logging.tensorboard = True
     return c
@@ -291,6 +297,13 @@ def validate(cfg: ConfigDict) -> None:
     for name in ("reference_steps", "proxy_steps", "tolerance"):
         if d[name] < 0:
             raise UserError(f"doremi.{name} must be >= 0, got {d[name]}")
+    lw = cfg.lawa
+    _choice("lawa.store", lw.store, ("host", "disk"))
+    if lw.k < 0:
+        raise UserError(f"lawa.k must be >= 0 (0 = off), got {lw.k}")
+    _positive("lawa.every", lw.every)
+    if not 0.0 <= lw.ema < 1.0:
+        raise UserError(f"lawa.ema must be in [0, 1) (0 = off), got {lw.ema}")
 
 
 def _check_keys(cfg: ConfigDict, ref: ConfigDict, prefix: str) -> None:
