@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "model_info",
     "assets",
     "tokenize",
+    "convert",
     "average",
 )
 

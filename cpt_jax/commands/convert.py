@@ -1,0 +1,52 @@
+"""`cpt-jax convert`: Hugging Face GPT-NeoX directory <-> params-only orbax checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="convert a Hugging Face GPT-NeoX directory to a params checkpoint or back",
+        description="cpt-jax convert --from-hf DIR --to CKPT_DIR | --from CKPT_DIR --to-hf DIR",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--from-hf", metavar="DIR", help="Hugging Face GPT-NeoX directory to read")
+    src.add_argument("--from", dest="from_ckpt", metavar="CKPT_DIR",
+                     help="params checkpoint, run directory (latest step) or step directory to read")
+    dst = p.add_mutually_exclusive_group(required=True)
+    dst.add_argument("--to", metavar="CKPT_DIR", help="params checkpoint directory to write")
+    dst.add_argument("--to-hf", metavar="DIR", help="Hugging Face directory to write")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="cast the weights (default: keep the source dtype)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import jax
+    import jax.numpy as jnp
+
+    from cpt_jax.model import checkpoint, hf
+
+    if args.from_hf:
+        params, config = hf.load_params(args.from_hf, dtype=None)
+    else:
+        params, config = checkpoint.load_params(args.from_ckpt)
+    if args.dtype:
+        params = jax.tree.map(lambda x: x.astype(jnp.dtype(args.dtype)), params)
+        config = dataclasses.replace(config, param_dtype=args.dtype, compute_dtype=args.dtype)
+    n = sum(x.size for x in jax.tree.leaves(params))
+    src = args.from_hf or args.from_ckpt
+    if args.to_hf:
+        out = hf.save(params, args.to_hf, config)
+        kind = "Hugging Face directory"
+    else:
+        out = checkpoint.save_params(args.to, params, config)
+        kind = "params checkpoint"
+    dtype = jax.tree.leaves(params)[0].dtype
+    print(f"{src} -> {kind} {out}: L={config.num_layers} d={config.hidden_size} "
+          f"V={config.vocab_size} params={n:,} dtype={dtype}")
+    return 0
