@@ -1,0 +1,213 @@
+"""Online LAWA during training: the k latest snapshots taken every nu steps, and an EMA.
+
+LAWA (Kaddour 2022; Sanyal et al. 2023): ``theta_bar_t = (1/k) sum_{i<k} theta_{t - i nu}``,
+evaluated beside the raw theta_t at each eval step (``eval_lawa/<domain>/loss``) once the
+window holds k snapshots. EMA, for comparison: ``theta_ema <- beta theta_ema + (1 - beta)
+theta`` after every optimizer step, started from the first params it sees, kept on device in
+fp32 (``eval_ema/<domain>/loss``). The optimizer state is never averaged.
+
+Snapshots live in host memory (``lawa.store = "host"``, k full copies gathered onto every
+process) or on disk (``"disk"``: one orbax params item per snapshot under ``RUN/lawa/<step>``,
+averaged with the streaming offline code). ``state()`` / ``load_state()`` carry the window and
+the EMA through a checkpoint, so a resumed run continues the same averages.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any, Callable
+
+import numpy as np
+
+from cpt_jax import lawa as offline
+
+Tree = dict[str, Any]
+
+
+def _to_host(params: Tree) -> Tree:
+    """Full numpy copies of (possibly sharded, multi-process) arrays on this host."""
+    import jax
+
+    leaves = jax.tree_util.tree_leaves(params)
+    if all(getattr(x, "is_fully_addressable", True) for x in leaves):
+        return jax.tree_util.tree_map(lambda x: np.array(x, copy=True), jax.device_get(params))
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(params, tiled=True)
+
+
+def _to_device(host: Tree, like: Tree) -> Tree:
+    """Host arrays placed with the shardings (and dtypes) of ``like``."""
+    import jax
+
+    def put(x: np.ndarray, ref: Any) -> Any:
+        x = np.asarray(x, dtype=ref.dtype)
+        sharding = getattr(ref, "sharding", None)
+        if sharding is None:
+            return jax.numpy.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+    return jax.tree_util.tree_map(put, host, like)
+
+
+class OnlineLawa:
+    """The LAWA window (k snapshots every nu steps, host or disk) and an optional EMA."""
+
+    def __init__(self, k: int, every: int, store: str = "host", ema: float = 0.0, run_dir: str = "") -> None:
+        self.k, self.every, self.store, self.beta = int(k), int(every), store, float(ema)
+        self.dir = os.path.join(os.path.abspath(run_dir or "."), "lawa")
+        self.steps: list[int] = []  # window, oldest first
+        self.snapshots: dict[int, Tree] = {}  # host store only
+        self.ema: Tree | None = None  # device fp32
+        self._ema_update: Callable | None = None
+        self._protected: int | None = None  # disk: oldest step a saved checkpoint still needs
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "OnlineLawa | None":
+        """From the ``lawa`` config section; None when both LAWA (k = 0) and EMA are off."""
+        lw = cfg.lawa
+        if lw.k == 0 and lw.ema == 0.0:
+            return None
+        return cls(lw.k, lw.every, lw.store, lw.ema, cfg.run_dir)
+
+    # -- per step ---------------------------------------------------------------------
+
+    def after_step(self, step: int, params: Tree) -> None:
+        """Call with theta_t after optimizer step t: updates the EMA, snapshots when nu | t."""
+        if self.beta > 0.0:
+            self._update_ema(params)
+        if self.k > 0 and step % self.every == 0 and step not in self.steps:
+            self._snapshot(step, params)
+
+    def _update_ema(self, params: Tree) -> None:
+        import jax
+        import jax.numpy as jnp
+
+        if self.ema is None:
+            self.ema = jax.tree_util.tree_map(lambda p: jnp.array(p, dtype=jnp.float32), params)
+            return
+        if self._ema_update is None:
+            beta = self.beta
+
+            def update(ema: Tree, p: Tree) -> Tree:
+                return jax.tree_util.tree_map(lambda e, x: beta * e + (1.0 - beta) * x.astype(jnp.float32), ema, p)
+
+            self._ema_update = jax.jit(update, donate_argnums=0)
+        self.ema = self._ema_update(self.ema, params)
+
+    def _snapshot(self, step: int, params: Tree) -> None:
+        self.steps.append(step)
+        if self.store == "host":
+            self.snapshots[step] = _to_host(params)
+        else:
+            self._save_disk(step, params)
+        while len(self.steps) > self.k:
+            old = self.steps.pop(0)
+            self.snapshots.pop(old, None)
+        self._prune_disk()
+
+    # -- averages ---------------------------------------------------------------------
+
+    @property
+    def full(self) -> bool:
+        """The window holds k snapshots (LAWA is only reported then)."""
+        return self.k > 0 and len(self.steps) == self.k
+
+    def average_host(self) -> Tree:
+        """theta_bar over the window as host numpy arrays (fp32 running sum, param dtypes)."""
+        if not self.steps:
+            raise ValueError("the LAWA window is empty")
+        if self.store == "disk":
+            return offline.average([self._source(s) for s in self.steps])
+        flats = [offline._flatten(self.snapshots[s]) for s in self.steps]
+        out = {}
+        for path, first in flats[0].items():
+            acc = np.array(first, dtype=offline._acc_dtype(first.dtype))
+            for f in flats[1:]:
+                np.add(acc, f[path], out=acc)
+            np.divide(acc, len(flats), out=acc)
+            out[path] = acc.astype(first.dtype)
+        return offline._unflatten(out)
+
+    def lawa_params(self, like: Tree) -> Tree | None:
+        """theta_bar on device like ``like`` when the window is full, else None."""
+        return _to_device(self.average_host(), like) if self.full else None
+
+    def ema_params(self, like: Tree) -> Tree | None:
+        """theta_ema cast to the params' dtypes, or None when the EMA is off or unstarted."""
+        import jax
+
+        if self.ema is None:
+            return None
+        return jax.tree_util.tree_map(lambda e, p: e.astype(p.dtype), self.ema, like)
+
+    def eval_metrics(self, evaluate: Callable[[Tree], dict], like: Tree) -> dict[str, float]:
+        """``eval_lawa/...`` and ``eval_ema/...`` metrics from ``evaluate(params) -> results``."""
+        from cpt_jax.eval.perplexity import to_metrics
+
+        metrics: dict[str, float] = {}
+        for prefix, params in (("eval_lawa", self.lawa_params(like)), ("eval_ema", self.ema_params(like))):
+            if params is not None:
+                metrics.update(to_metrics(evaluate(params), prefix=prefix))
+        return metrics
+
+    # -- checkpointing ----------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint must hold to continue these averages: window steps, host
+        snapshots (``"host"`` store), the EMA (host numpy)."""
+        tree: dict[str, Any] = {"steps": [int(s) for s in self.steps]}
+        if self.store == "host":
+            tree["snapshots"] = {str(s): self.snapshots[s] for s in self.steps}
+        else:
+            self._protected = min(self.steps) if self.steps else None
+            self._prune_disk()
+        if self.ema is not None:
+            tree["ema"] = _to_host(self.ema)
+        return tree
+
+    def load_state(self, tree: dict[str, Any], like: Tree | None = None) -> None:
+        """Continue from ``state()`` of a checkpoint (EMA placed like ``like`` when given)."""
+        self.steps = [int(s) for s in tree.get("steps", [])]
+        if self.store == "host":
+            snaps = tree.get("snapshots", {})
+            self.snapshots = {s: snaps[str(s)] for s in self.steps}
+        else:
+            self._protected = min(self.steps) if self.steps else None
+        ema = tree.get("ema")
+        if ema is not None:
+            if like is None:
+                import jax.numpy as jnp
+                import jax
+
+                self.ema = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), ema)
+            else:
+                import jax
+
+                f32 = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), ema)
+                self.ema = _to_device(f32, jax.tree_util.tree_map(
+                    lambda p: jax.ShapeDtypeStruct(p.shape, np.float32, sharding=getattr(p, "sharding", None)), like))
+
+    # -- disk store -------------------------------------------------------------------
+
+    def _source(self, step: int) -> offline.Source:
+        return offline.Source(f"lawa snapshot {step}", os.path.join(self.dir, str(step), "params"), {})
+
+    def _save_disk(self, step: int, params: Tree) -> None:
+        import orbax.checkpoint as ocp
+
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(os.path.join(self.dir, str(step), "params"), params, force=True)
+            ckptr.wait_until_finished()
+
+    def _prune_disk(self) -> None:
+        """Delete snapshot dirs out of the window and older than any saved checkpoint needs."""
+        import jax
+
+        if self.store != "disk" or jax.process_index() != 0 or not os.path.isdir(self.dir):
+            return
+        keep_from = min([*self.steps, *([self._protected] if self._protected is not None else [])], default=0)
+        for name in os.listdir(self.dir):
+            if name.isdigit() and int(name) not in self.steps and int(name) < keep_from:
+                shutil.rmtree(os.path.join(self.dir, name), ignore_errors=True)
