@@ -220,3 +220,25 @@ def test_peak_memory_flat_in_k(tmp_path):
     print({k: round(v / nbytes, 2) for k, v in rise.items()}, "param copies")
     assert rise[8] < 1.5 * rise[2] + 2**20, rise
     assert rise[8] < 2.0 * nbytes, (rise, nbytes)
+
+
+def test_to_hf_of_a_pythia_average(tmp_path):
+    """--to-hf writes a Hugging Face dir whose tensors read back equal to the average."""
+    import dataclasses
+
+    import jax
+
+    from cpt_jax.model import hf, pythia
+
+    mcfg = pythia.PythiaConfig(vocab_size=64, hidden_size=16, num_layers=2, num_heads=2)
+    tree = jax.eval_shape(lambda: pythia.init_params(mcfg, jax.random.key(0)))
+    shapes = {k: v.shape for k, v in lawa._flatten(tree).items()}
+    run_dir = str(tmp_path / "py")
+    written = write_run(run_dir, [1, 2, 3], shapes=shapes, model=dataclasses.asdict(mcfg))
+    out, out_hf = str(tmp_path / "avg"), str(tmp_path / "hf")
+    assert cli.main(["average", "--run", run_dir, "--last", "2", "--out", out, "--to-hf", out_hf]) == 0
+    params, config = hf.load_params(out_hf)
+    assert config.hidden_size == 16
+    got = {k: np.asarray(v) for k, v in lawa._flatten(params).items()}
+    for path in shapes:
+        np.testing.assert_allclose(got[path], (written[2][path] + written[3][path]) / 2, rtol=1e-6, atol=1e-7)

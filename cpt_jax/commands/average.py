@@ -102,5 +102,5 @@ def _maybe_hf(out: str | None, params: dict, model: dict) -> None:
         raise UserError("--to-hf needs cpt_jax.model.hf, which this install lacks") from None
     if not hasattr(hf, "save"):
         raise UserError("--to-hf needs cpt_jax.model.hf.save, which this install lacks")
-    hf.save(out, params, config_from_dict(model))
+    hf.save(params, out, config_from_dict(model))
     print(f"Hugging Face copy -> {out}")
