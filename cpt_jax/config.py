@@ -84,6 +84,8 @@ def defaults() -> ConfigDict:
     c.schedule.inv_sqrt_alpha = 10.0  # infinite: a in h(x) = 1/sqrt(1 + a x) - 1
     c.schedule.const_lr_ratio = 0.5  # infinite: eta_const / eta_max
     c.schedule.anneal_frac = 0.0  # infinite: final share annealing eta_const -> eta_min
+    c.schedule.rewarm = True  # infinite: false = no warmup/cooldown, start at eta_const (later tasks)
+    c.schedule.phases = ""  # "NAME:STEPS[,key=value...];..." chained phases (docs/schedules.md)
 
     c.mesh = ConfigDict()
     c.mesh.data = 1
@@ -271,6 +273,9 @@ def validate(cfg: ConfigDict) -> None:
     for name in ("warmup_frac", "decay_frac", "cooldown_frac", "anneal_frac"):
         if not 0.0 <= s[name] <= 1.0:
             raise UserError(f"schedule.{name} must be in [0, 1], got {s[name]}")
+    from cpt_jax.schedules import resolve_phases  # checks every phase's keys and step counts
+
+    resolve_phases(s, o.peak_lr, t.steps)
     if not 0.0 <= cfg.data.replay_fraction < 1.0:
         raise UserError(
             f"data.replay_fraction must be in [0, 1), got {cfg.data.replay_fraction}"
