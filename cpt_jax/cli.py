@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "assets",
     "tokenize",
     "convert",
+    "schedule",
     "average",
 )
 

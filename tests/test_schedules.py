@@ -233,3 +233,17 @@ def test_phases_override_from_the_command_line():
     config_lib.validate(c)
     phases = schedules.resolve_phases(c.schedule, c.optim.peak_lr, c.train.steps)
     assert [(p.name, p.steps, p.warmup) for p in phases] == [("constant", 10, 0), ("cosine", 20, 0)]
+
+
+def test_schedule_command_plots_and_prints_the_formula_values(tmp_path, capsys):
+    from cpt_jax import cli
+
+    out = tmp_path / "lr.png"
+    code = cli.main(["schedule", "--config", "configs/tiny.py", "--out", str(out),
+                     "--config.train.steps=400", "--config.optim.peak_lr=3e-4",
+                     "--config.schedule.warmup_steps=20", "--config.schedule.start_lr=3e-5"])
+    assert code == 0 and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lines = {int(l.split()[1]): float(l.split()[3]) for l in capsys.readouterr().out.splitlines()
+             if l.strip().startswith("step")}
+    for t in (0, 20, 399, 400):
+        assert lines[t] == pytest.approx(ref_cosine(t, 400, 20, PEAK, 0.1 * PEAK, 3e-5), rel=1e-4)
