@@ -229,9 +229,15 @@ class _BatchFn:
 
 
 def _plain(it: Iterator[Batch]) -> Iterator[Batch]:
-    """Copy each batch out of grain's shared-memory arrays so none outlives its worker."""
-    for batch in it:
-        yield {k: np.array(v) for k, v in batch.items()}
+    """Copy each batch out of grain's shared-memory arrays so none outlives its worker;
+    closing this generator stops grain's threads and worker processes."""
+    try:
+        for batch in it:
+            yield {k: np.array(v) for k, v in batch.items()}
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
 
 
 def _check_ids(tokens: np.ndarray, vocab: int, where: str) -> None:
