@@ -254,3 +254,33 @@ def test_worker_processes_keep_the_order(data_dir):
     for k, b in zip(range(3, 10), got):
         want = td.batch(k)
         assert np.array_equal(b["tokens"], want["tokens"]) and np.array_equal(b["domain"], want["domain"])
+
+
+def test_resume_through_an_orbax_checkpoint(data_dir, tmp_path):
+    import orbax.checkpoint as ocp
+
+    root, _ = data_dir
+    cfg = make_cfg(root, replay_domains="old", replay_fraction=0.25, phases="4:web=1")
+    td = TrainData(cfg)
+    uninterrupted = [b for _, b in zip(range(10), td.iterator(0))]
+    with ocp.CheckpointManager(tmp_path / "ckpt") as mgr:  # stop after 6 steps, save the data state
+        mgr.save(6, args=ocp.args.Composite(meta=ocp.args.JsonSave({"step": 6, "data": td.state(6)})))
+        mgr.wait_until_finished()
+    with ocp.CheckpointManager(tmp_path / "ckpt") as mgr:
+        meta = mgr.restore(mgr.latest_step(), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    fresh = TrainData(cfg)
+    resumed = [b for _, b in zip(range(4), fresh.iterator(fresh.resume_step(meta["data"])))]
+    for x, y in zip(uninterrupted[6:], resumed):
+        assert np.array_equal(x["tokens"], y["tokens"]) and np.array_equal(x["domain"], y["domain"])
+
+
+def test_long_threshold_config_filters_main_domains(data_dir):
+    from cpt_jax.data.indexed import IndexedDataset
+
+    root, _ = data_dir
+    td = TrainData(make_cfg(root, domains="web", replay_domains="old", replay_fraction=0.25,
+                            long_threshold=40, long_keep=0.0))
+    sizes = np.asarray(IndexedDataset(os.path.join(root, "web", "train")).sizes)
+    assert len(td.sources[0]) == (int(sizes[sizes >= 40].sum()) - 1) // T  # only long documents
+    old = np.asarray(IndexedDataset(os.path.join(root, "old", "train")).sizes)
+    assert len(td.sources[1]) == (int(old.sum()) - 1) // T  # replay domain untouched
