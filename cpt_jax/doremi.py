@@ -158,6 +158,7 @@ class DoReMiObjective:
         micro_batches: int = 1,
         reference_config: pythia.PythiaConfig | None = None,
         vocab_chunk: int = 0,
+        reuse_forward: bool = True,
     ):
         if normalization not in NORMALIZATIONS:
             raise UserError(
@@ -182,6 +183,7 @@ class DoReMiObjective:
             raise UserError(f"{len(self.domains)} domain names for {self.k} domains")
         self.micro_batches = int(micro_batches)
         self.vocab_chunk = int(vocab_chunk)
+        self.reuse_forward = bool(reuse_forward)
 
     def init_extras(self, params: Any) -> dict:
         """alpha_0 uniform, alpha_sum 0, t 0, lambda 0, and the frozen reference params."""
@@ -206,12 +208,15 @@ class DoReMiObjective:
         """Global-batch lambda and one alpha step; ctx carries the loss weights ``w``."""
         tokens, domain = batch["tokens"], batch["domain"]
         m, ctx = self.micro_batches, {}
-        if m <= 1:
+        if m <= 1 and self.reuse_forward:
             # one proxy forward serves lambda and the gradient: its VJP (a pytree holding the
             # residuals) rides in ctx and ``loss`` reuses it instead of a second forward
             lp, ctx["vjp"] = jax.vjp(lambda p: self._proxy_losses(p, tokens), params)
             ctx["lp"] = jax.lax.stop_gradient(lp)
             sums = self._batch_sums(ctx["lp"], extras["reference"], tokens, domain)
+        elif m <= 1:
+            lp = self._proxy_losses(jax.lax.stop_gradient(params), tokens)
+            sums = self._batch_sums(lp, extras["reference"], tokens, domain)
         else:
             b = tokens.shape[0]
             if b % m:
