@@ -77,21 +77,21 @@ def _init_worker(tokenizer_path: str, eos_id: int, single_thread: bool) -> None:
     _TOKENIZER, _EOS = load_tokenizer(tokenizer_path), eos_id
 
 
-def _encode_chunk(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids of the documents, each followed by EOS, concatenated; plus per-doc lengths."""
+def _encode_chunk(texts: list[str]) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Token ids of the documents, each followed by EOS, concatenated; per-doc lengths; bytes."""
     encs = _TOKENIZER.encode_batch(texts, add_special_tokens=False)
     ids = [np.asarray(e.ids + [_EOS], dtype=np.int32) for e in encs]
     lengths = np.asarray([len(a) for a in ids], dtype=np.int64)
-    return (np.concatenate(ids) if ids else np.zeros(0, np.int32)), lengths
+    nbytes = [len(t.encode("utf-8", errors="replace")) for t in texts]
+    return (np.concatenate(ids) if ids else np.zeros(0, np.int32)), lengths, nbytes
 
 
-def _chunks(docs: Iterator[str], stats: dict) -> Iterator[list[str]]:
+def _chunks(docs: Iterator[str]) -> Iterator[list[str]]:
     chunk: list[str] = []
     chars = 0
     for doc in docs:
         chunk.append(doc)
         chars += len(doc)
-        stats["bytes"] += len(doc.encode("utf-8", errors="replace"))
         if chars >= _CHUNK_CHARS or len(chunk) >= _CHUNK_DOCS:
             yield chunk
             chunk, chars = [], 0
@@ -101,8 +101,8 @@ def _chunks(docs: Iterator[str], stats: dict) -> Iterator[list[str]]:
 
 def _encoded_documents(
     chunks: Iterator[list[str]], tokenizer_path: str, eos_id: int, workers: int
-) -> Iterator[np.ndarray]:
-    """Token arrays of every document in input order; at most 2 x workers chunks in flight."""
+) -> Iterator[tuple[np.ndarray, int]]:
+    """(token array, text bytes) of every document in input order; <= 2 x workers chunks in flight."""
     if workers <= 1:
         _init_worker(tokenizer_path, eos_id, single_thread=False)
         results: Iterable = map(_encode_chunk, chunks)
@@ -111,8 +111,9 @@ def _encoded_documents(
         pool = ctx.Pool(workers, _init_worker, (tokenizer_path, eos_id, True))
         results = _ordered(pool, chunks, 2 * workers)
     try:
-        for flat, lengths in results:
-            yield from np.split(flat, np.cumsum(lengths)[:-1]) if len(lengths) else ()
+        for flat, lengths, nbytes in results:
+            if len(lengths):
+                yield from zip(np.split(flat, np.cumsum(lengths)[:-1]), nbytes)
     finally:
         if workers > 1:
             pool.terminate()
@@ -133,8 +134,8 @@ def _ordered(pool, chunks: Iterator[list[str]], window: int) -> Iterator:
 
 
 class _Progress:
-    def __init__(self, domain: str, stats: dict, enabled: bool):
-        self.domain, self.stats, self.enabled = domain, stats, enabled
+    def __init__(self, domain: str, enabled: bool):
+        self.domain, self.enabled, self.bytes = domain, enabled, 0
         self.start = self.last = time.perf_counter()
         self.tty = sys.stderr.isatty()
 
@@ -143,7 +144,7 @@ class _Progress:
         if not self.enabled or (not final and now - self.last < (0.5 if self.tty else 10.0)):
             return
         self.last = now
-        mb = self.stats["bytes"] / 1e6
+        mb = self.bytes / 1e6
         line = (f"tokenize {self.domain}: {mb:,.1f} MB, {docs:,} docs, {tokens:,} tokens, "
                 f"{mb / max(now - self.start, 1e-9):.2f} MB/s")
         end = "\n" if final or not self.tty else ""
@@ -226,20 +227,20 @@ def tokenize_domain(
 
     mf.update_manifest(data_dir, tokenizer, domain, None)  # never points at half-rewritten files
     dtype = dtype_for_vocab(vocab)
-    stats = {"bytes": 0}
-    bar = _Progress(domain, stats, progress)
+    bar = _Progress(domain, progress)
     docs = _encoded_documents(
-        _chunks(iter_documents(paths, text_field, doc_sep), stats), os.fspath(tokenizer_path),
+        _chunks(iter_documents(paths, text_field, doc_sep)), os.fspath(tokenizer_path),
         eos_id, workers)
     with IndexedDatasetWriter(data_dir / domain / "train", dtype) as train, \
             IndexedDatasetWriter(data_dir / domain / "val", dtype) as val:
         pending: tuple[int, np.ndarray] | None = None  # one document of look-ahead
         try:
-            for i, ids in enumerate(docs):
+            for i, (ids, nbytes) in enumerate(docs):
                 if pending is not None:
                     j, prev = pending
                     (val if is_val_document(j, domain, val_fraction) else train).add_document(prev)
                 pending = (i, ids)
+                bar.bytes += nbytes
                 total = train.num_tokens + val.num_tokens + len(ids)
                 bar.update(total, i + 1)
                 if max_tokens is not None and total >= max_tokens:
