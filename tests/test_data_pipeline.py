@@ -93,6 +93,7 @@ def test_batch_rows_are_windows_and_each_window_once_per_epoch(data_dir):
     assert sorted(ids[:n]) == list(range(n))  # epoch 0: every window exactly once
     assert sorted(ids[n : 2 * n]) == list(range(n))  # epoch 1 as well,
     assert ids[:n] != ids[n : 2 * n]  # in a different order
+    np.testing.assert_allclose(td.epochs_at(10), [80 / n])
 
 
 def test_same_seed_same_batches_other_seed_differs(data_dir):

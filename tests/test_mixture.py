@@ -116,6 +116,7 @@ def test_draws_are_consecutive_per_domain_across_phases_and_replay():
             seen[int(d)].append(int(j))
     for i, draws in seen.items():
         assert sorted(draws) == list(range(len(draws))), NAMES[i]  # each draw exactly once
+    assert plan.draws_before(40).tolist() == [len(seen[i]) for i in range(4)]
     # layout(k) does not depend on having computed earlier steps
     fresh = MixturePlan(NAMES, phases, 12, seed=1, replay_weights=np.array([0.25, 0, 0, 0.75]), replay=3)
     for k in (39, 20, 6):

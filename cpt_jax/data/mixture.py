@@ -247,16 +247,22 @@ class MixturePlan:
             w = w + self.replay_weights * self.replay / self.batch
         return w
 
-    def layout(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+    def draws_before(self, step: int) -> np.ndarray:
+        """Sequences of each domain in global batches 0 .. step - 1 (closed form)."""
         if step < 0:
             raise UserError(f"data step must be >= 0, got {step}")
         p = self.phase(step)
-        g0 = (step - self.starts[p]) * self.main
-        main_dom = self.allocs[p].domains(g0, self.main)
-        done = self.before[p] + self.allocs[p].counts(g0)
+        done = self.before[p] + self.allocs[p].counts((step - self.starts[p]) * self.main)
+        if self.replay:
+            done = done + self.replay_alloc.counts(step * self.replay)
+        return done
+
+    def layout(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        done = self.draws_before(step)
+        p = self.phase(step)
+        main_dom = self.allocs[p].domains((step - self.starts[p]) * self.main, self.main)
         if self.replay:
             rep_dom = self.replay_alloc.domains(step * self.replay, self.replay)
-            done = done + self.replay_alloc.counts(step * self.replay)
         else:
             rep_dom = np.zeros(0, np.int64)
         dom = np.concatenate([main_dom, rep_dom])

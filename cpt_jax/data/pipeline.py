@@ -167,6 +167,13 @@ class TrainData:
         """Expected share of each domain (id order) among the sequences of global batch ``step``."""
         return self.plan.weights_at(step)
 
+    def epochs_at(self, step: int) -> np.ndarray:
+        """Epochs of each domain's train windows consumed by global batches 0 .. step - 1
+        (> 1: the run repeats data; domains without a usable window report 0)."""
+        done = self.plan.draws_before(int(step)).astype(np.float64)
+        n = np.array([len(s) if d > 0 else 1 for s, d in zip(self.sources, done)], np.float64)
+        return done / n
+
     def batch(self, step: int) -> Batch:
         """This process's rows of global batch ``step``: tokens int32 [b, T+1], domain int32 [b]."""
         dom, draw = self.plan.layout(int(step))

@@ -135,17 +135,17 @@ class FilteredStream:
 
     def __init__(self, base: ArrayStream, threshold: int, keep_prob: float, key: int):
         self.base, self.recipe = base, (int(threshold), float(keep_prob), int(key))
-        self._starts: np.ndarray | None = None
-        self._cum: np.ndarray | None = None
+        self._idx: tuple[np.ndarray, np.ndarray] | None = None
 
     def _index(self) -> tuple[np.ndarray, np.ndarray]:
-        if self._starts is None:
+        """(stream offset of each kept document, cumulative kept lengths); one assignment, so
+        prefetch threads never see half of it."""
+        if self._idx is None:
             lengths = np.asarray(self.base.doc_lengths(), np.int64)
             offsets = np.concatenate([[0], np.cumsum(lengths)])[:-1]
             mask = keep_documents(lengths, *self.recipe)
-            self._starts = offsets[mask]
-            self._cum = np.concatenate([[0], np.cumsum(lengths[mask])])
-        return self._starts, self._cum
+            self._idx = (offsets[mask], np.concatenate([[0], np.cumsum(lengths[mask])]))
+        return self._idx
 
     @property
     def num_tokens(self) -> int:
