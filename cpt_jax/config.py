@@ -137,6 +137,11 @@ def defaults() -> ConfigDict:
     c.lawa.store = "host"  # host: snapshots in host memory | disk: params items under RUN/lawa/
     c.lawa.ema = 0.0  # beta of an EMA of the params updated every step (0 = off)
 
+    c.eval = ConfigDict()  # cpt-jax eval: zero-shot tasks (docs/evaluation.md)
+    c.eval.tasks = "piqa,arc_easy,arc_challenge,sciq,hellaswag,winogrande"  # names or JSONL paths
+    c.eval.limit = 0  # first N examples per task (0 = all)
+    c.eval.batch_size = 32  # sequences per scoring batch
+
     c.logging = ConfigDict()
     c.logging.tensorboard = True
     return c
@@ -309,6 +314,9 @@ def validate(cfg: ConfigDict) -> None:
     _positive("lawa.every", lw.every)
     if not 0.0 <= lw.ema < 1.0:
         raise UserError(f"lawa.ema must be in [0, 1) (0 = off), got {lw.ema}")
+    _positive("eval.batch_size", cfg.eval.batch_size)
+    if cfg.eval.limit < 0:
+        raise UserError(f"eval.limit must be >= 0 (0 = all), got {cfg.eval.limit}")
 
 
 def _check_keys(cfg: ConfigDict, ref: ConfigDict, prefix: str) -> None:
