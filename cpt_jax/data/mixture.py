@@ -25,7 +25,6 @@ import json
 import math
 import os
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 
