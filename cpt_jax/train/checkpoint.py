@@ -1,0 +1,170 @@
+"""Training checkpoints: an orbax ``CheckpointManager`` under ``RUN/checkpoints/<step>/``.
+
+Each step directory holds the composite items
+
+    params     StandardSave of the plain params dict
+    opt_state  StandardSave of the optax state (fp32 moments, counts)
+    extras     StandardSave of the objective's state (omitted when it is empty: orbax cannot
+               write an empty tree; restoring then keeps the objective's fresh extras)
+    meta       JsonSave: {"step", "data": {"step"}, "tokens", "wall_time_s", "time"}
+
+Saves are asynchronous (``checkpoint.async_save``): the step's arrays are copied off the devices
+and written in the background while training goes on. Orbax writes each step under a temporary
+name and renames it (or writes ``commit_success.txt`` on object stores) only when complete, so a
+half-written step is never listed or restored. The newest ``checkpoint.keep`` steps and every
+step in ``checkpoint.keep_steps`` are kept (keep <= 0 keeps all).
+
+Restoring takes the *current* run's shardings: a run saved on 8 devices restores on 4.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from cpt_jax.errors import UserError
+from cpt_jax.train.state import TrainState
+
+ITEMS = ("params", "opt_state", "extras", "meta")
+
+
+def _keep_steps(text: str) -> list[int]:
+    try:
+        return [int(s) for s in str(text).replace(" ", "").split(",") if s]
+    except ValueError:
+        raise UserError(f"checkpoint.keep_steps must be comma-separated integers, got {text!r}") from None
+
+
+class RunCheckpoints:
+    """The run's checkpoint manager (one per process; every process must call save/restore)."""
+
+    def __init__(self, run_dir: str | Path, ckpt_cfg: Any):
+        import orbax.checkpoint as ocp
+        from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
+
+        self.directory = Path(run_dir).absolute() / "checkpoints"
+        keep, keep_steps = int(ckpt_cfg.keep), _keep_steps(ckpt_cfg.keep_steps)
+        policies: list[Any] = [pp.LatestN(keep) if keep > 0 else pp.PreserveAll()]
+        if keep_steps:
+            policies.append(pp.CustomSteps(keep_steps))
+        options = ocp.CheckpointManagerOptions(
+            enable_async_checkpointing=bool(ckpt_cfg.async_save),
+            preservation_policy=pp.AnyPreservationPolicy(policies),
+            create=True,
+        )
+        self._ocp = ocp
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+
+    def latest_step(self) -> int | None:
+        """The newest complete step, or None."""
+        self.manager.reload()
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        self.manager.reload()
+        return sorted(self.manager.all_steps())
+
+    def save(self, state: TrainState, meta: dict[str, Any]) -> None:
+        """Start saving ``state`` at ``meta["step"]`` (asynchronously when configured)."""
+        a = self._ocp.args
+        items = {
+            "params": a.StandardSave(state.params),
+            "opt_state": a.StandardSave(state.opt_state),
+            "meta": a.JsonSave(meta),
+        }
+        if jax.tree.leaves(state.extras):
+            items["extras"] = a.StandardSave(state.extras)
+        self.manager.save(int(meta["step"]), args=a.Composite(**items), force=True)
+
+    def restore(self, step: int, target: TrainState) -> tuple[TrainState, dict[str, Any]]:
+        """Restore ``step`` onto ``target``'s shapes and shardings (ShapeDtypeStructs with
+        ``sharding``, or arrays); ``target.extras`` is kept when the step saved none."""
+        a = self._ocp.args
+        step_dir = self.directory / str(step)
+        items = {
+            "params": a.StandardRestore(_abstract(target.params)),
+            "opt_state": a.StandardRestore(_abstract(target.opt_state)),
+            "meta": a.JsonRestore(),
+        }
+        has_extras = (step_dir / "extras").is_dir() and jax.tree.leaves(target.extras)
+        if has_extras:
+            items["extras"] = a.StandardRestore(_abstract(target.extras))
+        try:
+            out = self.manager.restore(step, args=a.Composite(**items))
+        except (ValueError, KeyError, TypeError, FileNotFoundError) as err:
+            raise UserError(
+                f"cannot restore checkpoint {step_dir} (different model or optimizer?): "
+                f"{str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}"
+            ) from None
+        extras = out["extras"] if has_extras else target.extras
+        meta = dict(out["meta"])
+        state = TrainState(
+            step=jax.device_put(np.int32(meta["step"]), _sharding(target.step)),
+            params=out["params"],
+            opt_state=out["opt_state"],
+            extras=extras,
+        )
+        return state, meta
+
+    def wait(self) -> None:
+        """Block until pending asynchronous saves are on disk."""
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def _sharding(x: Any) -> Any:
+    return getattr(x, "sharding", None)
+
+
+def _abstract(tree: Any) -> Any:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=_sharding(x)), tree)
+
+
+def latest_step(run_dir: str | Path) -> int | None:
+    """The newest complete step under ``RUN/checkpoints`` (temporary, half-written steps are
+    skipped), or None when there is none."""
+    import orbax.checkpoint as ocp
+    from etils import epath
+
+    root = Path(run_dir).absolute() / "checkpoints"
+    if not root.is_dir():
+        return None
+    steps = [
+        int(p.name) for p in root.iterdir()
+        if p.is_dir() and p.name.isdigit() and ocp.step.is_checkpoint_finalized(epath.Path(p))
+        and (p / "params").is_dir()
+    ]
+    return max(steps) if steps else None
+
+
+def restore_params(step_dir: str | Path, shardings: Any = None) -> dict[str, Any]:
+    """The ``params`` item of one step directory ``RUN/checkpoints/<step>``, placed with
+    ``shardings`` (a tree of NamedShardings matching the params) or on this process's first
+    device when None."""
+    import orbax.checkpoint as ocp
+
+    item = Path(step_dir).absolute() / "params"
+    if shardings is None:
+        from cpt_jax.model.checkpoint import restore_params_item
+
+        return restore_params_item(item)
+    if not item.is_dir():
+        raise UserError(f"no params item in checkpoint step {step_dir}")
+    ckptr = ocp.StandardCheckpointer()
+    try:
+        meta = ckptr.metadata(item)
+        tree = getattr(meta, "item_metadata", meta)
+        tree = getattr(tree, "tree", tree)
+        target = jax.tree.map(
+            lambda m, s: jax.ShapeDtypeStruct(tuple(m.shape), np.dtype(m.dtype), sharding=s),
+            dict(tree), shardings, is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"),
+        )
+        return ckptr.restore(item, target)
+    finally:
+        ckptr.close()

@@ -1,0 +1,300 @@
+"""The training run: initialise or resume, step, log, evaluate, checkpoint, stop cleanly.
+
+``run(cfg)`` starts from (in this order of precedence)
+
+1. the newest complete checkpoint under ``RUN/checkpoints`` (resume: same params, optimizer
+   state, extras and step; the data pipeline is a pure function of the step, so the run
+   continues bit for bit as if it had never stopped);
+2. ``train.init_from`` (a params checkpoint, run, step or Hugging Face directory): those
+   weights with a fresh optimizer state and step 0 -- the continual-pretraining start;
+3. Pythia's initialisation with ``seed``.
+
+SIGTERM / SIGINT: the current step finishes, a checkpoint is saved, the run returns a summary
+with ``"interrupted": "SIGTERM" | "SIGINT"`` (the ``train`` verb exits 0 after SIGTERM, 130 after
+SIGINT). A non-finite loss stops the run with a ``UserError`` naming the step; nothing is saved
+after it, so the last good checkpoint stays the newest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from cpt_jax import sharding
+from cpt_jax.config import to_dict
+from cpt_jax.errors import UserError
+from cpt_jax.model import pythia
+from cpt_jax.optim import make_optimizer
+from cpt_jax.schedules import make_schedule
+from cpt_jax.train.checkpoint import RunCheckpoints
+from cpt_jax.train.metrics import MetricsWriter, Window, flops_per_token, peak_flops
+from cpt_jax.train.state import TrainState, state_shardings
+from cpt_jax.train.step import NextTokenObjective, Objective, make_train_step
+
+# architecture fields a train.init_from checkpoint must share with cfg.model
+_ARCH_FIELDS = ("use_parallel_residual", "rotary_pct", "hidden_act", "attention_bias")
+
+
+class _StopFlag:
+    """Records SIGTERM / SIGINT; the loop checks it after each step."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: no handlers
+                pass
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signal = signal.Signals(signum).name
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def should_stop(self) -> str | None:
+        if jax.process_count() == 1:
+            return self.signal
+        from jax.experimental import multihost_utils  # every process must agree
+
+        codes = {"SIGTERM": 1, "SIGINT": 2}
+        got = int(np.max(multihost_utils.process_allgather(np.int32(codes.get(self.signal, 0)))))
+        return {1: "SIGTERM", 2: "SIGINT"}.get(got)
+
+
+def _train_data(cfg: Any) -> Any:
+    try:
+        from cpt_jax.data.pipeline import TrainData
+    except ImportError as err:
+        raise UserError(f"the data pipeline is not available: {err}") from None
+    return TrainData(cfg, jax.process_index(), jax.process_count())
+
+
+def _eval_sets(cfg: Any, domains: list[str]) -> dict[str, list[dict]] | None:
+    try:
+        from cpt_jax.data.pipeline import eval_sets
+    except ImportError:
+        return None
+    return eval_sets(cfg, domains)
+
+
+def _init_params_from(path: str, abstract: Any, mcfg: pythia.PythiaConfig, shardings: Any) -> Any:
+    """Weights of ``train.init_from``, checked against the configured model, placed sharded."""
+    from cpt_jax.model.checkpoint import load_params
+
+    params, src = load_params(path)
+    for f in _ARCH_FIELDS:
+        if getattr(src, f) != getattr(mcfg, f):
+            raise UserError(
+                f"train.init_from {path}: model.{f} is {getattr(src, f)!r} there but "
+                f"{getattr(mcfg, f)!r} in the config"
+            )
+    flat_a = jax.tree_util.tree_flatten_with_path(abstract)[0]
+    flat_p = dict(jax.tree_util.tree_flatten_with_path(params)[0])
+    for key, leaf in flat_a:
+        name = "/".join(str(getattr(k, "key", k)) for k in key)
+        if key not in flat_p or tuple(flat_p[key].shape) != tuple(leaf.shape):
+            got = tuple(flat_p[key].shape) if key in flat_p else "missing"
+            raise UserError(
+                f"train.init_from {path}: parameter {name} is {got}, the config's model needs "
+                f"{tuple(leaf.shape)}"
+            )
+    host = jax.tree.map(lambda x, a: np.asarray(x).astype(a.dtype), params, abstract)
+    return sharding.put_global(host, shardings)
+
+
+def _check_finite(step: int, metrics: dict[str, Any], last_good: int | None) -> None:
+    loss = float(metrics["loss"])
+    if not math.isfinite(loss):
+        where = f"step {last_good}" if last_good is not None else "none was saved"
+        raise UserError(
+            f"loss is {loss} at step {step}: training stopped (last good checkpoint: {where})"
+        )
+
+
+def run(
+    cfg: Any,
+    objective: Objective | None = None,
+    *,
+    trainable: Any = None,
+    data: Any = None,
+    eval_sets: dict[str, list[dict]] | None = None,
+) -> dict[str, Any]:
+    """Train ``cfg`` to ``train.steps`` under ``cfg.run_dir``; returns the summary dict.
+
+    ``objective`` defaults to next-token cross-entropy; ``trainable`` is the optimizer's
+    trainable mask (see ``cpt_jax.optim``); ``data`` / ``eval_sets`` replace the configured
+    pipeline (an object with ``.domains`` and ``.batch(step)``, and ``{domain: [batch]}``).
+    """
+    sharding.maybe_initialize_distributed(cfg)
+    wall0 = time.time()
+    t, b, m, total = cfg.train.seq_len, cfg.train.batch_size, cfg.train.micro_batches, cfg.train.steps
+    run_dir = Path(cfg.run_dir).absolute()
+    main = jax.process_index() == 0
+    mesh = sharding.make_mesh(cfg.mesh)
+    sharding.check_batch(mesh, b, m)
+    mcfg = pythia.PythiaConfig.from_config(cfg.model)
+
+    data = _train_data(cfg) if data is None else data
+    domains = list(data.domains)
+    objective = NextTokenObjective(mcfg, len(domains)) if objective is None else objective
+    schedule = make_schedule(cfg.schedule, cfg.optim.peak_lr, total)
+    tx = make_optimizer(cfg, total, trainable)
+
+    abstract_params = jax.eval_shape(lambda: pythia.init_params(mcfg, jax.random.key(0)))
+    abstract = TrainState(
+        step=jax.ShapeDtypeStruct((), np.int32),
+        params=abstract_params,
+        opt_state=jax.eval_shape(tx.init, abstract_params),
+        extras=jax.eval_shape(objective.init_extras, abstract_params),
+    )
+    shard = state_shardings(abstract, mesh)  # UserError for indivisible dims, before compiling
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpts = RunCheckpoints(run_dir, cfg.checkpoint)
+    resumed = ckpts.latest_step()
+    if resumed is not None:
+        target = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shard
+        )
+        state, _ = ckpts.restore(resumed, target)
+        if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(state.extras)):
+            extras = jax.jit(objective.init_extras, out_shardings=shard.extras)(state.params)
+            state = state.replace(extras=extras)
+    else:
+        if cfg.train.init_from:
+            params = _init_params_from(cfg.train.init_from, abstract_params, mcfg, shard.params)
+        else:
+            params = jax.jit(lambda k: pythia.init_params(mcfg, k), out_shardings=shard.params)(
+                jax.random.key(cfg.seed)
+            )
+        state = TrainState(
+            step=jax.device_put(np.int32(0), shard.step),
+            params=params,
+            opt_state=jax.jit(tx.init, out_shardings=shard.opt_state)(params),
+            extras=jax.jit(objective.init_extras, out_shardings=shard.extras)(params),
+        )
+    start = int(jax.device_get(state.step))
+
+    if main:
+        (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+        (run_dir / "model.json").write_text(json.dumps(dataclasses.asdict(mcfg), indent=2) + "\n")
+    n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_params))
+    flops_tok = flops_per_token(mcfg, t, n_params)
+    peak = peak_flops(jax.devices()[0])
+    peak_total = peak * jax.device_count() if peak else None
+    writer = MetricsWriter(run_dir, main, cfg.logging.tensorboard, cfg.train.progress)
+    train_step = make_train_step(objective, tx, schedule, shard, mesh, m)
+    evals = _eval_sets(cfg, domains) if eval_sets is None else eval_sets
+    rep = sharding.replicated(mesh)
+
+    def run_eval(step: int) -> dict[str, Any]:
+        if not evals:
+            return {}
+        from cpt_jax.eval.perplexity import evaluate
+
+        put = lambda a: sharding.put_global(a, rep)  # noqa: E731
+        res = evaluate(state.params, mcfg, evals, put=put)
+        rec: dict[str, Any] = {"step": step}
+        for name, r in res.items():
+            rec[f"eval/{name}/loss"], rec[f"eval/{name}/ppl"] = r["loss"], r["ppl"]
+        losses_ = [r["loss"] for r in res.values()]
+        rec["eval/avg/loss"] = float(np.mean(losses_))
+        writer.write(rec)
+        return res
+
+    stop = _StopFlag()
+    stop.install()
+    window, pending = Window(), []
+    last_good, last_saved = resumed, resumed
+    final_eval: dict[str, Any] = {}
+    last_loss = float("nan")
+    interrupted = None
+    done = start
+    tok_step = b * t
+
+    def drain(keep: int) -> None:
+        """Fetch metrics of finished steps (all but the newest ``keep``), check them."""
+        nonlocal last_loss
+        while len(pending) > keep:
+            s, dev = pending.pop(0)
+            host = jax.device_get(dev)
+            _check_finite(s, host, last_good)
+            window.add(host)
+            last_loss = float(host["loss"])
+
+    def save(step: int) -> None:
+        nonlocal last_good, last_saved
+        meta = {"step": step, "data": {"step": step}, "tokens": step * tok_step,
+                "wall_time_s": time.time() - wall0, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        ckpts.save(state, meta)
+        last_good = last_saved = step
+
+    try:
+        source = data.iterator(start) if hasattr(data, "iterator") else (data.batch(s) for s in range(start, total))
+        for s in range(start, total):
+            batch = sharding.global_batch(next(source), mesh, b)
+            state, metrics = train_step(state, batch)
+            done = s + 1
+            pending.append((done, metrics))
+            drain(1)  # one step behind: the host never waits on the step it just dispatched
+            interrupted = stop.should_stop()
+            log = done % cfg.train.log_every == 0 or done == total
+            do_eval = cfg.train.eval_every > 0 and done % cfg.train.eval_every == 0 and done < total
+            do_ckpt = (cfg.checkpoint.every > 0 and done % cfg.checkpoint.every == 0) or done == total
+            if log or do_eval or do_ckpt or interrupted:
+                drain(0)
+            if (log or interrupted) and window.losses:
+                now = time.perf_counter()
+                rec = window.record(done, domains, done * tok_step, now - window.t0, flops_tok,
+                                    peak_total, tok_step)
+                writer.write(rec)
+                eta = (total - done) * (now - window.t0) / len(window.losses)
+                writer.progress(done, total, rec["train/loss"], rec["tokens_per_s"], eta, rec["mfu"])
+                window.reset(time.perf_counter())
+            if do_ckpt or interrupted:
+                save(done)
+            if do_eval:
+                final_eval = run_eval(done)
+            if do_ckpt or do_eval:
+                window.t0 = time.perf_counter()  # tokens/s counts training time only
+            if interrupted:
+                break
+        if interrupted is None and done == total:
+            final_eval = run_eval(done)
+    except BaseException:
+        ckpts.wait()  # leave the last good checkpoint complete on disk
+        raise
+    finally:
+        stop.restore()
+        writer.close()
+    ckpts.close()
+    summary = {
+        "run_dir": str(run_dir),
+        "steps": done,
+        "tokens": done * tok_step,
+        "wall_time_s": time.time() - wall0,
+        "final_train_loss": last_loss,
+        "final_eval": final_eval,
+        "resumed_from": resumed,
+        "last_checkpoint": last_saved,
+        "interrupted": interrupted,
+        "devices": jax.device_count(),
+        "mesh": dict(mesh.shape),
+    }
+    if main:
+        clean = json.loads(json.dumps(summary, default=float).replace("NaN", "null"))
+        (run_dir / "summary.json").write_text(json.dumps(clean, indent=2) + "\n")
+    return summary

@@ -1,0 +1,172 @@
+"""Run logging: ``RUN/metrics.jsonl``, TensorBoard, the progress line, FLOPs and MFU.
+
+FLOPs per token (PaLM convention, ../shared/REFERENCE.md section 7)::
+
+    F = 6 * N_matmul + 12 * L * T * d,     N_matmul = all parameters except embed_in
+
+(the input embedding is a lookup; the unembedding is a matmul). MFU = tokens/s * F / (number
+of devices * peak FLOP/s of one device); the peak comes from the device kind (dense bf16; see
+``PEAK_TFLOPS``) and MFU is ``null`` where it is unknown (e.g. CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# dense bf16 peak TFLOP/s per device, matched by substring of jax's device_kind (lower case)
+PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
+    ("h200", 989.0),
+    ("h100", 989.0),
+    ("gh200", 989.0),
+    ("a100", 312.0),
+    ("l4", 121.0),
+    ("a10", 125.0),
+    ("v6", 918.0),  # TPU v6e (Trillium)
+    ("v5p", 459.0),
+    ("v5 lite", 197.0),
+    ("v5e", 197.0),
+    ("v4", 275.0),
+)
+
+
+def flops_per_token(model_config: Any, seq_len: int, n_params: int) -> float:
+    """``6 * N_matmul + 12 * L * T * d`` with ``N_matmul = n_params - V * d``."""
+    c = model_config
+    n_matmul = n_params - c.vocab_size * c.hidden_size
+    return 6.0 * n_matmul + 12.0 * c.num_layers * seq_len * c.hidden_size
+
+
+def peak_flops(device: Any) -> float | None:
+    """Peak dense bf16 FLOP/s of one device, or None when unknown."""
+    kind = str(getattr(device, "device_kind", "")).lower()
+    for key, tflops in PEAK_TFLOPS:
+        if key in kind:
+            return tflops * 1e12
+    return None
+
+
+def _fmt_time(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+class MetricsWriter:
+    """Appends JSON lines (process 0 only), mirrors them to TensorBoard, prints progress."""
+
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool, progress: bool):
+        self.enabled = enabled
+        self.progress_on = progress and enabled
+        self.path = run_dir / "metrics.jsonl"
+        self._file = open(self.path, "a") if enabled else None
+        self._tb = None
+        if enabled and tensorboard:
+            try:
+                from tensorboardX import SummaryWriter
+
+                self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+            except ImportError:
+                print("tensorboardX is not installed: no TensorBoard events", file=sys.stderr)
+        self._tty = sys.stderr.isatty()
+
+    def write(self, record: dict[str, Any]) -> None:
+        """One line ``{"step": s, ...}``; non-finite floats are written as null."""
+        if not self.enabled:
+            return
+        clean = {k: _jsonable(v) for k, v in record.items()}
+        self._file.write(json.dumps(clean) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            step = int(record["step"])
+            for k, v in clean.items():
+                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self._tb.add_scalar(k, v, step)
+
+    def progress(self, step: int, total: int, loss: float, tokens_per_s: float, eta_s: float,
+                 mfu: float | None) -> None:
+        """``step 120/1000 (12%) | loss 3.2141 | 51.2k tok/s | mfu 31.0% | eta 0:03:12``."""
+        if not self.progress_on:
+            return
+        text = (f"step {step}/{total} ({100 * step / total:.0f}%) | loss {loss:.4f} | "
+                f"{tokens_per_s / 1e3:.1f}k tok/s" + (f" | mfu {100 * mfu:.1f}%" if mfu else "")
+                + f" | eta {_fmt_time(eta_s)}")
+        end = "" if self._tty and step < total else "\n"
+        print(("\r\033[K" if self._tty else "") + text, end=end, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self.progress_on and self._tty:
+            print(file=sys.stderr)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, (np.floating, float)):
+        v = float(v)
+        return v if math.isfinite(v) else None
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, np.ndarray) and v.ndim == 0:
+        return _jsonable(v.item())
+    return v
+
+
+class Window:
+    """Per-step host metrics accumulated between two log lines."""
+
+    def __init__(self) -> None:
+        self.reset(time.perf_counter())
+
+    def reset(self, now: float) -> None:
+        self.t0 = now
+        self.losses: list[float] = []
+        self.grad_norms: list[float] = []
+        self.lr = float("nan")
+        self.dom_sum: np.ndarray | None = None
+        self.dom_cnt: np.ndarray | None = None
+        self.extra: dict[str, Any] = {}
+
+    def add(self, m: dict[str, Any]) -> None:
+        self.losses.append(float(m["loss"]))
+        self.grad_norms.append(float(m["grad_norm"]))
+        self.lr = float(m["lr"])
+        if "domain_loss_sum" in m:
+            s, c = np.asarray(m["domain_loss_sum"], np.float64), np.asarray(m["domain_tokens"], np.float64)
+            self.dom_sum = s if self.dom_sum is None else self.dom_sum + s
+            self.dom_cnt = c if self.dom_cnt is None else self.dom_cnt + c
+        for k, v in m.items():
+            if k not in ("loss", "grad_norm", "lr", "domain_loss_sum", "domain_tokens"):
+                self.extra[k] = v  # objective metrics: the latest value
+
+    def record(self, step: int, domains: list[str], tokens: int, elapsed: float,
+               flops_tok: float, peak_total: float | None, steps_tokens: int) -> dict[str, Any]:
+        """The log line: ``train/loss`` and ``grad_norm`` are means over the window's steps,
+        per-domain losses token-weighted over the window, ``lr`` the last step's eta_t."""
+        loss = float(np.mean(self.losses))
+        tps = steps_tokens * len(self.losses) / max(elapsed, 1e-9)
+        rec: dict[str, Any] = {"step": step, "train/loss": loss, "loss": loss, "lr": self.lr,
+                               "grad_norm": float(np.mean(self.grad_norms)), "tokens": tokens,
+                               "tokens_per_s": tps,
+                               "mfu": tps * flops_tok / peak_total if peak_total else None}
+        if self.dom_sum is not None:
+            for k, name in enumerate(domains):
+                if self.dom_cnt[k] > 0:
+                    rec[f"train/{name}/loss"] = float(self.dom_sum[k] / self.dom_cnt[k])
+        for k, v in self.extra.items():
+            arr = np.asarray(v)
+            if arr.ndim == 0:
+                rec[k] = float(arr)
+            elif arr.ndim == 1 and len(arr) == len(domains) and "/" in k:
+                for i, name in enumerate(domains):  # "doremi/alpha" -> "doremi/alpha/<domain>"
+                    rec[f"{k}/{name}"] = float(arr[i])
+        return rec
