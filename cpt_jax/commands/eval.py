@@ -1,0 +1,76 @@
+"""`cpt-jax eval`: zero-shot multiple choice and per-domain held-out loss of one checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval", help="zero-shot tasks (PIQA, ARC, SciQ, HellaSwag, WinoGrande, ...) and per-domain loss"
+    )
+    p.add_argument("--checkpoint", required=True,
+                   help="params checkpoint, run dir, RUN/checkpoints/<step>, or Hugging Face dir")
+    p.add_argument("--config", default=None,
+                   help="experiment file or run config.json for the data (default: the run's own "
+                        "config.json when --checkpoint is a run or step dir)")
+    p.add_argument("--tasks", default=None,
+                   help="comma-separated task names (NAME or NAME:VARIANT) or JSONL paths; 'none' "
+                        "for no tasks (default: eval.tasks)")
+    p.add_argument("--domains", default=None,
+                   help="comma-separated domains for held-out loss; 'none' to skip (default: all "
+                        "domains of the config's data)")
+    p.add_argument("--limit", type=int, default=None, help="first N examples per task (default: eval.limit)")
+    p.add_argument("--batch-size", type=int, default=None, help="sequences per batch (default: eval.batch_size)")
+    p.add_argument("--data-dir", default=None, help="assets dir (default $CPT_JAX_HOME or ~/.cache/cpt_jax)")
+    p.add_argument("--tokenizer", default=None, help="a tokenizer.json (default: Pythia's, from the assets)")
+    p.add_argument("--out", default=None,
+                   help="write the results JSON here (default: RUN/eval.json for a run dir)")
+    p.set_defaults(func=run, takes_config=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import os
+    from pathlib import Path
+
+    from cpt_jax import config as config_lib
+    from cpt_jax.errors import UserError
+    from cpt_jax.eval import runner
+
+    run_config = runner.run_config_of(args.checkpoint)
+    cfg = None
+    if args.config:
+        cfg = runner.load_config(args.config, args.config_overrides)
+    elif run_config is not None:
+        cfg = runner.load_config(os.fspath(run_config), args.config_overrides)
+    elif args.config_overrides:
+        cfg = config_lib.defaults()
+        config_lib.apply_overrides(cfg, args.config_overrides)
+        config_lib.validate(cfg)
+    defaults = (cfg if cfg is not None else config_lib.defaults()).eval
+    tasks = args.tasks if args.tasks is not None else defaults.tasks
+    limit = args.limit if args.limit is not None else defaults.limit
+    batch_size = args.batch_size if args.batch_size is not None else defaults.batch_size
+    if limit < 0:
+        raise UserError(f"--limit must be >= 0 (0 = all), got {limit}")
+    if batch_size <= 0:
+        raise UserError(f"--batch-size must be positive, got {batch_size}")
+    if args.domains not in (None, "none") and cfg is None:
+        raise UserError("--domains needs --config (the data to take held-out batches from)")
+    with_domains = cfg is not None and (args.config or run_config is not None)
+    result = runner.evaluate_checkpoint(
+        args.checkpoint, cfg if with_domains else None, tasks, args.domains, limit, batch_size,
+        args.data_dir, args.tokenizer)
+    print(runner.format_table(result))
+    out = args.out
+    if out is None and run_config is not None and Path(args.checkpoint).absolute() == run_config.parent:
+        out = os.fspath(run_config.parent / runner.RESULT_NAME)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        tmp = f"{out}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(result, f, indent=2)
+        os.replace(tmp, out)
+        print(f"wrote {out}")
+    return 0

@@ -1,0 +1,144 @@
+"""Evaluate one checkpoint: zero-shot tasks and per-domain held-out loss, as one JSON result.
+
+Result layout (what ``cpt-jax eval --out`` writes and ``cpt-jax report`` reads as
+``RUN/eval.json``)::
+
+    {"checkpoint": str, "params": int, "seconds": float,
+     "tasks":   {task: {"acc", "acc_norm", "n", "chance", "seconds"}},
+     "domains": {domain: {"loss", "ppl", "tokens"}},
+     "summary": {"avg": {...}, "worst": {...}, "upstream": {...}, "downstream": {...}}}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from cpt_jax.errors import UserError
+
+RESULT_NAME = "eval.json"
+
+
+def config_from_json(path: str | os.PathLike) -> Any:
+    """A validated config from a run's resolved ``config.json`` (keys unknown today are dropped)."""
+    from cpt_jax import config as config_lib
+
+    try:
+        values = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read config {path}: {str(err).splitlines()[0]}") from None
+    if not isinstance(values, dict) or "model" not in values:
+        raise UserError(f"{path} is not a cpt-jax run config (no 'model' section)")
+    cfg = config_lib.defaults()
+
+    def merge(node: Any, vals: dict) -> None:
+        for key, value in vals.items():
+            if key not in node:
+                continue
+            if isinstance(value, dict):
+                merge(node[key], value)
+            else:
+                node[key] = value
+
+    merge(cfg, values)
+    config_lib.validate(cfg)
+    return cfg
+
+
+def load_config(path: str, overrides: list[str] | tuple[str, ...] = ()) -> Any:
+    """An experiment file (``.py``) or a run's ``config.json``, with ``--config.*`` overrides."""
+    from cpt_jax import config as config_lib
+
+    if path.endswith(".json") or os.path.isdir(path):
+        cfg = config_from_json(Path(path) / "config.json" if os.path.isdir(path) else path)
+        config_lib.apply_overrides(cfg, overrides)
+        config_lib.validate(cfg)
+        return cfg
+    return config_lib.load(path, overrides)
+
+
+def run_config_of(checkpoint: str | os.PathLike) -> Path | None:
+    """``RUN/config.json`` when ``checkpoint`` is a run dir or one of its step dirs, else None."""
+    path = Path(checkpoint).absolute()
+    for run in (path, path.parent.parent):
+        if (run / "config.json").is_file() and (run / "checkpoints").is_dir():
+            return run / "config.json"
+    return None
+
+
+def _names(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip() and t.strip() != "none"]
+
+
+def evaluate_checkpoint(
+    checkpoint: str,
+    cfg: Any = None,
+    tasks: str = "",
+    domains: str | None = None,
+    limit: int = 0,
+    batch_size: int = 32,
+    data_dir: str | None = None,
+    tokenizer: str | None = None,
+    log=print,
+) -> dict[str, Any]:
+    """Zero-shot ``tasks`` (comma names or JSONL paths) and, when ``cfg`` is given, the held-out
+    loss of ``domains`` (comma names; ``None`` = every domain of ``cfg``'s data)."""
+    from cpt_jax.data.tokenizer import load_tokenizer, pythia_tokenizer
+    from cpt_jax.eval import multiple_choice, perplexity
+    from cpt_jax.eval import tasks as tasks_lib
+    from cpt_jax.model import checkpoint as ckpt_lib
+    from cpt_jax.model import pythia
+
+    start = time.perf_counter()
+    task_names = _names(tasks)
+    loaded = [tasks_lib.load_task(name, data_dir, limit) for name in task_names]  # fail early
+    params, mcfg = ckpt_lib.load_params(checkpoint)
+    result: dict[str, Any] = {"checkpoint": os.fspath(checkpoint), "params": pythia.count_params(mcfg),
+                              "tasks": {}, "domains": {}}
+    if loaded:
+        tok = load_tokenizer(tokenizer) if tokenizer else pythia_tokenizer(data_dir)
+        for task in loaded:
+            t0 = time.perf_counter()
+            res = multiple_choice.evaluate_tasks(params, mcfg, [task], tok, batch_size)[task.name]
+            res["seconds"] = round(time.perf_counter() - t0, 2)
+            result["tasks"][task.name] = res
+            log(f"  {task.name}: acc {res['acc']:.4f}  acc_norm {res['acc_norm']:.4f}  "
+                f"(n={res['n']}, {res['seconds']:.1f}s)")
+    if cfg is not None and domains != "none":
+        from cpt_jax.data.pipeline import eval_sets
+
+        wanted = None if domains is None else _names(domains)
+        sets = eval_sets(cfg, wanted)
+        if not sets:
+            raise UserError("no eval domain has a held-out window (check data.dir and train.seq_len)")
+        result["domains"] = perplexity.evaluate(params, mcfg, sets)
+        result["summary"] = perplexity.summarize(
+            result["domains"],
+            [d for d in _names(cfg.data.upstream) if d in result["domains"]],
+            [d for d in _names(cfg.data.downstream) if d in result["domains"]])
+    result["seconds"] = round(time.perf_counter() - start, 2)
+    return result
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """Plain-text tables of the task scores and the per-domain losses."""
+    lines = []
+    if result.get("tasks"):
+        lines.append(f"{'task':<16}{'n':>7}{'acc':>9}{'acc_norm':>10}{'chance':>9}")
+        for name, r in result["tasks"].items():
+            lines.append(f"{name:<16}{r['n']:>7}{r['acc']:>9.4f}{r['acc_norm']:>10.4f}{r['chance']:>9.4f}")
+    if result.get("domains"):
+        if lines:
+            lines.append("")
+        lines.append(f"{'domain':<16}{'tokens':>9}{'loss':>9}{'ppl':>11}")
+        for name, r in result["domains"].items():
+            lines.append(f"{name:<16}{r['tokens']:>9}{r['loss']:>9.4f}{r['ppl']:>11.2f}")
+        s = result.get("summary", {})
+        for group in ("avg", "worst", "upstream", "downstream"):
+            if group in s:
+                label = f"{group} ({s[group]['domain']})" if group == "worst" else group
+                lines.append(f"{label:<25}{s[group]['loss']:>9.4f}{s[group]['ppl']:>11.2f}")
+    return "\n".join(lines) if lines else "(nothing evaluated)"
