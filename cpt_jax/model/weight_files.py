@@ -14,7 +14,7 @@ import dataclasses
 import json
 import struct
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -38,15 +38,6 @@ WEIGHT_FILES = (
 )
 
 
-class TensorSource(Protocol):
-    shape: tuple[int, ...]
-
-    @property
-    def dtype(self) -> np.dtype: ...
-
-    def read(self) -> np.ndarray: ...
-
-
 @dataclasses.dataclass
 class SafetensorRef:
     """A tensor in a safetensors file: shape and dtype now, values on ``read()``."""
@@ -54,7 +45,7 @@ class SafetensorRef:
     path: Path
     start: int
     shape: tuple[int, ...]
-    dtype: np.dtype  # type: ignore[assignment]
+    dtype: np.dtype
 
     def read(self) -> np.ndarray:
         count = int(np.prod(self.shape, dtype=np.int64))
