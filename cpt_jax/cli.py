@@ -24,6 +24,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "corpus",
     "train",
     "eval",
+    "experiment",
+    "sweep",
 )
 
 

@@ -82,15 +82,18 @@ def as_text(value: Any) -> str:
 
 
 def is_finished(cfg: ConfigDict) -> bool:
-    """A run is done when its summary exists and was written for this very config."""
+    """A run is done when its summary says it reached ``train.steps`` uninterrupted, and it
+    was written for this very config."""
     summary = Path(cfg.run_dir) / "summary.json"
     saved = Path(cfg.run_dir) / "config.json"
     if not (summary.is_file() and saved.is_file()):
         return False
     try:
-        return json.loads(saved.read_text()) == json.loads(json.dumps(config_lib.to_dict(cfg)))
+        done = json.loads(summary.read_text())
+        same = json.loads(saved.read_text()) == json.loads(json.dumps(config_lib.to_dict(cfg)))
     except (OSError, ValueError):
         return False
+    return same and not done.get("interrupted") and done.get("steps") == cfg.train.steps
 
 
 def run_experiment(shared: ConfigDict, runs: list[dict], run_fn: RunFn | None = None,
@@ -124,7 +127,7 @@ def read_summary(run_dir: str | os.PathLike) -> dict:
 
 def domain_losses(summary: dict) -> dict[str, float]:
     """Final held-out loss per domain from a run summary."""
-    return {d: float(v["loss"]) for d, v in summary.get("eval", {}).items()}
+    return {d: float(v["loss"]) for d, v in (summary.get("final_eval") or {}).items()}
 
 
 def mean_loss(losses: dict[str, float], domains: list[str]) -> float:

@@ -24,8 +24,9 @@ def fake_trainer(losses_by_run: dict[str, dict[str, float]], calls: list[str]):
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
         (Path(cfg.run_dir) / "config.json").write_text(json.dumps(config_lib.to_dict(cfg)))
         eval_ = {d: {"loss": v} for d, v in losses_by_run[name].items()}
-        (Path(cfg.run_dir) / "summary.json").write_text(json.dumps({"eval": eval_}))
-        return {"eval": eval_}
+        summary = {"final_eval": eval_, "steps": cfg.train.steps, "interrupted": None}
+        (Path(cfg.run_dir) / "summary.json").write_text(json.dumps(summary))
+        return summary
 
     return run
 
