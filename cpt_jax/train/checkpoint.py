@@ -28,7 +28,7 @@ import numpy as np
 from cpt_jax.errors import UserError
 from cpt_jax.train.state import TrainState
 
-ITEMS = ("params", "opt_state", "extras", "meta")
+ITEMS = ("params", "opt_state", "extras", "meta", "lawa")  # lawa: RunCheckpoints.save host_items
 
 
 def _keep_steps(text: str) -> list[int]:
@@ -67,8 +67,11 @@ class RunCheckpoints:
         self.manager.reload()
         return sorted(self.manager.all_steps())
 
-    def save(self, state: TrainState, meta: dict[str, Any]) -> None:
-        """Start saving ``state`` at ``meta["step"]`` (asynchronously when configured)."""
+    def save(
+        self, state: TrainState, meta: dict[str, Any], host_items: dict[str, Any] | None = None
+    ) -> None:
+        """Start saving ``state`` at ``meta["step"]`` (asynchronously when configured);
+        ``host_items`` are extra named trees of host arrays (e.g. the LAWA window), empty ones skipped."""
         a = self._ocp.args
         items = {
             "params": a.StandardSave(state.params),
@@ -77,6 +80,9 @@ class RunCheckpoints:
         }
         if jax.tree.leaves(state.extras):
             items["extras"] = a.StandardSave(state.extras)
+        for name, tree in (host_items or {}).items():
+            if jax.tree.leaves(tree):
+                items[name] = a.StandardSave(tree)
         self.manager.save(int(meta["step"]), args=a.Composite(**items), force=True)
 
     def restore(self, step: int, target: TrainState) -> tuple[TrainState, dict[str, Any]]:
@@ -108,6 +114,15 @@ class RunCheckpoints:
             extras=extras,
         )
         return state, meta
+
+    def restore_host_item(self, step: int, name: str) -> Any:
+        """A ``host_items`` tree saved at ``step``, as host numpy arrays (None when absent)."""
+        item = self.directory / str(step) / name
+        if not item.is_dir():
+            return None
+        from cpt_jax.lawa import restore_numpy, _unflatten
+
+        return _unflatten(restore_numpy(str(item)))
 
     def wait(self) -> None:
         """Block until pending asynchronous saves are on disk."""

@@ -31,6 +31,7 @@ import numpy as np
 from cpt_jax import sharding
 from cpt_jax.config import to_dict
 from cpt_jax.errors import UserError
+from cpt_jax.lawa_online import OnlineLawa
 from cpt_jax.model import pythia
 from cpt_jax.optim import make_optimizer
 from cpt_jax.schedules import make_schedule
@@ -187,6 +188,9 @@ def run(
             extras=jax.jit(objective.init_extras, out_shardings=shard.extras)(params),
         )
     start = int(jax.device_get(state.step))
+    lawa = OnlineLawa.from_config(cfg)  # online LAWA window / EMA (docs/lawa.md); None when off
+    if lawa is not None and resumed is not None:
+        lawa.load_state(ckpts.restore_host_item(resumed, "lawa") or {}, like=state.params)
 
     if main:
         (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
@@ -212,6 +216,8 @@ def run(
             rec[f"eval/{name}/loss"], rec[f"eval/{name}/ppl"] = r["loss"], r["ppl"]
         losses_ = [r["loss"] for r in res.values()]
         rec["eval/avg/loss"] = float(np.mean(losses_))
+        if lawa is not None:  # eval_lawa/... and eval_ema/... beside the raw model
+            rec.update(lawa.eval_metrics(lambda p: evaluate(p, mcfg, evals, put=put), state.params))
         writer.write(rec)
         return res
 
@@ -239,7 +245,7 @@ def run(
         nonlocal last_good, last_saved
         meta = {"step": step, "data": {"step": step}, "tokens": step * tok_step,
                 "wall_time_s": time.time() - wall0, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        ckpts.save(state, meta)
+        ckpts.save(state, meta, host_items={"lawa": lawa.state()} if lawa is not None else None)
         last_good = last_saved = step
 
     try:
@@ -248,6 +254,8 @@ def run(
             batch = sharding.global_batch(next(source), mesh, b)
             state, metrics = train_step(state, batch)
             done = s + 1
+            if lawa is not None:
+                lawa.after_step(done, state.params)
             pending.append((done, metrics))
             drain(1)  # one step behind: the host never waits on the step it just dispatched
             interrupted = stop.should_stop()
