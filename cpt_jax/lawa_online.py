@@ -155,12 +155,15 @@ class OnlineLawa:
     # -- checkpointing ----------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
-        """What a checkpoint must hold to continue these averages: window steps, host
-        snapshots (``"host"`` store), the EMA (host numpy)."""
-        tree: dict[str, Any] = {"steps": [int(s) for s in self.steps]}
-        if self.store == "host":
-            tree["snapshots"] = {str(s): self.snapshots[s] for s in self.steps}
-        else:
+        """What a checkpoint must hold to continue these averages, as host arrays:
+        ``steps`` (int64 [n], the window), ``snapshots`` {``step_<t>``: params} (host store),
+        ``ema`` (fp32 params); empty parts are left out (orbax writes no empty tree)."""
+        tree: dict[str, Any] = {}
+        if self.steps:
+            tree["steps"] = np.asarray(self.steps, np.int64)
+            if self.store == "host":
+                tree["snapshots"] = {f"step_{s}": self.snapshots[s] for s in self.steps}
+        if self.store == "disk":
             self._protected = min(self.steps) if self.steps else None
             self._prune_disk()
         if self.ema is not None:
@@ -168,26 +171,27 @@ class OnlineLawa:
         return tree
 
     def load_state(self, tree: dict[str, Any], like: Tree | None = None) -> None:
-        """Continue from ``state()`` of a checkpoint (EMA placed like ``like`` when given)."""
-        self.steps = [int(s) for s in tree.get("steps", [])]
+        """Continue from ``state()`` of a checkpoint (the EMA placed like ``like`` when given)."""
+        import jax
+
+        self.steps = [int(s) for s in np.asarray(tree.get("steps", np.zeros(0, np.int64))).reshape(-1)]
         if self.store == "host":
             snaps = tree.get("snapshots", {})
-            self.snapshots = {s: snaps[str(s)] for s in self.steps}
+            self.snapshots = {s: snaps[f"step_{s}"] for s in self.steps}
         else:
             self._protected = min(self.steps) if self.steps else None
         ema = tree.get("ema")
-        if ema is not None:
-            if like is None:
-                import jax.numpy as jnp
-                import jax
-
-                self.ema = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), ema)
-            else:
-                import jax
-
-                f32 = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), ema)
-                self.ema = _to_device(f32, jax.tree_util.tree_map(
-                    lambda p: jax.ShapeDtypeStruct(p.shape, np.float32, sharding=getattr(p, "sharding", None)), like))
+        if ema is None:
+            self.ema = None
+            return
+        f32 = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), ema)
+        if like is None:
+            self.ema = jax.tree_util.tree_map(jax.numpy.asarray, f32)
+        else:
+            target = jax.tree_util.tree_map(
+                lambda p: jax.ShapeDtypeStruct(p.shape, np.float32, sharding=getattr(p, "sharding", None)), like
+            )
+            self.ema = _to_device(f32, target)
 
     # -- disk store -------------------------------------------------------------------
 
