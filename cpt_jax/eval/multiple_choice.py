@@ -61,6 +61,11 @@ def encode_pairs(tokenizer: Any, contexts: Sequence[str], continuations: Sequenc
     return pairs
 
 
+def on_device(params: pythia.Params) -> pythia.Params:
+    """Host (numpy) leaves moved to the default device once; jax arrays (maybe sharded) kept."""
+    return jax.tree.map(lambda a: a if isinstance(a, jax.Array) else jnp.asarray(a), params)
+
+
 def _bucket(n: int, base: int, lo: int, hi: int) -> int:
     size = lo
     while size < n:
@@ -101,6 +106,7 @@ def loglikelihoods(
         raise UserError(f"batch_size must be positive, got {batch_size}")
     max_len = max_len or config.max_position_embeddings
     fn = _ll_fn(config)
+    params = on_device(params)
     rows = []  # (L bucket, C bucket, index, input ids, number of scored tokens)
     for i, (ctx, cont) in enumerate(pairs):
         if not ctx:
@@ -110,7 +116,8 @@ def loglikelihoods(
         n = len(seq) - 1
         bad = [t for t in seq if not 0 <= t < config.vocab_size]
         if bad:
-            raise UserError(f"request {i} has token id {bad[0]} outside the model's vocabulary of {config.vocab_size}")
+            raise UserError(f"request {i}: token id {bad[0]} is outside the model's vocabulary of {config.vocab_size} "
+                            "(the tokenizer does not match the model)")
         L = _bucket(n, 2, MIN_LEN, max_len)
         C = _bucket(max(k, 1), 2, MIN_CONT, 1 << 30)
         C = C if C <= CONT_CHUNK else -(-k // CONT_CHUNK) * CONT_CHUNK

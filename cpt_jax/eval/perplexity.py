@@ -55,6 +55,7 @@ def evaluate(
     (e.g. with the training batch sharding); by default jit places it.
     """
     fn = _loss_sums_fn(model_config, int(vocab_chunk))
+    params = jax.tree.map(lambda a: a if isinstance(a, jax.Array) else jnp.asarray(a), params)
     place = put if put is not None else (lambda a: a)
     pending: dict[str, list[tuple[jax.Array, jax.Array]]] = {}
     for domain, batches in eval_sets.items():

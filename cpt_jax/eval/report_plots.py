@@ -66,17 +66,18 @@ def _grid(n: int, width: float = 4.6, height: float = 3.3):
 
 def train_loss(runs: list[Run], path: Path) -> bool:
     fig, ax = _plt().subplots(figsize=(7.5, 4.2))
-    n = 0
+    n, values = 0, []
     for i, run in enumerate(runs):
         s, v = run.series("train/loss")
         if len(s):
             ax.plot(s, v, label=run.name, **_style(i, len(s)))
-            n += 1
+            n, values = n + 1, values + list(v)
     if not n:
         _plt().close(fig)
         return False
-    _loss_axis(ax)
-    ax.set_ylabel("training loss (nats/token, log scale)")
+    log = min(values) > 0 and max(values) / min(values) > 1.5  # log scale when the start dwarfs the end
+    _loss_axis(ax, log=log)
+    ax.set_ylabel("training loss (nats/token" + (", log scale)" if log else ")"))
     ax.set_title("Training loss")
     _legend(ax, n)
     _save(fig, path)

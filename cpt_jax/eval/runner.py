@@ -96,6 +96,7 @@ def evaluate_checkpoint(
     task_names = _names(tasks)
     loaded = [tasks_lib.load_task(name, data_dir, limit) for name in task_names]  # fail early
     params, mcfg = ckpt_lib.load_params(checkpoint)
+    params = multiple_choice.on_device(params)
     result: dict[str, Any] = {"checkpoint": os.fspath(checkpoint), "params": pythia.count_params(mcfg),
                               "tasks": {}, "domains": {}}
     if loaded:

@@ -72,6 +72,8 @@ def resolve(spec: str, data_dir: str | os.PathLike | None = None) -> tuple[str, 
         if name == "requests":  # .../<task>/<variant>/requests.jsonl.gz
             name = path.parent.parent.name
         return name, path
+    if "/" in spec or spec.endswith((".jsonl", ".gz", ".json")):
+        raise UserError(f"task file {spec} not found")
     name, _, variant = spec.partition(":")
     root = tasks_dir(data_dir)
     if not root.is_dir():
