@@ -11,7 +11,8 @@ see ``scripts/demo.sh``), otherwise the synthetic domains (noise / pattern / tri
 
     .venv/bin/python configs/lawa_demo.py            # train (or reuse a finished run) + summary
     cpt-jax train --config configs/lawa_demo.py      # train only
-    cpt-jax average --run runs/lawa_demo --last 5 --every 10 --windows --out runs/lawa_demo_windows
+    cpt-jax average --run runs/lawa_demo --last 2 --windows --out runs/lawa_demo_windows  # offline
+    cpt-jax report --out runs/lawa_demo_report runs/lawa_demo  # lawa.png: raw vs LAWA per domain
 """
 
 from __future__ import annotations
