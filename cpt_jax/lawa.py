@@ -168,15 +168,27 @@ def leaf_specs(params_dir: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     return {k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in _flatten(tree).items()}
 
 
+def _normal_model(model: dict[str, Any]) -> dict[str, Any]:
+    """model.json with PythiaConfig's defaults filled in (so a partial file compares equal)."""
+    from cpt_jax.model.checkpoint import config_from_dict
+
+    try:
+        return dataclasses.asdict(config_from_dict(model))
+    except (UserError, TypeError, ValueError):
+        return dict(model)
+
+
 def check_compatible(sources: list[Source]) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """Same model.json, same leaves, shapes and dtypes in every source; else one UserError line."""
     if not sources:
         raise UserError("no checkpoints to average")
     first = sources[0]
     ref = leaf_specs(first.params_dir)
+    ref_model = _normal_model(first.model)
     for src in sources[1:]:
-        if src.model != first.model:
-            diff = sorted(k for k in set(src.model) | set(first.model) if src.model.get(k) != first.model.get(k))
+        model = _normal_model(src.model)
+        if model != ref_model:
+            diff = sorted(k for k in set(model) | set(ref_model) if model.get(k) != ref_model.get(k))
             raise UserError(
                 f"{src.label}: model.json differs from {first.label} in {', '.join(diff[:4])}"
             )

@@ -242,3 +242,27 @@ def test_to_hf_of_a_pythia_average(tmp_path):
     got = {k: np.asarray(v) for k, v in lawa._flatten(params).items()}
     for path in shapes:
         np.testing.assert_allclose(got[path], (written[2][path] + written[3][path]) / 2, rtol=1e-6, atol=1e-7)
+
+
+def test_cli_ckpt_dirs_and_flag_errors(run, tmp_path, capsys):
+    """--ckpt averages step dirs and params-only checkpoints; bad flag mixes are one-line errors."""
+    steps = [os.path.join(run, "checkpoints", str(s)) for s in (2, 4)]
+    first = str(tmp_path / "first")
+    assert cli.main(["average", "--ckpt", steps[0], "--ckpt", steps[1], "--out", first]) == 0
+    second = str(tmp_path / "second")  # a params-only checkpoint (own model.json) with a step dir
+    assert cli.main(["average", "--ckpt", first, "--ckpt", steps[1], "--out", second]) == 0
+    a, b = (restore_independently(p) for p in steps)
+    got = restore_independently(second)
+    for path in SHAPES:
+        np.testing.assert_allclose(got[path], ((a[path] + b[path]) / 2 + b[path]) / 2, rtol=1e-6, atol=1e-7)
+    capsys.readouterr()
+    for argv, message in (
+        (["--run", run, "--last", "2", "--windows", "--to-hf", str(tmp_path / "h")], "--to-hf writes one average"),
+        (["--run", run, "--steps", "2,x"], "--steps expects comma-separated integers"),
+        (["--run", run, "--steps", "2,4", "--last", "2"], "either explicit steps or --last/--every"),
+        (["--ckpt", steps[0], "--last", "2"], "--ckpt averages exactly the dirs given"),
+        (["--run", run, "--last", "0"], "must be >= 1, got 0"),
+    ):
+        assert cli.main(["average", *argv, "--out", str(tmp_path / "never")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err, err
