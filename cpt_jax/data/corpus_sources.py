@@ -76,8 +76,8 @@ _VERSE = re.compile(r"^(\d?[A-Za-z]+)(\d+):(\d+) (.*)$")
 
 def _kjv(files: list[Path], work: Path) -> Docs:
     """One document per chapter, decoded by the package's own `bible` program."""
-    prog = deb_extract(files[0], work / "bible-kjv") / "usr/bin/bible"
-    data = deb_extract(files[1], work / "bible-kjv-text") / "usr/lib"
+    prog = deb_extract(files[0], work / files[0].name.removesuffix(".deb")) / "usr/bin/bible"
+    data = deb_extract(files[1], work / files[1].name.removesuffix(".deb")) / "usr/lib"
     try:
         proc = subprocess.run([prog, "-f", "-p", data, "gen1:1-rev22:21"], capture_output=True,
                               stdin=subprocess.DEVNULL, timeout=120)
@@ -157,7 +157,7 @@ LINUX_CODE = ("kernel/", "mm/", "lib/", "fs/ext4/")
 def _kernel_tree(deb: Path, work: Path) -> Path:
     """Documentation/ (.rst, .txt) and the LINUX_CODE dirs (.c, .h) of the kernel tarball in the
     linux-source .deb, unpacked once under ``work`` (a marker file says it finished)."""
-    root = work / "linux-source"
+    root = work / deb.name.removesuffix(".deb")  # a new package version unpacks afresh
     marker = root / ".extracted"
     if marker.exists():
         return root
