@@ -194,6 +194,19 @@ def embedding_only_mask(params: Params, new_rows: Sequence[int] | np.ndarray) ->
     return mask
 
 
+def load_new_rows(out_dir: str) -> list[int]:
+    """The new embedding rows recorded in ``OUT/vocab.json`` by ``cpt-jax vocab extend``."""
+    from pathlib import Path
+
+    path = Path(out_dir) / "vocab.json"
+    try:
+        return [int(i) for i in json.loads(path.read_text())["new_rows"]]
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file (written by `cpt-jax vocab extend`)") from None
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{path}: not a vocab.json of `cpt-jax vocab extend` ({err})") from None
+
+
 def mask_embedding_rows(grads: Params, rows: Sequence[int] | np.ndarray) -> Params:
     """Gradients with everything zeroed except rows ``rows`` of embed_in and embed_out."""
     import jax

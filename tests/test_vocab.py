@@ -167,6 +167,7 @@ def test_cli_extend(tmp_path, capsys, tiny_params):
     text = capsys.readouterr().out
     info = json.loads((out / "vocab.json").read_text())
     assert info["vocab_size"] == 50304 and info["new_rows"] == list(range(50277, 50297))
+    assert vocab.load_new_rows(str(out)) == info["new_rows"]
     assert info["tokens_per_byte"]["after"] < info["tokens_per_byte"]["before"]
     assert f"before {info['tokens_per_byte']['before']:.4f}" in text
     new_params, cfg = load_params(out)
