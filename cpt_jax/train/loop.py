@@ -170,7 +170,9 @@ def run(
         target = jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shard
         )
-        state, _ = ckpts.restore(resumed, target)
+        state, meta = ckpts.restore(resumed, target)
+        if hasattr(data, "resume_step") and isinstance(meta.get("data"), dict) and "domains" in meta["data"]:
+            data.resume_step(meta["data"])  # refuses a checkpoint whose domain ids differ
         if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(state.extras)):
             extras = jax.jit(objective.init_extras, out_shardings=shard.extras)(state.params)
             state = state.replace(extras=extras)
@@ -243,13 +245,14 @@ def run(
 
     def save(step: int) -> None:
         nonlocal last_good, last_saved
-        meta = {"step": step, "data": {"step": step}, "tokens": step * tok_step,
+        data_state = data.state(step) if hasattr(data, "state") else {"step": step}
+        meta = {"step": step, "data": data_state, "tokens": step * tok_step,
                 "wall_time_s": time.time() - wall0, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         ckpts.save(state, meta, host_items={"lawa": lawa.state()} if lawa is not None else None)
         last_good = last_saved = step
 
+    source = data.iterator(start, total) if hasattr(data, "iterator") else (data.batch(s) for s in range(start, total))
     try:
-        source = data.iterator(start) if hasattr(data, "iterator") else (data.batch(s) for s in range(start, total))
         for s in range(start, total):
             batch = sharding.global_batch(next(source), mesh, b)
             state, metrics = train_step(state, batch)
@@ -286,6 +289,7 @@ def run(
         ckpts.wait()  # leave the last good checkpoint complete on disk
         raise
     finally:
+        getattr(source, "close", lambda: None)()  # stops prefetch threads / workers
         stop.restore()
         writer.close()
     ckpts.close()

@@ -69,6 +69,11 @@ class NextTokenObjective:
         return jnp.sum(token_losses) / ctx, {"domain_loss_sum": sums, "domain_tokens": counts}
 
 
+def global_norm(tree: Any) -> jax.Array:
+    """``||g||_2`` over all leaves, in fp32."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
 def _f32(tree: Any) -> Any:
     return jax.tree.map(lambda x: x.astype(jnp.float32), tree)
 
@@ -116,7 +121,7 @@ def make_train_step(
         loss, aux, grads = accumulate(objective, state.params, batch, ctx, micro_batches, mesh)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        out = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": schedule(state.step)}
+        out = {"loss": loss, "grad_norm": global_norm(grads), "lr": schedule(state.step)}
         out.update(aux)
         out.update(metrics)
         new = TrainState(step=state.step + 1, params=params, opt_state=opt_state, extras=extras)
