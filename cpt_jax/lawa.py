@@ -162,8 +162,8 @@ def leaf_specs(params_dir: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
 
     try:
         meta = ocp.PyTreeCheckpointHandler().metadata(epath.Path(params_dir))
-    except (FileNotFoundError, ValueError) as err:
-        raise UserError(f"cannot read checkpoint metadata in {params_dir}: {str(err).splitlines()[0]}") from None
+    except Exception as err:  # orbax raises many types for a missing, partial or corrupt item
+        raise UserError(f"cannot read checkpoint metadata in {params_dir}: {_one_line(err)}") from None
     tree = getattr(meta, "tree", meta)
     return {k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in _flatten(tree).items()}
 
@@ -218,11 +218,19 @@ def restore_numpy(params_dir: str, leaves: list[str] | None = None) -> dict[str,
         leaves = list(leaf_specs(params_dir))
     item = _unflatten({leaf: 0 for leaf in leaves})
     args = _unflatten({leaf: ocp.RestoreArgs(restore_type=np.ndarray) for leaf in leaves})
-    with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
-        tree = ckptr.restore(
-            path, args=ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True)
-        )
+    try:
+        with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
+            tree = ckptr.restore(
+                path, args=ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True)
+            )
+    except Exception as err:  # a corrupt or truncated array file
+        raise UserError(f"cannot restore {params_dir}: {_one_line(err)}") from None
     return _flatten(tree)
+
+
+def _one_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
 
 
 def leaf_groups(specs: dict[str, tuple[tuple[int, ...], np.dtype]]) -> list[list[str]]:

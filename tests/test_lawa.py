@@ -266,3 +266,13 @@ def test_cli_ckpt_dirs_and_flag_errors(run, tmp_path, capsys):
         assert cli.main(["average", *argv, "--out", str(tmp_path / "never")]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err, err
+
+
+def test_corrupt_checkpoint_is_a_one_line_error(tmp_path):
+    run_dir = str(tmp_path / "bad")
+    write_run(run_dir, [1, 2])
+    params = os.path.join(run_dir, "checkpoints", "2", "params")
+    os.remove(os.path.join(params, "_METADATA"))
+    with pytest.raises(UserError, match=r"cannot read checkpoint metadata in .*/2/params") as info:
+        lawa.average(lawa.run_sources(run_dir, [1, 2]))
+    assert "\n" not in str(info.value)
