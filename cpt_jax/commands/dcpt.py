@@ -58,6 +58,9 @@ def run_fit(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(fit, indent=2) + "\n")
     print(f"{len(results)} CPT rows, eps {fit['eps']}, Huber delta {fit['huber_delta']}")
+    for col, term in (("N", "A/N^alpha"), ("D", "B*r^eta/D^beta")):
+        if len(set(getattr(results, col).tolist())) == 1:
+            print(f"note: one value of {col}: {term} is not identified; do not predict at other {col}")
     for kind in dcpt.LOSSES:
         e = fit[kind]
         print(f"{kind} loss (r = {e['ratio']}):")

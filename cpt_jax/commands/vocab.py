@@ -33,6 +33,8 @@ def run_extend(args: argparse.Namespace) -> int:
     from cpt_jax.errors import UserError
     from cpt_jax.model.checkpoint import load_params, save_params
 
+    if args.new_tokens <= 0:
+        raise UserError(f"--new-tokens must be > 0, got {args.new_tokens}")
     base = load_tokenizer(args.base_tokenizer) if args.base_tokenizer else pythia_tokenizer()
     docs = list(readers.iter_documents(readers.expand_inputs(args.corpus), args.text_field))
     if not docs:
