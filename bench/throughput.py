@@ -224,7 +224,14 @@ def main(argv: list[str] | None = None) -> dict:
     for fn in sides:  # every peer first, then ours (see the module docstring)
         for name, c, b in zip(presets, configs, batches):
             data = ours_lib.random_batches(4, b, args.seq, c.vocab_size, seed=1)
-            r = fn(name, c, b, args.seq, args, data)
+            try:
+                r = fn(name, c, b, args.seq, args, data)
+            except Exception as err:  # e.g. out of memory: record it, go on with the next preset
+                msg = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:500]
+                print(f"{fn.__name__[4:]:4} {name:>5} B={b}: FAILED {msg}", flush=True)
+                results.append({"side": fn.__name__[4:], "preset": name, "batch": b, "error": msg})
+                _free(fn.__name__[4:])
+                continue
             n = ours_lib.n_params(c)
             tps = b * args.seq * args.steps / r["seconds"]
             r.update(batch=b, seq=args.seq, steps=args.steps, tokens_per_s=tps,
@@ -254,6 +261,17 @@ def main(argv: list[str] | None = None) -> dict:
     return out
 
 
+def _free(side: str) -> None:
+    """Drop what a failed run left behind (torch's cached blocks, JAX's live buffers)."""
+    import gc
+
+    gc.collect()
+    if side == "peer":
+        import peer_hf
+
+        peer_hf.release(peer_hf.device())
+
+
 def _line(r: dict) -> str:
     mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "n/a"
     return (f"{r['side']:4} {r['preset']:>5} B={r['batch']} T={r['seq']}: {r['tokens_per_s']:,.0f} tokens/s, "
@@ -262,7 +280,7 @@ def _line(r: dict) -> str:
 
 
 def _summary(results: list[dict], presets: list[str]) -> list[dict]:
-    by = {(r["side"], r["preset"]): r for r in results}
+    by = {(r["side"], r["preset"]): r for r in results if "error" not in r}
     return [{"preset": p, "ratio": by[("ours", p)]["tokens_per_s"] / by[("peer", p)]["tokens_per_s"]}
             for p in presets if ("ours", p) in by and ("peer", p) in by]
 
