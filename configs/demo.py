@@ -26,12 +26,12 @@ def get_config():
     c = base()
     c.run_dir = "runs/demo"
     c.model.vocab_size = 50304  # Pythia's tokenizer (50,277 ids) padded to a multiple of 128
-    c.model.hidden_size = 128
+    c.model.hidden_size = 64
     c.model.num_layers = 2
     c.model.num_heads = 4
     c.model.max_position_embeddings = 2048
-    c.train.steps = 300
-    c.train.batch_size = 16
+    c.train.steps = 250
+    c.train.batch_size = 10  # 10% replay = exactly 1 sequence per batch
     c.train.seq_len = 128
     c.train.log_every = 25
     c.train.eval_every = 50
@@ -51,7 +51,7 @@ def get_config():
 
 
 def get_runs(c):
-    cpt_steps = 200
+    cpt_steps = 150
     shared = {"train.steps": cpt_steps, "data.weights": "code_python=1"}
     rewarm = {"schedule.name": "cosine", "schedule.warmup_frac": 0.01,
               "schedule.start_lr": FINAL_LR, "schedule.min_lr_ratio": 0.1}

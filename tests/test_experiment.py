@@ -105,6 +105,8 @@ def get_grid(c):
 def apply(p):
     return {{"model.hidden_size": p["d"], "train.steps": 10 * p["d"] // 32,
             "data.weights": f"pattern={{p['r']}},noise={{1 - p['r']}}"}}
+def base_run(p):
+    return {{"name": f"base_d{{p['d']}}", "set": {{"model.hidden_size": p["d"]}}}}
 """
 
 
@@ -112,19 +114,27 @@ def test_sweep_grid_csv_and_commands(tmp_path):
     path = tmp_path / "sweep.py"
     path.write_text(SWEEP.format(run_dir=str(tmp_path / "runs")))
     shared, runs = sweep.load_sweep(str(path))
-    assert [r["name"] for r in runs] == ["d32_r0.25", "d32_r0.5", "d64_r0.25", "d64_r0.5"]
+    assert [r["name"] for r in runs] == ["base_d32", "base_d64", "d32_r0.25", "d32_r0.5",
+                                         "d64_r0.25", "d64_r0.5"]
+    assert runs[4]["from"] == "base_d64"
     losses = {r["name"]: {"noise": 5.0 + i, "trivial": 1.0, "pattern": 2.0 - 0.1 * i}
               for i, r in enumerate(runs)}
-    out = sweep.run_sweep(shared, runs, fake_trainer(losses, []))
+    calls: list[str] = []
+    out = sweep.run_sweep(shared, runs, fake_trainer(losses, calls))
+    assert calls == [r["name"] for r in runs]
     rows = list(csv.DictReader(open(out)))
     assert [r["run"] for r in rows] == [r["name"] for r in runs]
-    big = rows[2]
-    cfg = experiment.run_config(shared, runs[2], shared.run_dir)
+    assert [int(r["D"]) for r in rows[:2]] == [0, 0]  # the bases: pre-CPT rows
+    assert float(rows[1]["general_loss"]) == pytest.approx((6.0 + 1.0) / 2)
+    big = rows[4]
+    cfg = experiment.run_config(shared, sweep.runs_for_experiment(runs)[4], shared.run_dir)
+    assert cfg.train.init_from == str(tmp_path / "runs" / "base_d64")
     assert int(big["N"]) == pythia.count_params(pythia.PythiaConfig.from_config(cfg.model))
     assert int(big["D"]) == 20 * 4 * 16
     assert float(big["r"]) == 0.25
-    assert float(big["general_loss"]) == pytest.approx((7.0 + 1.0) / 2)
-    assert float(big["domain_loss"]) == pytest.approx(1.8)
+    assert float(big["general_loss"]) == pytest.approx((9.0 + 1.0) / 2)
+    assert float(big["domain_loss"]) == pytest.approx(1.6)
     lines = sweep.commands(str(path), [], shared, runs)
-    assert len(lines) == 4 and "--config.model.hidden_size=64" in lines[3]
-    assert f"--config.run_dir={tmp_path / 'runs' / 'd64_r0.5'}" in lines[3]
+    assert len(lines) == 6 and "--config.model.hidden_size=64" in lines[5]
+    assert f"--config.run_dir={tmp_path / 'runs' / 'd64_r0.5'}" in lines[5]
+    assert f"--config.train.init_from={tmp_path / 'runs' / 'base_d64'}" in lines[5]
