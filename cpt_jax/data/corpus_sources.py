@@ -171,7 +171,7 @@ def _kernel_tree(deb: Path, work: Path) -> Path:
         with tarfile.open(fileobj=f, mode="r|xz") as tf:
             for m in tf:
                 rel = m.name.split("/", 1)[-1]
-                if m.isfile() and wanted(rel):
+                if m.isfile() and wanted(rel) and ".." not in rel.split("/"):
                     dest = root / rel
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     dest.write_bytes(tf.extractfile(m).read())
