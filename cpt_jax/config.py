@@ -264,6 +264,7 @@ def validate(cfg: ConfigDict) -> None:
             )
     if not 0.0 <= m.rotary_pct <= 1.0:
         raise UserError(f"model.rotary_pct must be in [0, 1], got {m.rotary_pct}")
+    _check_context(m, t.seq_len)
     for name in ("train.steps", "train.batch_size", "train.seq_len", "train.micro_batches"):
         _positive(name, cfg[name.split(".")[0]][name.split(".")[1]])
     if t.batch_size % t.micro_batches:
@@ -317,6 +318,25 @@ def validate(cfg: ConfigDict) -> None:
     _positive("eval.batch_size", cfg.eval.batch_size)
     if cfg.eval.limit < 0:
         raise UserError(f"eval.limit must be >= 0 (0 = all), got {cfg.eval.limit}")
+
+
+def _check_context(m: ConfigDict, seq_len: int) -> None:
+    """Rotary settings, and T within the context ``max_position_embeddings * rope_scaling``
+    (Hugging Face's linear-scaling reading: the factor stretches the stated context)."""
+    if not (m.rotary_emb_base > 1.0 and math.isfinite(m.rotary_emb_base)):
+        raise UserError(f"model.rotary_emb_base must be a number > 1, got {m.rotary_emb_base}")
+    if not (m.rope_scaling >= 1.0 and math.isfinite(m.rope_scaling)):
+        raise UserError(f"model.rope_scaling must be a number >= 1 (1 = off), got {m.rope_scaling}")
+    _positive("model.max_position_embeddings", m.max_position_embeddings)
+    _positive("model.attention_chunk", m.attention_chunk)
+    context = m.max_position_embeddings * m.rope_scaling
+    if seq_len > context:
+        raise UserError(
+            f"train.seq_len {seq_len} exceeds the model context {context:g} (model.max_position_embeddings"
+            f" {m.max_position_embeddings} x model.rope_scaling {m.rope_scaling:g}); for a long-context"
+            " continuation raise model.max_position_embeddings with model.rotary_emb_base, or set"
+            " model.rope_scaling (docs/long_context.md)"
+        )
 
 
 def _check_keys(cfg: ConfigDict, ref: ConfigDict, prefix: str) -> None:

@@ -4,8 +4,9 @@ Layout everywhere: ``[B, T, H, hd]``. Scores and softmax are computed in fp32 wh
 compute dtype. Implementations:
 
 - ``xla``: plain einsum attention, materialises ``[B, H, T, T]`` scores (CPU, tests, odd head sizes);
-- ``chunked``: the same maths one block of queries at a time (``[B, H, C, T]`` at most), for long
-  sequences on hosts without a flash kernel;
+- ``chunked``: the same maths one block of queries at a time (``[B, H, C, T]`` at most, each
+  block rematerialised in the backward pass, so memory grows linearly in T), for long sequences
+  on hosts without a flash kernel (``auto`` picks it when T exceeds the chunk);
 - ``cudnn``: ``jax.nn.dot_product_attention(implementation="cudnn")``, flash attention on NVIDIA
   GPUs (bf16/fp16 only).
 """
@@ -69,19 +70,25 @@ def _chunked(q: jax.Array, k: jax.Array, v: jax.Array, chunk: int) -> jax.Array:
     qp = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
     blocks = qp.reshape(b, (t + pad) // chunk, chunk, h, d).swapaxes(0, 1)
     offsets = jnp.arange(blocks.shape[0]) * chunk
-    out = jax.lax.map(lambda qo: _scores_softmax_values(qo[0], k, v, qo[1]), (blocks, offsets))
+    # rematerialised per block: the backward pass recomputes a block's [B, H, C, T] scores
+    # instead of keeping all of them (which would be B * H * T * T again)
+    block_fn = jax.checkpoint(lambda qb, off: _scores_softmax_values(qb, k, v, off))
+    out = jax.lax.map(lambda qo: block_fn(qo[0], qo[1]), (blocks, offsets))
     return out.swapaxes(0, 1).reshape(b, t + pad, h, d)[:, :t]
 
 
-def resolve(implementation: str, head_dim: int, dtype: jnp.dtype) -> str:
-    """``auto`` -> ``cudnn`` on GPU for bf16/fp16 and head sizes cuDNN takes, else ``xla``."""
+def resolve(
+    implementation: str, head_dim: int, dtype: jnp.dtype, seq_len: int = 0, chunk: int = 512
+) -> str:
+    """``auto`` -> ``cudnn`` on GPU for bf16/fp16 and head sizes cuDNN takes; otherwise
+    ``chunked`` when ``seq_len > chunk`` (memory linear in T), else ``xla``."""
     if implementation != "auto":
         return implementation
     on_gpu = jax.default_backend() == "gpu"
     half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
     if on_gpu and half and head_dim % 8 == 0 and head_dim <= 128:
         return "cudnn"
-    return "xla"
+    return "chunked" if seq_len > chunk else "xla"
 
 
 def causal_attention(

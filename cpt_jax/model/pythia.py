@@ -246,7 +246,7 @@ def hidden_states(
     t = tokens.shape[1]
     positions = jnp.arange(t) if positions is None else positions
     cos, sin = attn_lib.rotary_cos_sin(positions, c.rotary_dim, c.rotary_emb_base, c.rope_scaling)
-    impl = attn_lib.resolve(c.attention, c.head_dim, cdt)
+    impl = attn_lib.resolve(c.attention, c.head_dim, cdt, t, c.attention_chunk)
     x = jnp.take(params["embed_in"], tokens, axis=0).astype(cdt)
 
     block = functools.partial(_block, cos=cos, sin=sin, c=c, impl=impl)
