@@ -58,6 +58,7 @@ def parity(steps: int = 100, batch: int = 4, seq: int = 64, seed: int = 0,
     import peer_hf
 
     torch.manual_seed(seed)
+    torch.set_num_threads(1)  # OpenMP spin-waits on a loaded 2-core host otherwise
     o = opt or ours_lib.OptSettings(lr=1e-3, schedule="cosine", warmup_steps=max(1, steps // 10))
     c = pythia.PythiaConfig(**(shape or dict(vocab_size=512, hidden_size=64, num_layers=2,
                                               num_heads=4)), attention="xla")

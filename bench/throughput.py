@@ -117,6 +117,10 @@ def run_peer(name: str, c: Any, batch: int, seq: int, args: argparse.Namespace, 
 
     dev = peer_hf.device()
     compile_ = {"auto": dev.type == "cuda", "on": True, "off": False}[args.peer_compile]
+    if dev.type == "cpu":  # two OpenMP threads on a loaded 2-core host spin-wait: ~30x slower
+        import torch
+
+        torch.set_num_threads(1)
     peer_hf.reset_peak(dev)
     model = peer_hf.build_model(c, dev)
     opt = peer_hf.optimizer(model, args.lr, 0.9, 0.95, 1e-8, 0.1, fused=dev.type == "cuda")
@@ -138,7 +142,8 @@ def run_peer(name: str, c: Any, batch: int, seq: int, args: argparse.Namespace, 
     peer_hf.release(dev)
     return {"side": "peer", "preset": name, "seconds": dt, "warmup_seconds": warm,
             "peak_bytes": peak, "peak_what": what, "first_loss": losses[0], "last_loss": losses[-1],
-            "compiled": compile_, "bf16_autocast": dev.type == "cuda", "device": str(dev)}
+            "compiled": compile_, "bf16_autocast": dev.type == "cuda", "device": str(dev),
+            "torch_threads": __import__("torch").get_num_threads()}
 
 
 def run_ours(name: str, c: Any, batch: int, seq: int, args: argparse.Namespace, data: list) -> dict:
