@@ -5,7 +5,7 @@
 Set ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` in the environment. Runs the jobs in
 order and prints one line ``RESULT [...]`` (one result per job). Modes: ``train`` (a run of
 configs/tiny.py with the overrides), ``sigterm`` (the same, but the process sends itself SIGTERM
-while batch ``stop_at`` is read), ``bytes`` (per-device parameter bytes under the mesh).
+while batch ``stop_at`` is read), ``bytes`` (per-device parameter bytes under the mesh), ``cli`` (``cpt-jax train``).
 """
 
 from __future__ import annotations
@@ -48,6 +48,19 @@ def job(spec: dict) -> dict:
     cfg = load_cfg(spec["run_dir"], spec.get("overrides", []))
     if spec["mode"] == "train":
         return loop.run(cfg, eval_sets={})
+    if spec["mode"] == "cli":  # the `cpt-jax train` verb; its JSON summary is on stdout
+        import contextlib
+        import io
+
+        from cpt_jax import cli
+
+        base = [f"--config.run_dir={spec['run_dir']}", "--config.train.log_every=1",
+                "--config.train.progress=false", "--config.logging.tensorboard=false"]
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = cli.main(["train", "--config", str(ROOT / "configs" / "tiny.py"), *base,
+                             *[f"--config.{o}" for o in spec.get("overrides", [])]])
+        return {"code": code, "summary": json.loads(out.getvalue())}
     if spec["mode"] == "sigterm":
         from cpt_jax.data.pipeline import TrainData
 
