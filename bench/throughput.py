@@ -189,8 +189,8 @@ def run_ours(name: str, c: Any, batch: int, seq: int, args: argparse.Namespace, 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse(argv)
-    flags = set_xla_flags(args.xla_flags, args.xla_extra)
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # torch shares the GPU
+    flags = set_xla_flags(args.xla_flags, args.xla_extra)
 
     import jax
 
