@@ -28,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "sweep",
     "report",
     "dcpt",
+    "doremi",
     "vocab",
 )
 

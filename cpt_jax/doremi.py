@@ -221,8 +221,9 @@ class DoReMiObjective:
             b = tokens.shape[0]
             if b % m:
                 raise UserError(f"batch of {b} sequences is not divisible into {m} micro-batches")
-            tok = tokens.reshape(m, b // m, *tokens.shape[1:])
-            dom = domain.reshape(m, b // m)
+            # micro-batch j = rows j, j + m, ... (the engine's split: no data movement)
+            tok = tokens.reshape(b // m, m, *tokens.shape[1:]).swapaxes(0, 1)
+            dom = domain.reshape(b // m, m).swapaxes(0, 1)
 
             def body(acc, xs):
                 lp = self._proxy_losses(jax.lax.stop_gradient(params), xs[0])
@@ -237,8 +238,10 @@ class DoReMiObjective:
         new_extras = {"doremi": state, "reference": extras["reference"]}
         metrics = {}
         denom = jnp.maximum(counts, 1.0)
+        alpha_bar = average_alpha(state)
         for i, name in enumerate(self.domains):
             metrics[f"doremi/alpha/{name}"] = state["alpha"][i]
+            metrics[f"doremi/alpha_avg/{name}"] = alpha_bar[i]
             metrics[f"doremi/lambda/{name}"] = state["lambda"][i]
             metrics[f"doremi/ref/{name}/loss"] = ref_sums[i] / denom[i]
             metrics[f"doremi/proxy/{name}/loss"] = proxy_sums[i] / denom[i]
@@ -256,7 +259,7 @@ class DoReMiObjective:
             tl = self._proxy_losses(params, tokens)
         sums, counts = losses.domain_sums(tl, micro_batch["domain"], self.k)
         loss = jnp.sum(jax.lax.stop_gradient(ctx["w"]) * sums)
-        return loss, {"loss_sums": sums, "counts": counts}
+        return loss, {"domain_loss_sum": sums, "domain_tokens": counts}
 
 
 def _reuse_forward(params: Any, lp: jax.Array, vjp: Any) -> jax.Array:

@@ -1,0 +1,29 @@
+"""`cpt-jax doremi`: reference -> DoReMi proxy -> domain weights -> main run vs baseline."""
+
+from __future__ import annotations
+
+import argparse
+
+from cpt_jax.doremi_workflow import STAGES
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "doremi",
+        help="DoReMi domain weights: reference, Group-DRO proxy, main run and baseline",
+        description="Runs the stages of DoReMi (Xie et al. 2023) under RUN_DIR; finished stages "
+        "are skipped, interrupted ones resume (docs/doremi.md).",
+    )
+    p.add_argument("--config", required=True, help="experiment config (see configs/doremi_demo.py)")
+    p.add_argument("--stage", choices=STAGES, default="all",
+                   help="run one stage (with what it needs) instead of all")
+    p.set_defaults(func=run, takes_config=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cpt_jax import config as config_lib
+    from cpt_jax.doremi_workflow import run_workflow
+
+    cfg = config_lib.load(args.config, args.config_overrides)
+    run_workflow(cfg, args.stage)
+    return 0

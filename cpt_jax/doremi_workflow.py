@@ -1,0 +1,263 @@
+"""The DoReMi workflow (Xie et al. 2023): reference -> proxy (Group DRO) -> alpha_bar -> main run.
+
+Layout under ``cfg.run_dir`` (each stage is an ordinary training run dir, skipped when finished
+for the same config and resumed from its checkpoints when interrupted)::
+
+    round1/reference   training on doremi.reference_weights (or doremi.reference: a ready checkpoint)
+    round1/proxy       same-size model from scratch, uniform stratified mixture, DoReMiObjective;
+                       round1/proxy/domain_weights.json {"average": alpha_bar, "final": alpha_T}
+    roundK/...         iterated DoReMi: roundK/reference trains on round K-1's alpha_bar
+    domain_weights.json   the last round's weights (what data.weights of the main run reads)
+    main               train.steps on alpha_bar          baseline   same budget on reference_weights
+    doremi_report.json    weights per round and the per-domain held-out comparison
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from cpt_jax import config as config_lib
+from cpt_jax.errors import UserError
+from cpt_jax.experiment import is_finished
+
+Log = Callable[[str], None]
+STAGES = ("all", "reference", "proxy", "main", "baseline", "report")
+
+
+def stage_config(cfg: Any, run_dir: Path, weights: str, steps: int) -> Any:
+    """``cfg`` with another run dir, mixture and step count (validated)."""
+    out = copy.deepcopy(cfg)
+    with out.unlocked():
+        out.run_dir = str(run_dir)
+        out.data.weights = weights
+        out.data.phases = ""
+        out.train.steps = int(steps or cfg.train.steps)
+    config_lib.validate(out)
+    return out
+
+
+def _train(cfg: Any, what: str, log: Log, objective: Any = None) -> dict:
+    if is_finished(cfg):
+        log(f"{what}: finished earlier ({cfg.run_dir}), skipped")
+    else:
+        from cpt_jax.train.loop import run
+
+        log(f"{what}: {cfg.train.steps} steps -> {cfg.run_dir}")
+        summary = run(cfg, objective=objective)
+        if summary.get("interrupted"):
+            raise UserError(f"{what} interrupted at step {summary['steps']}; run again to resume")
+    return json.loads((Path(cfg.run_dir) / "summary.json").read_text())
+
+
+def reference_config(cfg: Any, k: int) -> Any:
+    """Round k's reference run: ``reference_weights`` in round 1, round k-1's alpha_bar after."""
+    root = Path(cfg.run_dir)
+    weights = cfg.doremi.reference_weights if k == 1 else str(weights_path(cfg, k - 1))
+    return stage_config(cfg, root / f"round{k}" / "reference", weights, cfg.doremi.reference_steps)
+
+
+def proxy_config(cfg: Any, k: int) -> Any:
+    out = stage_config(cfg, Path(cfg.run_dir) / f"round{k}" / "proxy", cfg.doremi.proxy_weights,
+                       cfg.doremi.proxy_steps)
+    with out.unlocked():
+        out.train.init_from = ""  # the proxy trains from scratch
+    return out
+
+
+def weights_path(cfg: Any, k: int) -> Path:
+    return Path(cfg.run_dir) / f"round{k}" / "proxy" / "domain_weights.json"
+
+
+def reference_source(cfg: Any, k: int, log: Log) -> str:
+    """Path of round k's reference params (trained here unless doremi.reference names one)."""
+    if k == 1 and cfg.doremi.reference:
+        if not Path(cfg.doremi.reference).exists():
+            raise UserError(f"doremi.reference {cfg.doremi.reference} does not exist")
+        log(f"round {k} reference: {cfg.doremi.reference} (given)")
+        return cfg.doremi.reference
+    ref = reference_config(cfg, k)
+    _train(ref, f"round {k} reference", log)
+    return ref.run_dir
+
+
+def run_proxy(cfg: Any, k: int, reference: str, log: Log) -> dict[str, dict[str, float]]:
+    """Round k's proxy run with the DoReMi objective; writes and returns domain_weights.json."""
+    from cpt_jax import doremi
+    from cpt_jax.data.pipeline import TrainData
+    from cpt_jax.model import pythia
+    from cpt_jax.model.checkpoint import load_params
+
+    pc = proxy_config(cfg, k)
+    out = weights_path(cfg, k)
+    if is_finished(pc) and out.is_file():
+        log(f"round {k} proxy: finished earlier ({pc.run_dir}), skipped")
+        return json.loads(out.read_text())
+    domains = TrainData(pc).domains
+    ref_params, ref_config = load_params(reference)
+    mcfg = pythia.PythiaConfig.from_config(pc.model)
+    if ref_config.vocab_size != mcfg.vocab_size:
+        raise UserError(
+            f"reference {reference} has vocabulary {ref_config.vocab_size}, the proxy {mcfg.vocab_size}"
+        )
+    d = cfg.doremi
+    objective = doremi.DoReMiObjective(
+        mcfg, len(domains), ref_params, d.eta, d.c, d.normalization, absent=d.absent,
+        domains=domains, micro_batches=pc.train.micro_batches,
+        reference_config=dataclasses.replace(  # the reference runs with the proxy's numerics
+            ref_config, compute_dtype=mcfg.compute_dtype, attention=mcfg.attention,
+            attention_chunk=mcfg.attention_chunk, remat=mcfg.remat),
+    )
+    _train(pc, f"round {k} proxy (DoReMi, eta={d.eta}, c={d.c}, {d.normalization})", log, objective)
+    weights = final_weights(Path(pc.run_dir), domains, pc.train.steps)
+    out.write_text(json.dumps(weights, indent=2) + "\n")
+    return weights
+
+
+def final_weights(run_dir: Path, domains: list[str], steps: int) -> dict[str, dict[str, float]]:
+    """alpha_bar and alpha_T from the proxy's last metrics line (exact: the step's values)."""
+    last = None
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if f"doremi/alpha_avg/{domains[0]}" in rec:
+            last = rec
+    if last is None or last["step"] != steps:
+        raise UserError(f"{run_dir}/metrics.jsonl has no DoReMi weights of step {steps}")
+    return {
+        "average": {n: float(last[f"doremi/alpha_avg/{n}"]) for n in domains},
+        "final": {n: float(last[f"doremi/alpha/{n}"]) for n in domains},
+    }
+
+
+def max_change(a: dict[str, float], b: dict[str, float]) -> float:
+    return max(abs(a[n] - b[n]) for n in a)
+
+
+def run_rounds(cfg: Any, log: Log, stage: str = "all") -> list[dict]:
+    """Rounds 1..R of reference + proxy; stops early when alpha_bar moves < doremi.tolerance."""
+    rounds: list[dict] = []
+    for k in range(1, cfg.doremi.rounds + 1):
+        reference = reference_source(cfg, k, log)
+        if stage == "reference" and k == 1:
+            return rounds
+        weights = run_proxy(cfg, k, reference, log)
+        rounds.append(weights)
+        if k > 1:
+            change = max_change(weights["average"], rounds[-2]["average"])
+            log(f"round {k}: max |alpha_bar - previous| = {change:.4g}")
+            if change < cfg.doremi.tolerance:
+                log(f"round {k}: below doremi.tolerance {cfg.doremi.tolerance}, stopping")
+                break
+    final = Path(cfg.run_dir) / "domain_weights.json"
+    final.write_text(json.dumps(rounds[-1], indent=2) + "\n")
+    return rounds
+
+
+def main_configs(cfg: Any) -> tuple[Any, Any, bool]:
+    """(main, baseline, baseline_is_reference): the baseline is round 1's reference run when
+    that run is the same training (weights, steps, start), so it is not trained twice."""
+    root = Path(cfg.run_dir)
+    main = stage_config(cfg, root / "main", str(root / "domain_weights.json"), cfg.train.steps)
+    base = stage_config(cfg, root / "baseline", cfg.doremi.reference_weights, cfg.train.steps)
+    ref = reference_config(cfg, 1)
+    same = not cfg.doremi.reference and ref.train.steps == base.train.steps
+    return main, (ref if same else base), same
+
+
+def compare(main: dict, base: dict, main_dir: Path, domains: list[str]) -> dict:
+    """Per-domain held-out loss of DoReMi vs baseline, average, worst domain, and the first
+    evaluated step at which DoReMi's average reached the baseline's final average."""
+    m = {n: float(main["final_eval"][n]["loss"]) for n in domains}
+    b = {n: float(base["final_eval"][n]["loss"]) for n in domains}
+    out = {"domains": {n: {"baseline": b[n], "doremi": m[n]} for n in domains},
+           "average": {"baseline": float(np.mean(list(b.values()))), "doremi": float(np.mean(list(m.values())))},
+           "worst": {"baseline": max(b.values()), "doremi": max(m.values())}}
+    reached = None
+    for line in (main_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if "eval/avg/loss" in rec and rec["eval/avg/loss"] <= out["average"]["baseline"]:
+            reached = rec["step"]
+            break
+    out["steps_to_baseline_average"] = reached
+    return out
+
+
+def weights_table(reference: dict[str, float], rounds: list[dict]) -> str:
+    names = list(rounds[0]["average"]) if rounds else list(reference)
+    head = "| domain | reference mix | " + " | ".join(
+        f"round {k + 1} alpha_bar | round {k + 1} alpha_T" for k in range(len(rounds))) + " |"
+    lines = [head, "|---" * (2 + 2 * len(rounds)) + "|"]
+    for n in names:
+        cells = [f"{reference.get(n, float('nan')):.4f}"]
+        for r in rounds:
+            cells += [f"{r['average'][n]:.4f}", f"{r['final'][n]:.4f}"]
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def comparison_table(cmp: dict) -> str:
+    lines = ["| domain | baseline loss | DoReMi loss | change |", "|---|---|---|---|"]
+    rows = list(cmp["domains"].items()) + [("average", cmp["average"]), ("worst domain", cmp["worst"])]
+    for n, r in rows:
+        lines.append(f"| {n} | {r['baseline']:.4f} | {r['doremi']:.4f} | {r['doremi'] - r['baseline']:+.4f} |")
+    s = cmp["steps_to_baseline_average"]
+    lines.append("")
+    lines.append(f"DoReMi reached the baseline's final average loss at step {s}" if s is not None
+                 else "DoReMi did not reach the baseline's final average loss at an evaluated step")
+    return "\n".join(lines)
+
+
+def run_workflow(cfg: Any, stage: str = "all", log: Log = print) -> dict:
+    """Every stage in order (or one); returns and writes ``doremi_report.json``."""
+    from cpt_jax.data.pipeline import Catalog, TrainData, domain_lists
+    from cpt_jax.data.mixture import parse_weights
+
+    if stage not in STAGES:
+        raise UserError(f"stage '{stage}' is not one of {', '.join(STAGES)}")
+    data = TrainData(cfg)
+    catalog = Catalog(cfg)
+    names, members, _ = domain_lists(cfg, catalog)
+    src = "synthetic source" if cfg.data.source == "synthetic" else cfg.data.dir
+    log(f"DoReMi over {len(data.domains)} domains ({', '.join(data.domains)}) from the {src}")
+    ref_w = parse_weights(cfg.doremi.reference_weights, names, members, catalog.tokens,
+                          "doremi.reference_weights")
+    report: dict = {"domains": data.domains, "reference_weights": dict(zip(names, map(float, ref_w)))}
+    if stage in ("all", "reference", "proxy"):
+        report["rounds"] = run_rounds(cfg, log, stage)
+        if stage != "all":
+            return report
+    else:
+        report["rounds"] = _saved_rounds(cfg)
+    log("domain weights:\n" + weights_table(report["reference_weights"], report["rounds"]))
+    main, base, base_is_ref = main_configs(cfg)
+    summaries = {}
+    if cfg.doremi.main and stage in ("all", "main"):
+        summaries["main"] = _train(main, "main run on alpha_bar", log)
+    if cfg.doremi.baseline and stage in ("all", "baseline"):
+        what = "baseline (= round 1 reference)" if base_is_ref else "baseline"
+        summaries["baseline"] = _train(base, what, log)
+    if stage in ("all", "report") and is_finished(main) and is_finished(base):
+        from cpt_jax.experiment import read_summary
+
+        cmp = compare(read_summary(main.run_dir), read_summary(base.run_dir), Path(main.run_dir), data.domains)
+        report["comparison"] = cmp
+        log("held-out loss, DoReMi vs baseline (same steps):\n" + comparison_table(cmp))
+    (Path(cfg.run_dir) / "doremi_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _saved_rounds(cfg: Any) -> list[dict]:
+    rounds = []
+    for k in range(1, cfg.doremi.rounds + 1):
+        path = weights_path(cfg, k)
+        if not path.is_file():
+            break
+        rounds.append(json.loads(path.read_text()))
+    if not rounds:
+        raise UserError(f"no DoReMi weights under {cfg.run_dir} yet: run the proxy stage first")
+    return rounds
