@@ -63,6 +63,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--peer-compile", default="auto", help="auto (on GPU) | on | off")
     ap.add_argument("--peak-tflops", type=float, default=0.0,
                     help="peak FLOP/s per device in TFLOP/s for MFU (0: from the device kind; n/a on CPU)")
+    ap.add_argument("--trace", default="", help="ours: write a jax.profiler trace of 3 more steps here")
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--json", default="throughput.json", help="result file ('' for none)")
     ap.add_argument("--estimate-memory", action="store_true", help="print the memory estimate and exit")
@@ -170,6 +171,12 @@ def run_ours(name: str, c: Any, batch: int, seq: int, args: argparse.Namespace, 
         out.append(eng.run(data[i % len(data)])["loss"])
     jax.block_until_ready((eng.state, out))
     dt = time.perf_counter() - t0
+    if args.trace:  # after the timed window, so tracing costs nothing there
+        jax.profiler.start_trace(str(Path(args.trace) / f"{name}-B{batch}"))
+        for i in range(3):
+            eng.run(data[i % len(data)])
+        jax.block_until_ready(eng.state)
+        jax.profiler.stop_trace()
     stats = jax.devices()[0].memory_stats() or {}
     losses = [float(x) for x in jax.device_get(out)]
     res = {"side": "ours", "preset": name, "seconds": dt, "warmup_seconds": warm,
