@@ -1,0 +1,88 @@
+"""The DoReMi workflow on three synthetic domains, and its tables and comparison."""
+
+import json
+
+import numpy as np
+import pytest
+
+from cpt_jax import config as C
+from cpt_jax import doremi_workflow as wf
+from cpt_jax.errors import UserError
+
+
+def tiny(run_dir) -> C.ConfigDict:
+    c = C.base()
+    c.run_dir = str(run_dir)
+    c.model.vocab_size = 16
+    c.model.hidden_size = 32
+    c.model.num_layers = 2
+    c.model.num_heads = 2
+    c.train.steps = 250  # the reference
+    c.train.batch_size = 16
+    c.train.seq_len = 32
+    c.train.log_every = 50
+    c.train.eval_batches = 1
+    c.train.progress = False
+    c.optim.peak_lr = 1e-2
+    c.data.synthetic_tokens = 1 << 15
+    c.logging.tensorboard = False
+    c.checkpoint.async_save = False
+    c.doremi.eta = 0.1  # 16 sequences per step: eta = 1 swings alpha to one-hot (docs/doremi.md)
+    c.doremi.proxy_steps = 120
+    c.doremi.main = False
+    c.doremi.baseline = False
+    C.validate(c)
+    return c
+
+
+def test_three_synthetic_domains_learnable_gets_most_weight(tmp_path):
+    """noise (unlearnable), pattern (learnable, not trivial), trivial (one repeated token)."""
+    cfg = tiny(tmp_path)
+    logs = []
+    report = wf.run_workflow(cfg, log=logs.append)
+    saved = json.loads((tmp_path / "domain_weights.json").read_text())
+    assert saved == json.loads((tmp_path / "round1" / "proxy" / "domain_weights.json").read_text())
+    avg, fin = saved["average"], saved["final"]
+    assert list(avg) == ["noise", "pattern", "trivial"]
+    assert abs(sum(avg.values()) - 1) < 1e-5 and abs(sum(fin.values()) - 1) < 1e-5
+    assert avg["pattern"] == max(avg.values()) and fin["pattern"] == max(fin.values())
+    assert avg["trivial"] == min(avg.values()) and fin["trivial"] < 0.2
+    assert report["rounds"] == [saved]
+    print("weights", saved)
+    assert any("domain weights" in line for line in logs)
+    # a second call finds every stage finished and changes nothing
+    n = len(logs)
+    again = wf.run_workflow(cfg, log=logs.append)
+    assert again["rounds"] == [saved]
+    assert sum("skipped" in line for line in logs[n:]) == 2  # reference and proxy
+
+
+def test_weights_table_comparison_and_tolerance(tmp_path):
+    rounds = [{"average": {"a": 0.7, "b": 0.3}, "final": {"a": 0.9, "b": 0.1}},
+              {"average": {"a": 0.6, "b": 0.4}, "final": {"a": 0.5, "b": 0.5}}]
+    table = wf.weights_table({"a": 0.5, "b": 0.5}, rounds)
+    assert "| a | 0.5000 | 0.7000 | 0.9000 | 0.6000 | 0.5000 |" in table
+    assert wf.max_change(rounds[0]["average"], rounds[1]["average"]) == pytest.approx(0.1)
+    main_dir = tmp_path / "main"
+    main_dir.mkdir()
+    lines = [{"step": 10, "eval/avg/loss": 2.5}, {"step": 20, "eval/avg/loss": 1.9},
+             {"step": 30, "eval/avg/loss": 1.7}]
+    (main_dir / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    main = {"final_eval": {"a": {"loss": 1.5}, "b": {"loss": 1.9}}}
+    base = {"final_eval": {"a": {"loss": 1.8}, "b": {"loss": 2.1}}}
+    cmp = wf.compare(main, base, main_dir, ["a", "b"])
+    assert cmp["average"] == {"baseline": pytest.approx(1.95), "doremi": pytest.approx(1.7)}
+    assert cmp["worst"] == {"baseline": 2.1, "doremi": 1.9}
+    assert cmp["steps_to_baseline_average"] == 20  # first eval with avg <= 1.95
+    assert "| average | 1.9500 | 1.7000 | -0.2500 |" in wf.comparison_table(cmp)
+
+
+def test_bad_stage_and_missing_reference(tmp_path):
+    cfg = tiny(tmp_path)
+    with pytest.raises(UserError, match="stage"):
+        wf.run_workflow(cfg, "everything")
+    with cfg.unlocked():
+        cfg.doremi.reference = str(tmp_path / "nope")
+    with pytest.raises(UserError, match="does not exist"):
+        wf.reference_source(cfg, 1, print)
+    np.testing.assert_equal(wf.STAGES[0], "all")
