@@ -23,6 +23,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from collections.abc import Iterator
 
 from cpt_jax.errors import UserError
 
@@ -100,20 +101,18 @@ def _uncond_offset(path: Path) -> int | None:
     return int(offset) if offset is not None else None
 
 
-def _rows(path: Path) -> list[dict]:
+def _rows(path: Path) -> Iterator[tuple[int, Any]]:
     opener = gzip.open if path.name.endswith(".gz") else open
-    rows = []
     try:
         with opener(path, "rt", encoding="utf-8") as f:
             for lineno, line in enumerate(f, 1):
                 if line.strip():
                     try:
-                        rows.append(json.loads(line))
+                        yield lineno, json.loads(line)
                     except json.JSONDecodeError:
                         raise UserError(f"{path}:{lineno}: not a JSON object") from None
     except (OSError, EOFError) as err:
         raise UserError(f"{path}: cannot read ({err})") from None
-    return rows
 
 
 def _label(row: dict, where: str) -> int:
@@ -124,15 +123,22 @@ def _label(row: dict, where: str) -> int:
 
 
 def load_task(spec: str, data_dir: str | os.PathLike | None = None, limit: int = 0) -> Task:
-    """Read a task's examples (the first ``limit`` when ``limit > 0``) in file order."""
+    """Read a task's examples (the first ``limit`` when ``limit > 0``) in file order.
+
+    With a limit, reading stops at the first request of document ``limit + 1`` (the files list
+    each document's requests together)."""
     name, path = resolve(spec, data_dir)
     offset = _uncond_offset(path)
     groups: dict[Any, list[tuple[int, str, str, int]]] = {}
     examples: list[Example] = []
-    for i, row in enumerate(_rows(path), 1):
+    for i, row in _rows(path):
         where = f"{path}:{i}"
         if not isinstance(row, dict):
             raise UserError(f"{where}: not a JSON object")
+        doc = row.get("doc_id")
+        uncond = offset is not None and isinstance(doc, int) and doc >= offset
+        if limit > 0 and len(examples) + len(groups) >= limit and doc not in groups and not uncond:
+            break
         if row.get("request_type", "loglikelihood") != "loglikelihood":
             raise UserError(f"{where}: request_type '{row['request_type']}' is not loglikelihood")
         if "choices" in row and "continuation" not in row and "request" not in row:
