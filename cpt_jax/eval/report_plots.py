@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-
 from cpt_jax.eval.report import Run
 
 DPI = 130
