@@ -232,6 +232,24 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"peer skipped: {err}", file=sys.stderr)
             peer_ok = False
     results: list[dict] = []
+    meta = {"command": " ".join(sys.argv), "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+            "backend": jax.default_backend(), "host": platform.node(), "jax": jax.__version__,
+            "python": platform.python_version(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "flag_preset": flags, "peak_tflops_per_device": peak / 1e12 if peak else None}
+    if peer_ok:
+        import torch
+        import transformers
+
+        meta.update(torch=torch.__version__, transformers=transformers.__version__)
+
+    def write(complete: bool) -> dict:
+        """The JSON so far (rewritten after every result, so a killed run leaves its figures)."""
+        out = {"date": time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()), **meta, "complete": complete,
+               "results": results, "ratios": _summary(results, presets)}
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+        return out
+
     sides = ([run_peer] if peer_ok else []) + ([] if args.no_ours else [run_ours])
     for fn in sides:  # every peer first, then ours (see the module docstring)
         for name, c, b in zip(presets, configs, batches):
@@ -243,6 +261,7 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"{fn.__name__[4:]:4} {name:>5} B={b}: FAILED {msg}", flush=True)
                 results.append({"side": fn.__name__[4:], "preset": name, "batch": b, "error": msg})
                 _free(fn.__name__[4:])
+                write(False)
                 continue
             n = ours_lib.n_params(c)
             tps = b * args.seq * args.steps / r["seconds"]
@@ -252,23 +271,11 @@ def main(argv: list[str] | None = None) -> dict:
                      mfu=tps * flops_per_token(c, args.seq, n) / (peak * jax.device_count()) if peak else None)
             results.append(r)
             print(_line(r), flush=True)
-    summary = _summary(results, presets)
-    out = {"date": time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()), "command": " ".join(sys.argv),
-           "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}", "backend": jax.default_backend(),
-           "host": platform.node(), "jax": jax.__version__, "python": platform.python_version(),
-           "xla_flags": os.environ.get("XLA_FLAGS", ""), "flag_preset": flags,
-           "peak_tflops_per_device": peak / 1e12 if peak else None, "results": results, "ratios": summary}
-    try:
-        import torch
-        import transformers
-
-        out.update(torch=torch.__version__, transformers=transformers.__version__)
-    except ImportError:
-        pass
-    for s in summary:
+            write(False)
+    out = write(True)
+    for s in out["ratios"]:
         print(f"{s['preset']}: ours/peer tokens/s = {s['ratio']:.3f}")
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
         print(f"wrote {args.json}")
     return out
 
