@@ -60,7 +60,7 @@ def test_report_tables_equal_last_values_and_plots_exist(tmp_path):
     out = tmp_path / "report"
     assert cli.main(["report", *[str(tmp_path / "runs" / n) for n in arms], "--out", str(out)]) == 0
     text = (out / "report.md").read_text()
-    for png in ("train_loss.png", "eval_loss.png", "forgetting_learning.png", "lr.png", "doremi_weights.png", "lawa.png"):
+    for png in ("train_loss.png", "eval_loss.png", "tradeoff.png", "forgetting_learning.png", "lr.png", "doremi_weights.png", "lawa.png"):
         assert (out / png).stat().st_size > 10_000 and f"]({png})" in text
 
     final = text.split("## Final validation loss")[1].split("\n## ")[0]

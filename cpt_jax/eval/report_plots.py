@@ -128,6 +128,32 @@ def forgetting_learning(runs: list[Run], path: Path) -> bool:
     return True
 
 
+def tradeoff(runs: list[Run], path: Path) -> bool:
+    """Final downstream loss (x, learning) against final upstream loss (y, forgetting), per run."""
+    pts = []
+    for i, run in enumerate(runs):
+        (_, up), (_, down) = run.group_series("upstream"), run.group_series("downstream")
+        if len(up) and len(down):
+            pts.append((i, run.name, float(down[-1]), float(up[-1])))
+    if len(pts) < 2:
+        return False
+    fig, ax = _plt().subplots(figsize=(6.2, 4.8))
+    xs, ys = [p[2] for p in pts], [p[3] for p in pts]
+    tol_x, tol_y = 0.02 * (max(xs) - min(xs) + 1e-12), 0.02 * (max(ys) - min(ys) + 1e-12)
+    for k, (i, name, x, y) in enumerate(pts):
+        st = _style(i, 1)
+        ax.plot([x], [y], linestyle="none", marker=st["marker"], color=st["color"], ms=9, label=name)
+        near = sum(abs(x - p[2]) <= tol_x and abs(y - p[3]) <= tol_y for p in pts[:k])
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(7, 4 - 11 * near), fontsize=8)
+    ax.margins(0.15)
+    ax.grid(True, alpha=0.3)
+    ax.set_xlabel("final downstream loss (learning; lower is better)")
+    ax.set_ylabel("final upstream loss (forgetting; lower is better)")
+    ax.set_title("Learning–forgetting trade-off (best: bottom left)")
+    _save(fig, path)
+    return True
+
+
 def lr_schedule(runs: list[Run], path: Path) -> bool:
     fig, ax = _plt().subplots(figsize=(7.5, 3.8))
     n = 0
@@ -196,6 +222,7 @@ def lawa(runs: list[Run], path: Path) -> bool:
 
 FIGURES = (
     ("forgetting_learning.png", "Learning vs forgetting", forgetting_learning),
+    ("tradeoff.png", "Learning–forgetting trade-off", tradeoff),
     ("eval_loss.png", "Per-domain validation loss", eval_domains),
     ("train_loss.png", "Training loss", train_loss),
     ("lr.png", "Learning-rate schedule", lr_schedule),
