@@ -111,6 +111,10 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     restored, meta = ck.restore(5, state.replace(extras={"calls": jnp.zeros((), jnp.int32)}))
     ck.close()
     assert int(restored.extras["calls"]) == 5 and meta["step"] == 5 and int(restored.step) == 5
+    for shardings in (None, state_shardings(state, sharding.make_mesh(cfg.mesh)).params):
+        alone = checkpoint.restore_params(tmp_path / "checkpoints" / "5", shardings)
+        for a, b in zip(jax.tree.leaves(alone), jax.tree.leaves(restored.params)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 @pytest.mark.parametrize("preset,tok_s,mfu", [("410m", 127.1e3, 0.35), ("1.4b", 47.7e3, 0.44)])
