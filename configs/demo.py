@@ -11,7 +11,7 @@ checkpoint in four arms (Gupta et al. 2023; Ibrahim et al. 2024):
 
 Each arm's downstream loss measures learning and its upstream loss forgetting. Run it with
 ``cpt-jax experiment --config configs/demo.py`` after ``cpt-jax corpus --out data/demo
---domains books,legal,code_python``; ``--config.model.preset=pythia-410m`` and larger
+--domains books,legal,code_python``; ``--config.model.preset=410m`` and larger
 ``train.*`` values give the same experiment at GPU scale.
 """
 
