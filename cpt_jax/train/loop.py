@@ -65,9 +65,14 @@ class _StopFlag:
         for sig, old in self._old.items():
             signal.signal(sig, old)
 
-    def should_stop(self) -> str | None:
+    def should_stop(self, sync_point: bool) -> str | None:
+        """The signal to stop for, agreed by all processes. With several processes they only
+        agree at ``sync_point`` steps (log / checkpoint / eval steps, where the host waits for
+        the devices anyway), so a signal takes effect at the next such step."""
         if jax.process_count() == 1:
             return self.signal
+        if not sync_point:
+            return None
         from jax.experimental import multihost_utils  # every process must agree
 
         codes = {"SIGTERM": 1, "SIGINT": 2}
@@ -261,10 +266,10 @@ def run(
                 lawa.after_step(done, state.params)
             pending.append((done, metrics))
             drain(1)  # one step behind: the host never waits on the step it just dispatched
-            interrupted = stop.should_stop()
             log = done % cfg.train.log_every == 0 or done == total
             do_eval = cfg.train.eval_every > 0 and done % cfg.train.eval_every == 0 and done < total
             do_ckpt = (cfg.checkpoint.every > 0 and done % cfg.checkpoint.every == 0) or done == total
+            interrupted = stop.should_stop(log or do_eval or do_ckpt)
             if log or do_eval or do_ckpt or interrupted:
                 drain(0)
             if (log or interrupted) and window.losses:
