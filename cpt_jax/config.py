@@ -44,7 +44,7 @@ def defaults() -> ConfigDict:
     c.model.layer_norm_eps = 1e-5
     c.model.attention_bias = True
     c.model.hidden_act = "gelu"  # exact erf GELU, as HF's "gelu"
-    c.model.max_position_embeddings = 2048
+    c.model.max_position_embeddings = 2048  # train.seq_len <= this x rope_scaling (docs/long_context.md)
     c.model.param_dtype = "float32"
     c.model.compute_dtype = "float32"
     c.model.attention = "auto"  # auto | xla | cudnn | chunked
@@ -331,8 +331,9 @@ def _check_context(m: ConfigDict, seq_len: int) -> None:
     _positive("model.attention_chunk", m.attention_chunk)
     context = m.max_position_embeddings * m.rope_scaling
     if seq_len > context:
+        shown = f"{context:.0f}" if context == int(context) else f"{context:.1f}"
         raise UserError(
-            f"train.seq_len {seq_len} exceeds the model context {context:g} (model.max_position_embeddings"
+            f"train.seq_len {seq_len} exceeds the model context {shown} (model.max_position_embeddings"
             f" {m.max_position_embeddings} x model.rope_scaling {m.rope_scaling:g}); for a long-context"
             " continuation raise model.max_position_embeddings with model.rotary_emb_base, or set"
             " model.rope_scaling (docs/long_context.md)"
