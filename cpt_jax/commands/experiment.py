@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     rows = experiment.learning_forgetting(summaries, runs, upstream, downstream)
     out = Path(args.report or Path(shared.run_dir) / "report")
     out.mkdir(parents=True, exist_ok=True)
-    if rows:
+    if rows and upstream and downstream:
         table = experiment.format_table(rows)
         (out / "learning_forgetting.md").write_text(table + "\n")
         print(f"\nLearning (downstream: {', '.join(downstream)}) vs forgetting "
