@@ -86,3 +86,36 @@ def test_bad_stage_and_missing_reference(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         wf.reference_source(cfg, 1, print)
     np.testing.assert_equal(wf.STAGES[0], "all")
+
+
+def test_iterated_rounds_chain_references_and_stop_at_tolerance(tmp_path, monkeypatch):
+    cfg = tiny(tmp_path)
+    with cfg.unlocked():
+        cfg.doremi.rounds = 4
+        cfg.doremi.tolerance = 0.05
+    # round k's reference trains on round k-1's alpha_bar
+    assert wf.reference_config(cfg, 1).data.weights == "proportional"
+    assert wf.reference_config(cfg, 3).data.weights == str(tmp_path / "round2" / "proxy" / "domain_weights.json")
+    assert wf.reference_config(cfg, 3).run_dir == str(tmp_path / "round3" / "reference")
+    assert wf.proxy_config(cfg, 2).data.weights == "uniform" and wf.proxy_config(cfg, 2).train.steps == 120
+    fake = [{"a": 0.5, "b": 0.5}, {"a": 0.8, "b": 0.2}, {"a": 0.78, "b": 0.22}, {"a": 0.0, "b": 1.0}]
+    calls = []
+    monkeypatch.setattr(wf, "reference_source", lambda c, k, log: calls.append(("ref", k)) or f"r{k}")
+    monkeypatch.setattr(wf, "run_proxy", lambda c, k, ref, log: calls.append(("proxy", k, ref))
+                        or {"average": fake[k - 1], "final": fake[k - 1]})
+    rounds = wf.run_rounds(cfg, print)
+    # change 0.3 after round 2, 0.02 < 0.05 after round 3: stop before round 4
+    assert [r["average"] for r in rounds] == fake[:3]
+    assert calls == [("ref", 1), ("proxy", 1, "r1"), ("ref", 2), ("proxy", 2, "r2"), ("ref", 3), ("proxy", 3, "r3")]
+    assert json.loads((tmp_path / "domain_weights.json").read_text())["average"] == fake[2]
+
+
+def test_doremi_config_is_validated(tmp_path):
+    for key, value, msg in [("normalization", "mean", "doremi.normalization"), ("c", 1.5, "doremi.c"),
+                            ("eta", 0.0, "doremi.eta"), ("rounds", 0, "doremi.rounds"),
+                            ("absent", "stale", "doremi.absent")]:
+        cfg = tiny(tmp_path)
+        with cfg.unlocked():
+            cfg.doremi[key] = value
+        with pytest.raises(UserError, match=msg):
+            C.validate(cfg)
