@@ -30,10 +30,13 @@ Log = Callable[[str], None]
 STAGES = ("all", "reference", "proxy", "main", "baseline", "report")
 
 
-def stage_config(cfg: Any, run_dir: Path, weights: str, steps: int) -> Any:
-    """``cfg`` with another run dir, mixture and step count (validated)."""
+def stage_config(cfg: Any, run_dir: Path, weights: str, steps: int, proxy: bool = False) -> Any:
+    """``cfg`` with another run dir, mixture and step count (validated). Only the proxy keeps
+    the ``doremi`` section: changing eta or c must not invalidate finished reference runs."""
     out = copy.deepcopy(cfg)
     with out.unlocked():
+        if not proxy:
+            out.doremi = config_lib.defaults().doremi
         out.run_dir = str(run_dir)
         out.data.weights = weights
         out.data.phases = ""
@@ -64,7 +67,7 @@ def reference_config(cfg: Any, k: int) -> Any:
 
 def proxy_config(cfg: Any, k: int) -> Any:
     out = stage_config(cfg, Path(cfg.run_dir) / f"round{k}" / "proxy", cfg.doremi.proxy_weights,
-                       cfg.doremi.proxy_steps)
+                       cfg.doremi.proxy_steps, proxy=True)
     with out.unlocked():
         out.train.init_from = ""  # the proxy trains from scratch
     return out

@@ -98,6 +98,8 @@ def test_iterated_rounds_chain_references_and_stop_at_tolerance(tmp_path, monkey
     assert wf.reference_config(cfg, 3).data.weights == str(tmp_path / "round2" / "proxy" / "domain_weights.json")
     assert wf.reference_config(cfg, 3).run_dir == str(tmp_path / "round3" / "reference")
     assert wf.proxy_config(cfg, 2).data.weights == "uniform" and wf.proxy_config(cfg, 2).train.steps == 120
+    # eta, c, rounds ... concern the proxy only: changing them keeps finished references valid
+    assert wf.proxy_config(cfg, 1).doremi.rounds == 4 and wf.reference_config(cfg, 1).doremi.rounds == 1
     fake = [{"a": 0.5, "b": 0.5}, {"a": 0.8, "b": 0.2}, {"a": 0.78, "b": 0.22}, {"a": 0.0, "b": 1.0}]
     calls = []
     monkeypatch.setattr(wf, "reference_source", lambda c, k, log: calls.append(("ref", k)) or f"r{k}")
