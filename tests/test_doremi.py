@@ -66,6 +66,10 @@ def test_running_average_is_the_mean_of_alpha_1_to_T():
     np.testing.assert_allclose(state["alpha"], alpha, rtol=1e-5)
     np.testing.assert_allclose(doremi.average_alpha(state), np.mean(seen, 0), rtol=1e-5)
     np.testing.assert_allclose(doremi.average_alpha(doremi.init_state(k)), np.full(k, 1 / k))
+    out = doremi.weights_json(state, ["a", "b", "c"])
+    np.testing.assert_allclose(list(out["average"].values()), np.mean(seen, 0), rtol=1e-5)
+    np.testing.assert_allclose(list(out["final"].values()), alpha, rtol=1e-5)
+    assert list(out["final"]) == ["a", "b", "c"]
 
 
 def test_smoothing_floor_and_log_space_stability():
