@@ -98,13 +98,15 @@ class NanAfter(NextTokenObjective):
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    cfg = load_cfg(str(tmp_path), ["train.steps=12", "checkpoint.every=5"])
+    cfg = load_cfg(str(tmp_path), ["train.steps=12", "checkpoint.every=5", "logging.tensorboard=true"])
     mcfg = pythia.PythiaConfig.from_config(cfg.model)
     with pytest.raises(UserError, match=r"loss is nan at step 8: training stopped \(last good checkpoint: step 5\)"):
         loop.run(cfg, objective=NanAfter(mcfg, 3, k=7), eval_sets={})
     assert checkpoint.latest_step(tmp_path) == 5
     steps = [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6, 7]  # step 7 was logged before step 8's loss was seen
+    events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and b"train/loss" in events[0].read_bytes()
     # the checkpoint holds the objective's extras (5 steps counted) and resumes from them
     _, _, _, state, _ = _setup(cfg)
     ck = checkpoint.RunCheckpoints(tmp_path, cfg.checkpoint)
