@@ -128,3 +128,13 @@ def test_mfu_convention_reproduces_reference_numbers(preset, tok_s, mfu):
     assert f == 6 * n_matmul + 12 * mcfg.num_layers * 2048 * mcfg.hidden_size
     assert abs(tok_s * f / 989e12 - mfu) < 0.006
     assert math.isclose(f, 6 * n_matmul + 12 * mcfg.num_layers * 2048 * mcfg.hidden_size)
+
+
+@pytest.mark.parametrize("kind,tflops", [("NVIDIA H100 80GB HBM3", 989), ("NVIDIA A100-SXM4-80GB", 312),
+                                         ("NVIDIA L40S", 362), ("TPU v5 lite", 197), ("TPU v5", 459),
+                                         ("cpu", None)])
+def test_peak_flops_by_device_kind(kind, tflops):
+    from cpt_jax.train.metrics import peak_flops
+
+    device = type("Device", (), {"device_kind": kind})()
+    assert peak_flops(device) == (tflops * 1e12 if tflops else None)
