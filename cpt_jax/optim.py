@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from cpt_jax.errors import UserError
 from cpt_jax.schedules import make_schedule
 
 Params = dict[str, Any]
@@ -75,7 +76,21 @@ def _apply_trainable(trainable: Params) -> optax.GradientTransformation:
     """Multiply updates by the trainable mask (bool leaf or broadcastable bool array)."""
 
     def init(params: Params) -> _Empty:
-        jax.tree.map(lambda m, p: np.broadcast_shapes(np.shape(m), p.shape), trainable, params)
+        def check(path: tuple, m: Any, p: Any) -> None:
+            try:
+                np.broadcast_shapes(np.shape(m), p.shape)
+            except ValueError:
+                raise UserError(
+                    f"trainable mask for {'/'.join(_key_names(path))} has shape {np.shape(m)}, "
+                    f"not broadcastable to the parameter's {tuple(p.shape)}"
+                ) from None
+
+        try:
+            jax.tree_util.tree_map_with_path(check, trainable, params)
+        except ValueError as err:
+            if isinstance(err, UserError):
+                raise
+            raise UserError(f"trainable mask does not match the params tree: {str(err).splitlines()[0]}") from None
         return _Empty()
 
     def update(updates: Any, state: _Empty, params: Params | None = None) -> tuple[Any, _Empty]:

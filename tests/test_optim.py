@@ -99,3 +99,15 @@ def test_trainable_mask_freezes_leaves_and_rows():
     norm = np.sqrt(4 * MODEL.hidden_size + MODEL.hidden_size)
     first = 0.1 * (1.0 / norm) / (np.sqrt((1.0 / norm) ** 2) + 1e-8)  # Adam step 1: lr * sign
     np.testing.assert_allclose(np.asarray(u["final_ln/bias"]), -first, rtol=1e-5)
+
+
+def test_trainable_mask_shape_errors_are_one_line():
+    from cpt_jax.errors import UserError
+
+    params = pythia.init_params(MODEL, jax.random.key(2))
+    bad = jax.tree.map(lambda _: True, params)
+    bad["embed_in"] = np.ones((3, 1), bool)
+    with pytest.raises(UserError, match=r"trainable mask for embed_in has shape \(3, 1\), not broadcastable"):
+        make_optimizer(_cfg(), 10, trainable=bad).init(params)
+    with pytest.raises(UserError, match="trainable mask does not match the params tree"):
+        make_optimizer(_cfg(), 10, trainable={"embed_in": True}).init(params)
