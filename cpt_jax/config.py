@@ -57,6 +57,7 @@ def defaults() -> ConfigDict:
     c.train.batch_size = 8  # global sequences per optimizer step
     c.train.seq_len = 64  # T; batches carry T + 1 tokens
     c.train.micro_batches = 1  # gradient accumulation inside the jitted step
+    c.train.vocab_chunk = 0  # > 0: loss over blocks of this many positions, never full [B, T, V] logits
     c.train.init_from = ""  # orbax params checkpoint to continue from (fresh optimizer state)
     c.train.log_every = 10
     c.train.eval_every = 0  # 0: evaluate only at the end
@@ -267,6 +268,8 @@ def validate(cfg: ConfigDict) -> None:
     _check_context(m, t.seq_len)
     for name in ("train.steps", "train.batch_size", "train.seq_len", "train.micro_batches"):
         _positive(name, cfg[name.split(".")[0]][name.split(".")[1]])
+    if t.vocab_chunk < 0:
+        raise UserError(f"train.vocab_chunk must be >= 0 (0 = full logits), got {t.vocab_chunk}")
     if t.batch_size % t.micro_batches:
         raise UserError(
             f"train.batch_size {t.batch_size} is not divisible by train.micro_batches {t.micro_batches}"

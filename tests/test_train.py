@@ -138,3 +138,24 @@ def test_peak_flops_by_device_kind(kind, tflops):
 
     device = type("Device", (), {"device_kind": kind})()
     assert peak_flops(device) == (tflops * 1e12 if tflops else None)
+
+
+def _logged(run_dir, key):
+    lines = [json.loads(x) for x in open(f"{run_dir}/metrics.jsonl")]
+    return {r["step"]: r[key] for r in lines if key in r}
+
+
+def test_vocab_chunked_loss_trains_identically_and_continuation_evaluates_its_start(tmp_path):
+    full, chunked, cont = (str(tmp_path / n) for n in ("full", "chunked", "cont"))
+    loop.run(load_cfg(full, ["train.steps=3"]))
+    loop.run(load_cfg(chunked, ["train.steps=3", "train.vocab_chunk=8"]))
+    a, b = _logged(full, "train/loss"), _logged(chunked, "train/loss")
+    assert list(a) == [1, 2, 3]
+    np.testing.assert_allclose([b[s] for s in a], [a[s] for s in a], rtol=1e-5)
+    # a continuation logs the held-out loss of the weights it starts from at step 0
+    loop.run(load_cfg(cont, ["train.steps=2", "train.eval_every=1", f"train.init_from={full}"]))
+    start = {k: v for k, v in json.loads(open(f"{cont}/metrics.jsonl").readline()).items()}
+    final = json.loads(open(f"{full}/summary.json").read())["final_eval"]
+    assert start["step"] == 0
+    for domain, res in final.items():
+        assert start[f"eval/{domain}/loss"] == pytest.approx(res["loss"], rel=1e-6)

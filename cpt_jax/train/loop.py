@@ -155,7 +155,8 @@ def run(
 
     data = _train_data(cfg) if data is None else data
     domains = list(data.domains)
-    objective = NextTokenObjective(mcfg, len(domains)) if objective is None else objective
+    if objective is None:
+        objective = NextTokenObjective(mcfg, len(domains), cfg.train.vocab_chunk)
     schedule = make_schedule(cfg.schedule, cfg.optim.peak_lr, total)
     tx = make_optimizer(cfg, total, trainable)
 
@@ -256,6 +257,8 @@ def run(
         ckpts.save(state, meta, host_items={"lawa": lawa.state()} if lawa is not None else None)
         last_good = last_saved = step
 
+    if resumed is None and cfg.train.init_from and cfg.train.eval_every > 0:
+        run_eval(0)  # the starting point of a continuation: learning and forgetting start here
     source = data.iterator(start, total) if hasattr(data, "iterator") else (data.batch(s) for s in range(start, total))
     try:
         for s in range(start, total):
