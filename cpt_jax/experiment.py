@@ -83,17 +83,24 @@ def as_text(value: Any) -> str:
 
 def is_finished(cfg: ConfigDict) -> bool:
     """A run is done when its summary says it reached ``train.steps`` uninterrupted, and it
-    was written for this very config."""
+    was written for this config (every key it saved has today's value; keys added to cpt-jax
+    since then are not held against it)."""
     summary = Path(cfg.run_dir) / "summary.json"
     saved = Path(cfg.run_dir) / "config.json"
     if not (summary.is_file() and saved.is_file()):
         return False
     try:
         done = json.loads(summary.read_text())
-        same = json.loads(saved.read_text()) == json.loads(json.dumps(config_lib.to_dict(cfg)))
+        same = _agrees(json.loads(saved.read_text()), json.loads(json.dumps(config_lib.to_dict(cfg))))
     except (OSError, ValueError):
         return False
     return same and not done.get("interrupted") and done.get("steps") == cfg.train.steps
+
+
+def _agrees(saved: Any, current: Any) -> bool:
+    if isinstance(saved, dict) and isinstance(current, dict):
+        return all(k in current and _agrees(v, current[k]) for k, v in saved.items())
+    return saved == current
 
 
 def run_experiment(shared: ConfigDict, runs: list[dict], run_fn: RunFn | None = None,

@@ -71,6 +71,11 @@ def test_changed_config_reruns(tmp_path):
     changed = [{"name": "pretrain", "set": {"train.steps": 7}}]
     experiment.run_experiment(shared, changed, trainer, log=lambda s: None)
     assert calls == ["pretrain", "pretrain"]
+    saved = json.loads((tmp_path / "pretrain" / "config.json").read_text())
+    del saved["train"]["log_every"]  # as if written before cpt-jax had this key
+    (tmp_path / "pretrain" / "config.json").write_text(json.dumps(saved))
+    experiment.run_experiment(shared, changed, trainer, log=lambda s: None)
+    assert calls == ["pretrain", "pretrain"]
 
 
 def test_bad_runs_are_one_line_errors(tmp_path):
