@@ -90,8 +90,9 @@ def latest_step_dir(run_dir: Path) -> Path:
     return max(steps, key=lambda p: int(p.name))
 
 
-def restore_params_item(item_dir: Path) -> Params:
-    """Restore an orbax StandardSave params item onto this process's first device."""
+def restore_params_item(item_dir: Path, shardings: Any = None) -> Params:
+    """Restore an orbax StandardSave params item, placed with ``shardings`` (a tree matching
+    the params) or, when None, on this process's first device."""
     import orbax.checkpoint as ocp
 
     if not item_dir.is_dir():
@@ -103,11 +104,14 @@ def restore_params_item(item_dir: Path) -> Params:
         tree = getattr(tree, "tree", tree)
         if tree is None:
             raise UserError(f"params checkpoint {item_dir} has no readable metadata (corrupt or partial)")
-        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        tree = dict(tree) if not isinstance(tree, dict) else tree
+        is_leaf = lambda x: hasattr(x, "shape") and hasattr(x, "dtype")  # noqa: E731
+        if shardings is None:
+            device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+            shardings = jax.tree.map(lambda m: device, tree, is_leaf=is_leaf)
         target = jax.tree.map(
-            lambda m: jax.ShapeDtypeStruct(tuple(m.shape), np.dtype(m.dtype), sharding=device),
-            dict(tree) if not isinstance(tree, dict) else tree,
-            is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"),
+            lambda m, s: jax.ShapeDtypeStruct(tuple(m.shape), np.dtype(m.dtype), sharding=s),
+            tree, shardings, is_leaf=is_leaf,
         )
         return ckptr.restore(item_dir, target)
     except UserError:

@@ -162,24 +162,6 @@ def restore_params(step_dir: str | Path, shardings: Any = None) -> dict[str, Any
     """The ``params`` item of one step directory ``RUN/checkpoints/<step>``, placed with
     ``shardings`` (a tree of NamedShardings matching the params) or on this process's first
     device when None."""
-    import orbax.checkpoint as ocp
+    from cpt_jax.model.checkpoint import restore_params_item
 
-    item = Path(step_dir).absolute() / "params"
-    if shardings is None:
-        from cpt_jax.model.checkpoint import restore_params_item
-
-        return restore_params_item(item)
-    if not item.is_dir():
-        raise UserError(f"no params item in checkpoint step {step_dir}")
-    ckptr = ocp.StandardCheckpointer()
-    try:
-        meta = ckptr.metadata(item)
-        tree = getattr(meta, "item_metadata", meta)
-        tree = getattr(tree, "tree", tree)
-        target = jax.tree.map(
-            lambda m, s: jax.ShapeDtypeStruct(tuple(m.shape), np.dtype(m.dtype), sharding=s),
-            dict(tree), shardings, is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"),
-        )
-        return ckptr.restore(item, target)
-    finally:
-        ckptr.close()
+    return restore_params_item(Path(step_dir).absolute() / "params", shardings)
