@@ -86,7 +86,8 @@ def reference_source(cfg: Any, k: int, log: Log) -> str:
         return cfg.doremi.reference
     ref = reference_config(cfg, k)
     _train(ref, f"round {k} reference", log)
-    return ref.run_dir
+    # the step this config trained to (a run dir's "latest" could be a stray later step)
+    return str(Path(ref.run_dir) / "checkpoints" / str(ref.train.steps))
 
 
 def run_proxy(cfg: Any, k: int, reference: str, log: Log) -> dict[str, dict[str, float]]:
