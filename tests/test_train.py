@@ -159,3 +159,9 @@ def test_vocab_chunked_loss_trains_identically_and_continuation_evaluates_its_st
     assert start["step"] == 0
     for domain, res in final.items():
         assert start[f"eval/{domain}/loss"] == pytest.approx(res["loss"], rel=1e-6)
+
+
+def test_checkpoint_past_the_configured_steps_is_a_clear_error(tmp_path):
+    loop.run(load_cfg(str(tmp_path), ["train.steps=3"]))
+    with pytest.raises(UserError, match="checkpoint at step 3, past train.steps = 2"):
+        loop.run(load_cfg(str(tmp_path), ["train.steps=2"]))

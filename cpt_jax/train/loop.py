@@ -130,6 +130,12 @@ def _check_finite(step: int, metrics: dict[str, Any], last_good: int | None) -> 
         )
 
 
+def _place(tree: Any, shardings: Any) -> Any:
+    """Put an objective's initial extras on the mesh eagerly (a jitted init would bake large
+    captured arrays, such as DoReMi's reference weights, into the program as constants)."""
+    return jax.device_put(tree, shardings)
+
+
 def run(
     cfg: Any,
     objective: Objective | None = None,
@@ -172,6 +178,10 @@ def run(
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpts = RunCheckpoints(run_dir, cfg.checkpoint)
     resumed = ckpts.latest_step()
+    if resumed is not None and resumed > total:
+        raise UserError(
+            f"{run_dir} holds a checkpoint at step {resumed}, past train.steps = {total}: raise "
+            "train.steps to continue it, or use a new run_dir")
     if resumed is not None:
         target = jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shard
@@ -180,7 +190,7 @@ def run(
         if hasattr(data, "resume_step") and isinstance(meta.get("data"), dict) and "domains" in meta["data"]:
             data.resume_step(meta["data"])  # refuses a checkpoint whose domain ids differ
         if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(state.extras)):
-            extras = jax.jit(objective.init_extras, out_shardings=shard.extras)(state.params)
+            extras = _place(objective.init_extras(state.params), shard.extras)
             state = state.replace(extras=extras)
     else:
         if cfg.train.init_from:
@@ -193,7 +203,7 @@ def run(
             step=jax.device_put(np.int32(0), shard.step),
             params=params,
             opt_state=jax.jit(tx.init, out_shardings=shard.opt_state)(params),
-            extras=jax.jit(objective.init_extras, out_shardings=shard.extras)(params),
+            extras=_place(objective.init_extras(params), shard.extras),
         )
     start = int(jax.device_get(state.step))
     lawa = OnlineLawa.from_config(cfg)  # online LAWA window / EMA (docs/lawa.md); None when off
