@@ -13,10 +13,12 @@ Layout of a params checkpoint directory::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import numpy as np
@@ -90,6 +92,17 @@ def latest_step_dir(run_dir: Path) -> Path:
     return max(steps, key=lambda p: int(p.name))
 
 
+@contextlib.contextmanager
+def _quiet_absl() -> Iterator[None]:
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def restore_params_item(item_dir: Path, shardings: Any = None) -> Params:
     """Restore an orbax StandardSave params item, placed with ``shardings`` (a tree matching
     the params) or, when None, on this process's first device."""
@@ -99,7 +112,8 @@ def restore_params_item(item_dir: Path, shardings: Any = None) -> Params:
         raise UserError(f"no params checkpoint item at {item_dir}")
     ckptr = ocp.StandardCheckpointer()
     try:
-        meta = ckptr.metadata(item_dir)
+        with _quiet_absl():  # an item inside a CheckpointManager step has no step-level metadata file
+            meta = ckptr.metadata(item_dir)
         tree = getattr(meta, "item_metadata", meta)
         tree = getattr(tree, "tree", tree)
         if tree is None:
