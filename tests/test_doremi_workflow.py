@@ -27,7 +27,6 @@ def tiny(run_dir) -> C.ConfigDict:
     c.data.synthetic_tokens = 1 << 15
     c.logging.tensorboard = False
     c.checkpoint.async_save = False
-    c.doremi.eta = 0.1  # 16 sequences per step: eta = 1 swings alpha to one-hot (docs/doremi.md)
     c.doremi.proxy_steps = 120
     c.doremi.main = False
     c.doremi.baseline = False
@@ -45,12 +44,13 @@ def test_three_synthetic_domains_learnable_gets_most_weight(tmp_path):
     avg, fin = saved["average"], saved["final"]
     assert list(avg) == ["noise", "pattern", "trivial"]
     assert abs(sum(avg.values()) - 1) < 1e-5 and abs(sum(fin.values()) - 1) < 1e-5
-    # alpha_bar (DoReMi's output): seeds 0 and 2 give pattern 0.54 / 0.52, noise 0.27 / 0.29,
-    # trivial 0.195 / 0.191. alpha_T is noisier (noise climbs back whenever the proxy loses its
-    # calibration on it, docs/doremi.md), but trivial stays lowest there too.
-    assert avg["pattern"] == max(avg.values()) and avg["pattern"] > 0.45
-    assert avg["trivial"] == min(avg.values()) and avg["trivial"] < 0.25
-    assert fin["trivial"] == min(fin.values()) and fin["trivial"] < 0.15
+    # eta = 1 (the paper's): seeds 0 and 2 give alpha_bar pattern 0.74 / 0.66, noise 0.22 / 0.31,
+    # trivial 0.039 / 0.031, and alpha_T(trivial) 0.0028 / 0.0022 against the floor c/k = 3.3e-4.
+    # alpha_T of noise vs pattern swings with eta = 1 and 16 sequences a step (docs/doremi.md).
+    floor = cfg.doremi.c / 3
+    assert avg["pattern"] == max(avg.values()) and avg["pattern"] > 0.55
+    assert avg["trivial"] == min(avg.values()) and avg["trivial"] < 0.06
+    assert floor <= fin["trivial"] < 30 * floor
     assert report["rounds"] == [saved]
     print("weights", saved)
     assert any("domain weights" in line for line in logs)

@@ -180,8 +180,9 @@ class SyntheticStream(ArrayStream):
     """Seeded fake domain: ``noise`` (uniform ids, unlearnable: loss log V), ``pattern``
     (arithmetic progressions mod V - 1 with a per-document start and step in {1, 2, 3}, each
     token replaced by uniform noise with p = 0.1: learnable in context, but its loss cannot fall
-    below the noise entropy ~ -0.9 ln 0.9 + 0.1 ln V), ``trivial`` (one token repeated per
-    document). Ids lie in [1, vocab); documents (32..512 tokens) end in EOS.
+    below the noise entropy ~ -0.9 ln 0.9 + 0.1 ln V), ``trivial`` (one token, the same for
+    the whole domain, repeated: predictable everywhere, even at window and document starts).
+    Ids lie in [1, vocab); documents (32..512 tokens) end in EOS.
     Regenerated from (name, num_tokens, vocab, key) after pickling."""
 
     def __init__(self, name: str, num_tokens: int, vocab: int, key: int):
@@ -207,7 +208,7 @@ class SyntheticStream(ArrayStream):
             swap = rng.random(num_tokens) < PATTERN_NOISE
             toks[swap] = rng.integers(1, vocab, size=int(swap.sum()))
         else:
-            toks = rng.integers(1, vocab, size=len(lengths))[doc]
+            toks = np.full(num_tokens, rng.integers(1, vocab))
         toks[np.cumsum(lengths) - 1] = EOS
         dtype = np.uint16 if vocab <= 2**16 else np.int32
         super().__init__(toks.astype(dtype), lengths.astype(np.int64))
