@@ -57,6 +57,7 @@ def defaults() -> ConfigDict:
     c.train.batch_size = 8  # global sequences per optimizer step
     c.train.seq_len = 64  # T; batches carry T + 1 tokens
     c.train.micro_batches = 1  # gradient accumulation inside the jitted step
+    c.train.train_only_new_rows = ""  # a `cpt-jax vocab extend` dir: train only its new embedding rows
     c.train.vocab_chunk = 0  # > 0: loss over blocks of this many positions, never full [B, T, V] logits
     c.train.init_from = ""  # orbax params checkpoint to continue from (fresh optimizer state)
     c.train.log_every = 10

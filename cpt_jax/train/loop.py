@@ -164,9 +164,16 @@ def run(
     if objective is None:
         objective = NextTokenObjective(mcfg, len(domains), cfg.train.vocab_chunk)
     schedule = make_schedule(cfg.schedule, cfg.optim.peak_lr, total)
-    tx = make_optimizer(cfg, total, trainable)
-
     abstract_params = jax.eval_shape(lambda: pythia.init_params(mcfg, jax.random.key(0)))
+    if trainable is None and cfg.train.train_only_new_rows:  # vocabulary expansion, phase 1
+        from cpt_jax import vocab
+
+        rows = vocab.load_new_rows(cfg.train.train_only_new_rows)
+        if max(rows, default=-1) >= mcfg.vocab_size:
+            raise UserError(f"train.train_only_new_rows: row {max(rows)} is outside "
+                            f"model.vocab_size = {mcfg.vocab_size}")
+        trainable = vocab.embedding_only_mask(abstract_params, rows)
+    tx = make_optimizer(cfg, total, trainable)
     abstract = TrainState(
         step=jax.ShapeDtypeStruct((), np.int32),
         params=abstract_params,
