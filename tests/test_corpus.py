@@ -17,7 +17,7 @@ import zipfile
 import zlib
 
 import pytest
-from tokenizers import Tokenizer, models, pre_tokenizers
+from conftest import save_word_level_tokenizer, word_level_vocab
 
 from cpt_jax.data import corpus, corpus_sources as cs, packages
 from cpt_jax.data.corpus_text import (RFormatError, chunk_text, headword_line, html_to_text,
@@ -27,17 +27,13 @@ from cpt_jax.data.manifest import load_manifest
 from cpt_jax.errors import UserError
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta".split()
-VOCAB = {"<|endoftext|>": 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate(WORDS)}}
+VOCAB = word_level_vocab(WORDS)
 needs_dpkg = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb")
 
 
 @pytest.fixture
 def tok_path(tmp_path):
-    tok = Tokenizer(models.WordLevel(VOCAB, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    path = tmp_path / "tokenizer.json"
-    tok.save(str(path))
-    return str(path)
+    return str(save_word_level_tokenizer(tmp_path / "tokenizer.json", VOCAB))
 
 
 def make_deb(tmp_path, name, files):

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from tokenizers import Tokenizer, models, pre_tokenizers
+from conftest import save_word_level_tokenizer, word_level_vocab
 
 from cpt_jax.cli import main
 from cpt_jax.data import tokenize as tz
@@ -17,16 +17,12 @@ from cpt_jax.data.manifest import domain_prefix, load_manifest
 from cpt_jax.errors import UserError
 
 WORDS = "the cat sat on a mat dog ran far away and then came back home".split()
-VOCAB = {"<|endoftext|>": 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate(WORDS)}}
+VOCAB = word_level_vocab(WORDS)
 
 
 @pytest.fixture
 def tok_path(tmp_path):
-    tok = Tokenizer(models.WordLevel(VOCAB, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    path = tmp_path / "tokenizer.json"
-    tok.save(str(path))
-    return path
+    return save_word_level_tokenizer(tmp_path / "tokenizer.json", VOCAB)
 
 
 def expected_ids(text):
@@ -186,9 +182,7 @@ def test_one_tokenizer_per_data_dir(tmp_path, tok_path):
     src = tmp_path / "in.txt"
     src.write_text("the cat")
     run([src], tmp_path / "o", tok_path, domain="a")
-    other = Tokenizer(models.WordLevel({"<|endoftext|>": 0, "[UNK]": 1}, unk_token="[UNK]"))
-    other.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    other.save(str(tmp_path / "other.json"))
+    save_word_level_tokenizer(tmp_path / "other.json", word_level_vocab([]))
     with pytest.raises(UserError, match="holds domains tokenized with"):
         run([src], tmp_path / "o", tmp_path / "other.json", domain="b")
 

@@ -1,0 +1,18 @@
+"""Shared test helpers."""
+
+from pathlib import Path
+
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+
+def word_level_vocab(words: list[str]) -> dict[str, int]:
+    """EOS = 0, [UNK] = 1, then one id per word: a tokenizer whose ids a test can predict."""
+    return {"<|endoftext|>": 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate(words)}}
+
+
+def save_word_level_tokenizer(path: Path, vocab: dict[str, int]) -> Path:
+    """Write a whitespace-split word-level ``tokenizer.json`` over ``vocab`` to ``path``."""
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.save(str(path))
+    return path
