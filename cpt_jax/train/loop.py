@@ -17,7 +17,6 @@ after it, so the last good checkpoint stays the newest.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import signal
@@ -33,6 +32,7 @@ from cpt_jax.config import to_dict
 from cpt_jax.errors import UserError
 from cpt_jax.lawa_online import OnlineLawa
 from cpt_jax.model import pythia
+from cpt_jax.model.checkpoint import config_to_dict
 from cpt_jax.optim import make_optimizer
 from cpt_jax.schedules import make_schedule
 from cpt_jax.train.checkpoint import RunCheckpoints
@@ -219,7 +219,7 @@ def run(
 
     if main:
         (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
-        (run_dir / "model.json").write_text(json.dumps(dataclasses.asdict(mcfg), indent=2) + "\n")
+        (run_dir / "model.json").write_text(json.dumps(config_to_dict(mcfg), indent=2) + "\n")
     n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_params))
     flops_tok = flops_per_token(mcfg, t, n_params)
     peak = peak_flops(jax.devices()[0])
@@ -232,15 +232,11 @@ def run(
     def run_eval(step: int) -> dict[str, Any]:
         if not evals:
             return {}
-        from cpt_jax.eval.perplexity import evaluate
+        from cpt_jax.eval.perplexity import evaluate, to_metrics
 
         put = lambda a: sharding.put_global(a, rep)  # noqa: E731
         res = evaluate(state.params, mcfg, evals, put=put)
-        rec: dict[str, Any] = {"step": step}
-        for name, r in res.items():
-            rec[f"eval/{name}/loss"], rec[f"eval/{name}/ppl"] = r["loss"], r["ppl"]
-        losses_ = [r["loss"] for r in res.values()]
-        rec["eval/avg/loss"] = float(np.mean(losses_))
+        rec: dict[str, Any] = {"step": step, **to_metrics(res)}
         if lawa is not None:  # eval_lawa/... and eval_ema/... beside the raw model
             rec.update(lawa.eval_metrics(lambda p: evaluate(p, mcfg, evals, put=put), state.params))
         writer.write(rec)
