@@ -389,6 +389,12 @@ def _first_line(err: Exception) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+def comma_list(text: str) -> list[str]:
+    """The items of a comma-separated config value (``data.domains``, ``data.upstream``, ...),
+    stripped, empty ones dropped, in order."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def to_dict(cfg: ConfigDict) -> dict:
     """A plain, JSON-serialisable copy (what a run writes to ``RUN_DIR/config.json``)."""
     return cfg.to_dict()

@@ -84,8 +84,8 @@ def result_row(cfg: ConfigDict, run: dict, summary: dict) -> dict:
     from cpt_jax.model import pythia  # noqa: PLC0415 (jax import on demand)
 
     losses = experiment.domain_losses(summary)
-    general = [d for d in cfg.data.upstream.split(",") if d]
-    domain = [d for d in cfg.data.downstream.split(",") if d]
+    general = config_lib.comma_list(cfg.data.upstream)
+    domain = config_lib.comma_list(cfg.data.downstream)
     return {
         "run": run["name"],
         "N": pythia.count_params(pythia.PythiaConfig.from_config(cfg.model)),

@@ -16,11 +16,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cpt_jax import experiment
+    from cpt_jax.config import comma_list
 
     shared, runs = experiment.load_experiment(args.config, args.config_overrides)
     summaries = experiment.run_experiment(shared, runs)
-    upstream = [d for d in shared.data.upstream.split(",") if d]
-    downstream = [d for d in shared.data.downstream.split(",") if d]
+    upstream = comma_list(shared.data.upstream)
+    downstream = comma_list(shared.data.downstream)
     rows = experiment.learning_forgetting(summaries, runs, upstream, downstream)
     out = Path(args.report or Path(shared.run_dir) / "report")
     out.mkdir(parents=True, exist_ok=True)

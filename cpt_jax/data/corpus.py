@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from cpt_jax.config import comma_list
 from cpt_jax.data.corpus_sources import DOMAINS, Source, sources_of, unique
 from cpt_jax.data.packages import Unavailable, apt_download, pip_download
 from cpt_jax.errors import UserError
@@ -51,7 +52,7 @@ def parse_domains(spec: str | None) -> list[str]:
     """Comma-separated domain names (None or "all": every domain), checked against DOMAINS."""
     if not spec or spec == "all":
         return list(DOMAINS)
-    names = unique(d.strip() for d in spec.split(",") if d.strip())
+    names = unique(comma_list(spec))
     unknown = [d for d in names if d not in DOMAINS]
     if unknown or not names:
         raise UserError(f"unknown corpus domain(s) {', '.join(unknown) or spec!r}; "

@@ -29,6 +29,7 @@ from cpt_jax.data.sources import (
     WindowSource,
     derive_key,
 )
+from cpt_jax.config import comma_list
 from cpt_jax.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -46,11 +47,7 @@ def model_vocab(cfg: Any) -> int:
 
 
 def _names(text: str) -> list[str]:
-    out: list[str] = []
-    for item in text.split(","):
-        if item.strip() and item.strip() not in out:
-            out.append(item.strip())
-    return out
+    return list(dict.fromkeys(comma_list(text)))  # each domain once
 
 
 class Catalog:

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cpt_jax.config import comma_list
 from cpt_jax.errors import UserError
 from cpt_jax.losses import next_token_losses
 from cpt_jax.model import pythia
@@ -92,7 +93,7 @@ def _names(value: str | Iterable[str] | None) -> list[str]:
     if value is None:
         return []
     if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
+        return comma_list(value)
     return list(value)
 
 

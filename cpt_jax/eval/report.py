@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from cpt_jax.config import comma_list
 from cpt_jax.errors import UserError
 
 GROUPS = ("avg", "worst", "upstream", "downstream")
@@ -65,7 +66,7 @@ class Run:
     def group(self, which: str) -> list[str]:
         """``data.upstream`` / ``data.downstream`` of the run's config, as a list."""
         text = self.config.get("data", {}).get(which, "") or ""
-        return [d.strip() for d in text.split(",") if d.strip()]
+        return comma_list(text)
 
     def group_series(self, which: str, prefix: str = "eval") -> tuple[np.ndarray, np.ndarray]:
         """Mean loss over the group's domains at each step where all of them were logged."""

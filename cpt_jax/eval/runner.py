@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cpt_jax.config import comma_list
 from cpt_jax.errors import UserError
 
 RESULT_NAME = "eval.json"
@@ -70,7 +71,7 @@ def run_config_of(checkpoint: str | os.PathLike) -> Path | None:
 
 
 def _names(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip() and t.strip() != "none"]
+    return [t for t in comma_list(text) if t != "none"]
 
 
 def evaluate_checkpoint(
