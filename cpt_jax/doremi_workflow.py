@@ -24,7 +24,7 @@ import numpy as np
 
 from cpt_jax import config as config_lib
 from cpt_jax.errors import UserError
-from cpt_jax.experiment import is_finished
+from cpt_jax.experiment import is_finished, read_summary
 
 Log = Callable[[str], None]
 STAGES = ("all", "reference", "proxy", "main", "baseline", "report")
@@ -55,7 +55,7 @@ def _train(cfg: Any, what: str, log: Log, objective: Any = None) -> dict:
         summary = run(cfg, objective=objective)
         if summary.get("interrupted"):
             raise UserError(f"{what} interrupted at step {summary['steps']}; run again to resume")
-    return json.loads((Path(cfg.run_dir) / "summary.json").read_text())
+    return read_summary(cfg.run_dir)
 
 
 def reference_config(cfg: Any, k: int) -> Any:

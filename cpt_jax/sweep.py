@@ -99,17 +99,14 @@ def result_row(cfg: ConfigDict, run: dict, summary: dict) -> dict:
 
 def run_sweep(shared: ConfigDict, runs: list[dict], run_fn=None) -> Path:
     """Run every point (skipping finished ones) and write ``RUN_DIR/results.csv``."""
-    summaries = experiment.run_experiment(shared, runs_for_experiment(runs), run_fn)
+    summaries = experiment.run_experiment(shared, runs, run_fn)  # it ignores "point"
     out = Path(shared.run_dir) / "results.csv"
     os.makedirs(out.parent, exist_ok=True)
     with open(out, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         writer.writeheader()
         for run in runs:
-            cfg = experiment.run_config(shared, runs_for_experiment([run])[0], shared.run_dir)
+            cfg = experiment.run_config(shared, run, shared.run_dir)
             writer.writerow(result_row(cfg, run, summaries[run["name"]]))
     return out
 
-
-def runs_for_experiment(runs: list[dict]) -> list[dict]:
-    return [{k: r[k] for k in ("name", "set", "from") if k in r} for r in runs]

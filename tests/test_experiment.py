@@ -132,7 +132,7 @@ def test_sweep_grid_csv_and_commands(tmp_path):
     assert [int(r["D"]) for r in rows[:2]] == [0, 0]  # the bases: pre-CPT rows
     assert float(rows[1]["general_loss"]) == pytest.approx((6.0 + 1.0) / 2)
     big = rows[4]
-    cfg = experiment.run_config(shared, sweep.runs_for_experiment(runs)[4], shared.run_dir)
+    cfg = experiment.run_config(shared, runs[4], shared.run_dir)
     assert cfg.train.init_from == str(tmp_path / "runs" / "base_d64")
     assert int(big["N"]) == pythia.count_params(pythia.PythiaConfig.from_config(cfg.model))
     assert int(big["D"]) == 20 * 4 * 16
