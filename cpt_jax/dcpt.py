@@ -12,10 +12,15 @@ with ``E, A, B, C = exp(e, a, b, c)``; ``log L`` is a log-sum-exp of the four te
 is the Huber loss (delta 1e-3) of ``log L_pred - log L_obs``, minimised with L-BFGS(-B, exponents
 kept in [0, 4]) from the best points of a starting grid; the best end point is kept.
 
-Choosing r: the pre-CPT general loss ``L_g0`` is the general-validation loss of the base model of
-size N before any CPT (a CSV row with ``D = 0``, or given explicitly). The chosen ratio is the
-largest domain ratio r in [0, 1] with ``L_g(N, D, 1 - r) <= (1 + T) * L_g0``; with a limited
-domain corpus of ``D_dom`` tokens used once, ``D = D_dom / r``.
+Choosing r (the paper's trade-off usage): the pre-CPT general loss ``L_g0`` is the
+general-validation loss of the base model of size N before any CPT (a CSV row with ``D = 0``, or
+given explicitly). The chosen ratio minimises the predicted domain loss subject to
+``L_g(N, D, 1 - r) <= (1 + T) * L_g0``; it is the largest feasible ratio only when the domain loss
+falls monotonically in r. With a limited domain corpus of ``D_dom`` tokens used once,
+``D = D_dom / r``; with a compute budget C at size N, ``D = C / (6 N)``.
+
+Few-shot fit of a new domain: with a fit on other domains as the base, only the domain-specific
+parameters (by default E, B, C) are re-fitted to a few runs on the new domain.
 """
 
 from __future__ import annotations
@@ -40,6 +45,9 @@ LOSSES: tuple[str, ...] = ("general", "domain")
 HUBER_DELTA = 1e-3
 DEFAULT_EPS = 1e-2
 EXPONENT_BOUNDS = (0.0, 4.0)
+# re-fitted for a new domain by default (few-shot): the coefficients; the exponents, A and alpha
+# (model capacity) come from a fit on other domains
+DOMAIN_SPECIFIC: tuple[str, ...] = ("E", "B", "C")
 DEFAULT_STARTS = 8
 # starting grid over (e, a, alpha, b, eta, beta, c, gamma): 3*4*3*4*3*3*3*3 = 11664 points
 DEFAULT_GRID: tuple[tuple[float, ...], ...] = (
@@ -225,38 +233,66 @@ def _one_blas_thread() -> Iterator[None]:
             put(n)
 
 
-def fit_law(N, D, r, loss, *, eps: float = DEFAULT_EPS, delta: float = HUBER_DELTA,
-            grid: tuple[tuple[float, ...], ...] = DEFAULT_GRID,
-            starts: int = DEFAULT_STARTS) -> tuple[dict[str, float], float]:
-    """Fit the law's 8 parameters to points ``(N, D, r) -> loss`` (r: the law's own ratio).
+def _to_theta(params: dict[str, float]) -> np.ndarray:
+    """Inverse of :func:`_to_params`: ``(log E, log A, alpha, log B, eta, beta, log C, gamma)``."""
+    return np.array([math.log(params[k]) if k in ("E", "A", "B", "C") else float(params[k])
+                     for k in PARAM_NAMES], dtype=np.float64)
 
-    The objective is evaluated at every grid point; L-BFGS runs from the ``starts`` best of them
-    (all of them when ``starts <= 0``). Returns ``(params, mean Huber loss)`` of the best end point.
+
+def fit_law(N, D, r, loss, *, eps: float = DEFAULT_EPS, delta: float = HUBER_DELTA,
+            grid: tuple[tuple[float, ...], ...] = DEFAULT_GRID, starts: int = DEFAULT_STARTS,
+            fixed: dict[str, float] | None = None) -> tuple[dict[str, float], float]:
+    """Fit the law's parameters to points ``(N, D, r) -> loss`` (r: the law's own ratio).
+
+    ``fixed`` holds parameters kept at given values (few-shot re-fit of a new domain: only the
+    others are fitted). The objective is evaluated at every grid point of the free parameters;
+    L-BFGS runs from the ``starts`` best of them (all of them when ``starts <= 0``). Returns
+    ``(params, mean Huber loss)`` of the best end point.
     """
     from scipy.optimize import minimize
 
     N, D, r, y = (np.asarray(x, dtype=np.float64) for x in (N, D, r, loss))
-    if len(y) < len(PARAM_NAMES):
-        raise UserError(f"{len(y)} points cannot fit the law's {len(PARAM_NAMES)} parameters")
+    fixed = fixed or {}
+    unknown = sorted(set(fixed) - set(PARAM_NAMES))
+    if unknown:
+        raise UserError(f"unknown D-CPT parameter {unknown[0]!r} (one of {', '.join(PARAM_NAMES)})")
+    free = np.array([k not in fixed for k in PARAM_NAMES])
+    if len(y) < free.sum():
+        raise UserError(f"{len(y)} points cannot fit the law's {int(free.sum())} free parameters")
+    base = _to_theta({k: fixed.get(k, 1.0) for k in PARAM_NAMES})
     rpos = r > 0
     args = (np.log(N), np.log(D), np.log(np.where(rpos, r, 1.0)), rpos, np.log(r + eps),
             np.log(y), delta)
     bounds = [(None, None), (None, None), EXPONENT_BOUNDS, (None, None), EXPONENT_BOUNDS,
               EXPONENT_BOUNDS, (None, None), EXPONENT_BOUNDS]
-    points = np.array(list(itertools.product(*grid)), dtype=np.float64)
-    values = np.concatenate([_grid_values(chunk, *args) for chunk in np.array_split(
+    bounds = [b for b, f in zip(bounds, free) if f]
+
+    def full(x: np.ndarray) -> np.ndarray:
+        theta = np.broadcast_to(base, x.shape[:-1] + (len(base),)).copy()
+        theta[..., free] = x
+        return theta
+
+    def objective(x: np.ndarray):
+        f, grad = _objective(full(x), *args)
+        return f, grad[free]
+
+    points = np.array(list(itertools.product(*[g for g, f in zip(grid, free) if f])),
+                      dtype=np.float64)
+    values = np.concatenate([_grid_values(full(chunk), *args) for chunk in np.array_split(
         points, max(1, len(points) // 2048))])
     order = np.argsort(np.where(np.isfinite(values), values, np.inf), kind="stable")
-    best_theta, best_f = None, math.inf
+    best_x, best_f = None, math.inf
     with _one_blas_thread():
         for start in [points[i] for i in (order[:starts] if starts > 0 else order)]:
-            out = minimize(_objective, start, args=args, jac=True, method="L-BFGS-B",
-                           bounds=bounds, options={"maxiter": 500, "ftol": 1e-15, "gtol": 1e-10})
+            out = minimize(objective, start, jac=True, method="L-BFGS-B", bounds=bounds,
+                           options={"maxiter": 500, "ftol": 1e-15, "gtol": 1e-10})
             if np.isfinite(out.fun) and out.fun < best_f:
-                best_theta, best_f = out.x, float(out.fun)
-    if best_theta is None:
+                best_x, best_f = out.x, float(out.fun)
+    if best_x is None:
         raise UserError("the D-CPT fit did not converge from any starting point")
-    return _to_params(best_theta), best_f * delta**2 / len(y)
+    params = _to_params(full(best_x))
+    params.update({k: float(v) for k, v in fixed.items()})  # exact, not through exp(log(.))
+    return params, best_f * delta**2 / len(y)
 
 
 def match_holdout(results: Results, specs: list[str]) -> np.ndarray:
@@ -276,19 +312,28 @@ def match_holdout(results: Results, specs: list[str]) -> np.ndarray:
 
 
 def fit(results: Results, holdout: list[str] | None = None, eps: float = DEFAULT_EPS,
-        grid: tuple[tuple[float, ...], ...] = DEFAULT_GRID, starts: int | None = None) -> dict:
+        grid: tuple[tuple[float, ...], ...] = DEFAULT_GRID, starts: int | None = None,
+        base: dict | None = None, refit: tuple[str, ...] = DOMAIN_SPECIFIC) -> dict:
     """Fit general and domain loss; report Huber loss and R^2 on fitted and held-out rows.
 
+    With ``base`` (a FIT.json of other domains) only the ``refit`` parameters are fitted and the
+    rest, and ``eps``, are taken from ``base``: a few runs on a new domain are enough.
     Returns the FIT.json dictionary.
     """
     held = match_holdout(results, holdout or [])
     train, test = results.select(~held), results.select(held)
+    pre = dict(base.get("pre_cpt_general_loss", {})) if base else {}
+    pre.update({repr(n): v for n, v in results.pre_cpt_general.items()})
+    eps = base["eps"] if base else eps
     out: dict = {"law": "L = E + A/N^alpha + B*r^eta/D^beta + C/(r+eps)^gamma",
                  "eps": eps, "huber_delta": HUBER_DELTA, "holdout": list(holdout or []),
-                 "pre_cpt_general_loss": {repr(n): v for n, v in results.pre_cpt_general.items()}}
+                 "pre_cpt_general_loss": pre}
+    if base:
+        out["refit"] = list(refit)
     for kind in LOSSES:
+        fixed = {k: v for k, v in base[kind]["params"].items() if k not in refit} if base else None
         params, _ = fit_law(train.N, train.D, law_ratio(kind, train.r), train.loss(kind),
-                            eps=eps, grid=grid,
+                            eps=eps, grid=grid, fixed=fixed,
                             starts=DEFAULT_STARTS if starts is None else starts)
         entry: dict = {"ratio": "r" if kind == "domain" else "1 - r", "params": params}
         for name, part in (("fit", train), ("holdout", test)):
@@ -313,6 +358,23 @@ def pre_cpt_general_loss(fit_json: dict, N: float) -> float | None:
     return None
 
 
+def tokens_at(r: np.ndarray | float, D: float | None = None,
+              domain_tokens: float | None = None) -> np.ndarray:
+    """CPT tokens at domain ratio r: ``D`` fixed, or ``D = D_dom / r`` for a domain budget."""
+    if (D is None) == (domain_tokens is None):
+        raise UserError("give exactly one of D and domain_tokens")
+    r = np.asarray(r, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        return np.full_like(r, D) if D is not None else domain_tokens / r
+
+
+def curves(fit_json: dict, N: float, r: np.ndarray | float, D: float | None = None,
+           domain_tokens: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted ``(L_general, L_domain)`` at domain ratios r (see :func:`tokens_at` for D)."""
+    d = tokens_at(r, D, domain_tokens)
+    return predicted(fit_json, "general", N, d, r), predicted(fit_json, "domain", N, d, r)
+
+
 def max_domain_ratio(fit_json: dict, N: float, tolerance: float, L_g0: float,
                      D: float | None = None, domain_tokens: float | None = None,
                      points: int = 20001) -> float | None:
@@ -322,15 +384,10 @@ def max_domain_ratio(fit_json: dict, N: float, tolerance: float, L_g0: float,
     """
     from scipy.optimize import brentq
 
-    if (D is None) == (domain_tokens is None):
-        raise UserError("give exactly one of D and domain_tokens")
     limit = (1.0 + tolerance) * L_g0
 
     def excess(r: np.ndarray | float) -> np.ndarray:
-        r = np.asarray(r, dtype=np.float64)
-        with np.errstate(divide="ignore"):
-            d = np.full_like(r, D) if D is not None else domain_tokens / r
-        return predicted(fit_json, "general", N, d, r) - limit
+        return curves(fit_json, N, r, D, domain_tokens)[0] - limit
 
     grid = np.linspace(0.0, 1.0, points)
     ok = np.flatnonzero(excess(grid) <= 0)
@@ -340,6 +397,70 @@ def max_domain_ratio(fit_json: dict, N: float, tolerance: float, L_g0: float,
     if i == points - 1:
         return 1.0
     return float(brentq(lambda x: float(excess(x)), grid[i], grid[i + 1], xtol=1e-12))
+
+
+@dataclass
+class RatioChoice:
+    """The chosen domain ratio ``r``, its CPT tokens ``D``, both predicted losses, and the
+    largest feasible ratio ``r_max`` (the old rule, printed beside it)."""
+
+    r: float
+    D: float
+    general: float
+    domain: float
+    r_max: float
+
+
+def _boundaries(excess, grid: np.ndarray, ok: np.ndarray) -> list[float]:
+    """Ratios where ``excess`` crosses 0 between neighbouring grid points (brentq)."""
+    from scipy.optimize import brentq
+
+    cross = np.flatnonzero(ok[:-1] != ok[1:])
+    return [float(brentq(excess, grid[i], grid[i + 1], xtol=1e-13)) for i in cross]
+
+
+def best_domain_ratio(fit_json: dict, N: float, tolerance: float, L_g0: float,
+                      D: float | None = None, domain_tokens: float | None = None,
+                      points: int = 20001) -> RatioChoice | None:
+    """The ratio minimising the predicted domain loss subject to ``L_g <= (1 + T) L_g0``.
+
+    r* = argmin { L_domain(N, D, r) : r in [0, 1], L_general(N, D, 1 - r) <= (1 + T) L_g0 }
+    (Que et al. 2024, the trade-off usage). Candidates: the feasible points of a grid, the
+    feasible-region boundaries (brentq) and a bounded refinement around the best grid point.
+    None if no ratio is feasible.
+    """
+    from scipy.optimize import minimize_scalar
+
+    limit = (1.0 + tolerance) * L_g0
+
+    def excess(r: float) -> float:
+        return float(curves(fit_json, N, r, D, domain_tokens)[0]) - limit
+
+    def domain(r: float) -> float:
+        return float(curves(fit_json, N, r, D, domain_tokens)[1])
+
+    grid = np.linspace(0.0, 1.0, points)
+    g, m = curves(fit_json, N, grid, D, domain_tokens)
+    ok = g <= limit
+    if not ok.any():
+        return None
+    feasible = np.flatnonzero(ok)
+    i = int(feasible[np.argmin(m[feasible])])
+    candidates = [float(grid[i])] + _boundaries(excess, grid, ok)
+    lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, points - 1)]
+    local = minimize_scalar(domain, bounds=(lo, hi), method="bounded",
+                            options={"xatol": 1e-12})
+    if excess(float(local.x)) <= 0:
+        candidates.append(float(local.x))
+    r = min(candidates, key=lambda x: (domain(x), -x))
+    g_r, m_r = (float(v) for v in curves(fit_json, N, r, D, domain_tokens))
+    r_max = max_domain_ratio(fit_json, N, tolerance, L_g0, D, domain_tokens, points)
+    return RatioChoice(r, float(tokens_at(r, D, domain_tokens)), g_r, m_r, max(r_max, r))
+
+
+def allocate_compute(compute: float, N: float) -> float:
+    """CPT tokens a compute budget buys at model size N: ``D = C / (6 N)`` (FLOPs ~ 6 N D)."""
+    return compute / (6.0 * N)
 
 
 def plot_fit(fit_json: dict, results: Results, path: str | Path) -> None:
@@ -370,29 +491,34 @@ def plot_fit(fit_json: dict, results: Results, path: str | Path) -> None:
     plt.close(fig)
 
 
-def plot_ratio(fit_json: dict, N: float, L_g0: float, tolerance: float, D: float | None,
-               domain_tokens: float | None, chosen: dict, path: str | Path) -> None:
-    """Predicted general and domain loss against the domain ratio, with the (1 + T) L_g0 limit."""
+def plot_ratio(fit_json: dict, N: float, L_g0: float, tolerance: float,
+               cases: dict[str, tuple[float | None, float | None, RatioChoice | None]],
+               path: str | Path) -> None:
+    """Predicted general and domain loss against r, one panel per case ``label -> (D, D_dom,
+    choice)``; the feasible region ``L_g <= (1 + T) L_g0`` shaded, r* and the largest r marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    r = np.linspace(0.0, 1.0, 401)
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for label, d in (("fixed D", D), ("limited domain data", domain_tokens)):
-        if d is None:
-            continue
-        with np.errstate(divide="ignore"):
-            dd = np.full_like(r, d) if label == "fixed D" else d / r
-        for kind, style in (("general", "-"), ("domain", "--")):
-            ax.plot(r, predicted(fit_json, kind, N, dd, r), style, label=f"{kind}, {label}")
-        if chosen.get(label) is not None:
-            ax.axvline(chosen[label], color="gray", lw=0.8)
-    ax.axhline((1 + tolerance) * L_g0, color="red", lw=0.8, label=f"(1+T) L_g0, T={tolerance}")
-    ax.set_xlabel("domain ratio r")
-    ax.set_ylabel("predicted loss")
-    ax.set_title(f"D-CPT law at N={N:.3g}")
-    ax.legend(fontsize=8)
+    r = np.linspace(0.0, 1.0, 801)
+    limit = (1 + tolerance) * L_g0
+    fig, axes = plt.subplots(1, len(cases), figsize=(6.4 * len(cases), 4.4), squeeze=False)
+    for ax, (label, (D, D_dom, choice)) in zip(axes[0], cases.items()):
+        g, m = curves(fit_json, N, r, D, D_dom)
+        ax.fill_between(r, 0, 1, where=g <= limit, transform=ax.get_xaxis_transform(),
+                        color="green", alpha=0.12, label="feasible: L_g <= (1+T) L_g0")
+        ax.plot(r, g, "-", label="general loss")
+        ax.plot(r, m, "--", label="domain loss")
+        ax.axhline(limit, color="red", lw=0.8, label=f"(1+T) L_g0, T={tolerance}")
+        if choice is not None:
+            ax.axvline(choice.r, color="black", lw=1.0, label=f"r* = {choice.r:.3f}")
+            ax.axvline(choice.r_max, color="gray", lw=0.8, ls=":",
+                       label=f"largest feasible r = {choice.r_max:.3f}")
+        ax.set_xlabel("domain ratio r")
+        ax.set_ylabel("predicted loss")
+        ax.set_title(f"{label}, N={N:.3g}")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -158,3 +158,98 @@ def test_holdout_must_match(fitted):
     _, results, _ = fitted
     with pytest.raises(UserError, match="--holdout N=5 matches no CPT row"):
         dcpt.match_holdout(results, ["N=5"])
+
+
+# A planted law whose domain loss rises again at high r (B large): the constrained argmin of the
+# domain loss (r ~ 0.456 at D = 1e9, T = 3%) is far from the largest feasible ratio (~ 0.941).
+PLANTED = {"general": TRUE["general"], "domain": dict(TRUE["domain"], B=800.0)}
+
+
+def fit_json_of(params, L0=L_G0, N=3e8):
+    return {"eps": EPS, "pre_cpt_general_loss": {repr(N): L0},
+            **{k: {"params": dict(v)} for k, v in params.items()}}
+
+
+def brute_force(params, N, tol, L0, D=None, D_dom=None):
+    """(argmin of the domain loss over the feasible 1e-6 grid, largest feasible r), numpy only."""
+    r = np.linspace(0.0, 1.0, 1_000_001)
+    with np.errstate(divide="ignore"):
+        d = np.full_like(r, D) if D is not None else D_dom / r  # r = 0: D = inf, data term 0
+    g, m = law(params["general"], N, d, 1 - r), law(params["domain"], N, d, r)
+    ok = np.flatnonzero(g <= (1 + tol) * L0)
+    return float(r[ok[np.argmin(m[ok])]]), float(r[ok[-1]])
+
+
+@pytest.mark.parametrize("params,tol,D,D_dom", [
+    (PLANTED, 0.03, 1e9, None),     # fixed D: interior minimum of the domain loss
+    (TRUE, 0.05, None, 2e8),        # domain-token budget: D = D_dom / r
+    (TRUE, 0.03, 1e9, None),        # monotone case: the argmin is the largest feasible r
+])
+def test_best_ratio_is_the_constrained_argmin(params, tol, D, D_dom):
+    fit = fit_json_of(params)
+    c = dcpt.best_domain_ratio(fit, 3e8, tol, L_G0, D=D, domain_tokens=D_dom)
+    r_star, r_max = brute_force(params, 3e8, tol, L_G0, D=D, D_dom=D_dom)
+    assert c.r == pytest.approx(r_star, abs=2e-6) and c.r_max == pytest.approx(r_max, abs=2e-6)
+    d = D if D is not None else D_dom / c.r
+    assert c.D == pytest.approx(d, rel=1e-12)
+    assert c.domain == pytest.approx(law(params["domain"], 3e8, d, c.r), rel=1e-12)
+    assert c.general == pytest.approx(law(params["general"], 3e8, d, 1 - c.r), rel=1e-12)
+    assert c.general <= (1 + tol) * L_G0 + 1e-12
+    if D is None or params is PLANTED:
+        assert r_max - r_star > 0.4  # the planted cases really differ from the old rule
+    assert dcpt.best_domain_ratio(fit, 3e8, tol, 1.0, D=1e9) is None  # unreachable limit
+
+
+def test_cli_ratio_prints_argmin_and_largest_feasible(tmp_path, capsys):
+    path = tmp_path / "planted.json"
+    path.write_text(json.dumps(fit_json_of(PLANTED)))
+    png = tmp_path / "ratio.png"
+    assert cli.main(["dcpt", "ratio", "--fit", str(path), "--N", "3e8", "--D", "1e9",
+                     "--domain-tokens", "2e8", "--tolerance", "0.03", "--out", str(png)]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "r* = " in ln]
+    assert [ln.split(":")[0] for ln in lines] == ["fixed D", "limited domain data"]
+    for line, (D, D_dom) in zip(lines, [(1e9, None), (None, 2e8)]):
+        r_star, r_max = brute_force(PLANTED, 3e8, 0.03, L_G0, D=D, D_dom=D_dom)
+        assert float(line.split("r* = ")[1].split()[0]) == pytest.approx(r_star, abs=1e-4)
+        got_max = float(line.split("largest feasible r = ")[1].split(":")[0])
+        assert got_max == pytest.approx(r_max, abs=1e-4)
+    assert png.stat().st_size > 10_000
+    # a compute budget C is the fixed-D case with D = C / (6 N)
+    assert cli.main(["dcpt", "ratio", "--fit", str(path), "--N", "3e8", "--compute",
+                     str(6 * 3e8 * 1e9)]) == 0
+    line = capsys.readouterr().out.splitlines()[1]
+    assert line.startswith("compute 1.8e+18 FLOPs: r* = ")
+    assert float(line.split("r* = ")[1].split()[0]) == pytest.approx(
+        brute_force(PLANTED, 3e8, 0.03, L_G0, D=1e9)[0], abs=1e-4)
+    assert cli.main(["dcpt", "ratio", "--fit", str(path), "--N", "3e8"]) == 2
+    assert "give --D (CPT tokens), --compute" in capsys.readouterr().err
+
+
+def test_few_shot_refit_of_a_new_domain(tmp_path, capsys):
+    """A new domain shares the exponents, A and alpha; six runs pin its E, B and C."""
+    new = {k: dict(v, E=v["E"] * 1.1, B=v["B"] * 0.6, C=v["C"] * 1.5) for k, v in TRUE.items()}
+    path = tmp_path / "new.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(dcpt.CSV_COLUMNS)
+        for D in (1e8, 1e9):
+            for r in (0.1, 0.4, 0.8):
+                w.writerow([f"new-d{D:g}-r{r}", 3e8, D, r, law(new["general"], 3e8, D, 1 - r),
+                            law(new["domain"], 3e8, D, r)])
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps(fit_json_of(TRUE)))
+    out = tmp_path / "new.json"
+    assert cli.main(["dcpt", "fit", str(path), "--base", str(base), "--out", str(out),
+                     "--starts", "2"]) == 0
+    assert "few-shot: re-fitted E,B,C" in capsys.readouterr().out
+    fit = json.loads(out.read_text())
+    assert fit["refit"] == ["E", "B", "C"] and fit["pre_cpt_general_loss"] == {repr(3e8): L_G0}
+    for kind in dcpt.LOSSES:
+        got, want = fit[kind]["params"], new[kind]
+        for name in dcpt.PARAM_NAMES:
+            assert got[name] == pytest.approx(want[name], rel=1e-3), (kind, name)
+        for name in ("A", "alpha", "eta", "beta", "gamma"):
+            assert got[name] == TRUE[kind][name]  # kept exactly
+    assert cli.main(["dcpt", "fit", str(path), "--refit", "E"]) == 2
+    assert cli.main(["dcpt", "fit", str(path), "--base", str(base), "--refit", "E,zeta"]) == 2
+    assert "--refit 'E,zeta'" in capsys.readouterr().err
