@@ -60,6 +60,8 @@ def defaults() -> ConfigDict:
     c.train.train_only_new_rows = ""  # a `cpt-jax vocab extend` dir: train only its new embedding rows
     c.train.vocab_chunk = 0  # > 0: loss over blocks of this many positions, never full [B, T, V] logits
     c.train.init_from = ""  # orbax params checkpoint to continue from (fresh optimizer state)
+    c.train.allow_config_change = False  # resume even when model/data/batch/seq_len/seed changed
+    c.train.lease_timeout_s = 300.0  # a run dir's lease is taken over after this long without heartbeat
     c.train.log_every = 10
     c.train.eval_every = 0  # 0: evaluate only at the end
     c.train.eval_batches = 4
@@ -94,6 +96,9 @@ def defaults() -> ConfigDict:
     c.mesh.fsdp = -1  # -1: all remaining devices
     c.mesh.tensor = 1
     c.mesh.distributed = "auto"  # auto | on | off: jax.distributed.initialize()
+    c.mesh.init_timeout_s = 300  # multi-process: wait this long for every process to connect
+    c.mesh.heartbeat_timeout_s = 100  # a process silent this long is dead: the others stop
+    c.mesh.shutdown_timeout_s = 300  # at exit, wait this long for the other processes
 
     c.checkpoint = ConfigDict()
     c.checkpoint.every = 0  # 0: only at the end
@@ -124,6 +129,8 @@ def defaults() -> ConfigDict:
     c.doremi.normalization = "domain"  # domain: sum_i alpha_i mean_i (paper) | token (official code)
     c.doremi.absent = "previous"  # lambda_i of a domain with no token in the batch: previous | zero
     c.doremi.reference = ""  # params checkpoint / run dir of a ready reference ("" = train one)
+    # where reference and proxy both start: scratch (train.seed) | train.init_from
+    c.doremi.init_from = "scratch"
     c.doremi.reference_weights = "proportional"  # mixture of the round-1 reference run
     c.doremi.proxy_weights = "uniform"  # the proxy's fixed (stratified) mixture
     c.doremi.reference_steps = 0  # 0: train.steps
@@ -255,6 +262,8 @@ def validate(cfg: ConfigDict) -> None:
     _choice("schedule.cooldown_shape", s.cooldown_shape, ("cosine", "inv_sqrt"))
     _choice("data.source", cfg.data.source, ("synthetic", "tokenized"))
     _choice("mesh.distributed", cfg.mesh.distributed, ("auto", "on", "off"))
+    for name in ("init_timeout_s", "heartbeat_timeout_s", "shutdown_timeout_s"):
+        _positive(f"mesh.{name}", cfg.mesh[name])
     if not m.preset:
         _positive("model.hidden_size", m.hidden_size)
         _positive("model.num_layers", m.num_layers)
@@ -271,6 +280,8 @@ def validate(cfg: ConfigDict) -> None:
         _positive(name, cfg[name.split(".")[0]][name.split(".")[1]])
     if t.vocab_chunk < 0:
         raise UserError(f"train.vocab_chunk must be >= 0 (0 = full logits), got {t.vocab_chunk}")
+    if not t.lease_timeout_s > 0:
+        raise UserError(f"train.lease_timeout_s must be > 0, got {t.lease_timeout_s}")
     if t.batch_size % t.micro_batches:
         raise UserError(
             f"train.batch_size {t.batch_size} is not divisible by train.micro_batches {t.micro_batches}"
@@ -304,6 +315,9 @@ def validate(cfg: ConfigDict) -> None:
     d = cfg.doremi
     _choice("doremi.normalization", d.normalization, ("domain", "token"))
     _choice("doremi.absent", d.absent, ("previous", "zero"))
+    _choice("doremi.init_from", d.init_from, ("scratch", "train.init_from"))
+    if d.init_from == "train.init_from" and not cfg.train.init_from:
+        raise UserError("doremi.init_from = 'train.init_from' needs train.init_from to be set")
     if not (d.eta > 0 and math.isfinite(d.eta)):
         raise UserError(f"doremi.eta must be a positive number, got {d.eta}")
     if not 0.0 <= d.c <= 1.0:

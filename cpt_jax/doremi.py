@@ -15,7 +15,8 @@ jitted step:
 3. ``alpha' = softmax(log alpha + eta * lambda)``, ``alpha = (1 - c) alpha' + c / k``;
 4. the proxy is updated on ``sum_i alpha_i * L_i`` with ``alpha`` held constant, where either
    ``L_i = mean proxy loss of domain i`` (``normalization="domain"``, the paper) or the token
-   level weighted mean ``sum_tok alpha_d l / sum_tok alpha_d`` (``"token"``, the official code);
+   level weighted mean ``sum_tok a_d l / sum_tok a_d`` with ``a_d = alpha_d / p_d``, ``p`` the
+   proxy's sampling mixture (``"token"``, the official code, where ``p`` is uniform);
 5. the output is ``alpha_bar = (1/T) sum_{t=1..T} alpha_t``.
 """
 
@@ -25,6 +26,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from cpt_jax import losses
 from cpt_jax.errors import UserError
@@ -112,21 +114,37 @@ def average_alpha(state: dict[str, jax.Array]) -> jax.Array:
     return jnp.where(t > 0, state["alpha_sum"] / jnp.maximum(t, 1.0), state["alpha"])
 
 
-def loss_weights(alpha: jax.Array, counts: jax.Array, normalization: str) -> jax.Array:
+def loss_weights(alpha: jax.Array, counts: jax.Array, normalization: str,
+                 sampling: jax.Array | None = None) -> jax.Array:
     """Per-domain factors ``w_i`` such that the objective is ``sum_i w_i * S_i`` with ``S_i``
     the proxy's summed token losses of domain i over the global batch (``counts`` global).
 
     ``domain`` (paper): ``w_i = alpha_i / N_i`` (0 when ``N_i = 0``), objective
-    ``sum_i alpha_i * mean_i``. ``token`` (official code): ``w_i = alpha_i / sum_j alpha_j N_j``.
+    ``sum_i alpha_i * mean_i``. ``token`` (official code): ``w_i = a_i / sum_j a_j N_j`` with
+    ``a_i = alpha_i / p_i``, ``p`` the proxy's sampling weights (uniform when None): domain i
+    holds about ``p_i`` of the tokens, so dividing by ``p_i`` makes the token-level mean
+    ``sum_tok a_d l / sum_tok a_d`` equal ``sum_i alpha_i * mean_i`` in expectation.
     Linear in ``S``, so each micro-batch's share is ``sum_i w_i * S_i(micro-batch)``.
     """
     if normalization == "domain":
         return jnp.where(counts > 0, alpha / jnp.maximum(counts, 1.0), 0.0)
     if normalization == "token":
-        return alpha / jnp.maximum(jnp.sum(alpha * counts), 1e-30)
+        a = alpha if sampling is None else jnp.where(sampling > 0, alpha / sampling, 0.0)
+        return a / jnp.maximum(jnp.sum(a * counts), 1e-30)
     raise UserError(
         f"doremi.normalization '{normalization}' is not one of {', '.join(NORMALIZATIONS)}"
     )
+
+
+def sampling_weights(weights: Any, k: int) -> np.ndarray | None:
+    """The proxy's fixed mixture ``p`` as a float32 ``[k]`` summing to 1 (None stays None)."""
+    if weights is None:
+        return None
+    p = np.asarray(weights, np.float64).reshape(-1)
+    if p.shape != (k,) or not np.all(p >= 0) or not p.sum() > 0:
+        raise UserError(f"DoReMi sampling weights must be {k} non-negative numbers with a "
+                        f"positive sum, got {p.tolist()}")
+    return (p / p.sum()).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------
@@ -159,6 +177,7 @@ class DoReMiObjective:
         reference_config: pythia.PythiaConfig | None = None,
         vocab_chunk: int = 0,
         reuse_forward: bool = True,
+        sampling: Any = None,
     ):
         if normalization not in NORMALIZATIONS:
             raise UserError(
@@ -184,6 +203,7 @@ class DoReMiObjective:
         self.micro_batches = int(micro_batches)
         self.vocab_chunk = int(vocab_chunk)
         self.reuse_forward = bool(reuse_forward)
+        self.sampling = sampling_weights(sampling, self.k)  # the proxy mixture (``token``)
 
     def init_extras(self, params: Any) -> dict:
         """alpha_0 uniform, alpha_sum 0, t 0, lambda 0, and the frozen reference params."""
@@ -234,7 +254,7 @@ class DoReMiObjective:
             sums, _ = jax.lax.scan(body, zero, (tok, dom))
         excess, counts, proxy_sums, ref_sums = sums
         state = advance(extras["doremi"], excess, counts, self.eta, self.c, self.absent)
-        w = loss_weights(state["alpha"], counts, self.normalization)
+        w = loss_weights(state["alpha"], counts, self.normalization, self.sampling)
         new_extras = {"doremi": state, "reference": extras["reference"]}
         metrics = {}
         denom = jnp.maximum(counts, 1.0)

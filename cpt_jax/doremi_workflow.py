@@ -4,12 +4,16 @@ Layout under ``cfg.run_dir`` (each stage is an ordinary training run dir, skippe
 for the same config and resumed from its checkpoints when interrupted)::
 
     round1/reference   training on doremi.reference_weights (or doremi.reference: a ready checkpoint)
-    round1/proxy       same-size model from scratch, uniform stratified mixture, DoReMiObjective;
+    round1/proxy       same-size model, uniform stratified mixture, DoReMiObjective;
                        round1/proxy/domain_weights.json {"average": alpha_bar, "final": alpha_T}
     roundK/...         iterated DoReMi: roundK/reference trains on round K-1's alpha_bar
     domain_weights.json   the last round's weights (what data.weights of the main run reads)
     main               train.steps on alpha_bar          baseline   same budget on reference_weights
     doremi_report.json    weights per round and the per-domain held-out comparison
+
+Reference and proxy start from the same point (:func:`start_point`): from scratch by default,
+both from ``train.init_from`` with ``doremi.init_from = "train.init_from"``. Main and baseline
+runs start from ``train.init_from`` as configured.
 """
 
 from __future__ import annotations
@@ -58,19 +62,32 @@ def _train(cfg: Any, what: str, log: Log, objective: Any = None) -> dict:
     return read_summary(cfg.run_dir)
 
 
+def start_point(cfg: Any) -> str:
+    """The ``train.init_from`` of reference and proxy alike: "" (scratch from ``seed``) unless
+    ``doremi.init_from = "train.init_from"``. Xie et al. train both at the same size from the
+    same initialisation, so the excess loss measures what is learnable, not pretrained vs fresh."""
+    return cfg.train.init_from if cfg.doremi.init_from == "train.init_from" else ""
+
+
+def _starting_at(stage: Any, cfg: Any) -> Any:
+    with stage.unlocked():
+        stage.train.init_from = start_point(cfg)
+    return stage
+
+
 def reference_config(cfg: Any, k: int) -> Any:
     """Round k's reference run: ``reference_weights`` in round 1, round k-1's alpha_bar after."""
     root = Path(cfg.run_dir)
     weights = cfg.doremi.reference_weights if k == 1 else str(weights_path(cfg, k - 1))
-    return stage_config(cfg, root / f"round{k}" / "reference", weights, cfg.doremi.reference_steps)
+    return _starting_at(stage_config(cfg, root / f"round{k}" / "reference", weights,
+                                     cfg.doremi.reference_steps), cfg)
 
 
 def proxy_config(cfg: Any, k: int) -> Any:
-    out = stage_config(cfg, Path(cfg.run_dir) / f"round{k}" / "proxy", cfg.doremi.proxy_weights,
-                       cfg.doremi.proxy_steps, proxy=True)
-    with out.unlocked():
-        out.train.init_from = ""  # the proxy trains from scratch
-    return out
+    """Round k's proxy run: the proxy mixture, the DoReMi section, the reference's start."""
+    return _starting_at(stage_config(cfg, Path(cfg.run_dir) / f"round{k}" / "proxy",
+                                     cfg.doremi.proxy_weights, cfg.doremi.proxy_steps,
+                                     proxy=True), cfg)
 
 
 def weights_path(cfg: Any, k: int) -> Path:
@@ -102,7 +119,8 @@ def run_proxy(cfg: Any, k: int, reference: str, log: Log) -> dict[str, dict[str,
     if is_finished(pc) and out.is_file():
         log(f"round {k} proxy: finished earlier ({pc.run_dir}), skipped")
         return json.loads(out.read_text())
-    domains = TrainData(pc).domains
+    data = TrainData(pc)
+    domains = data.domains
     ref_params, ref_config = load_params(reference)
     mcfg = pythia.PythiaConfig.from_config(pc.model)
     if ref_config.vocab_size != mcfg.vocab_size:
@@ -113,6 +131,7 @@ def run_proxy(cfg: Any, k: int, reference: str, log: Log) -> dict[str, dict[str,
     objective = doremi.DoReMiObjective(
         mcfg, len(domains), ref_params, d.eta, d.c, d.normalization, absent=d.absent,
         domains=domains, micro_batches=pc.train.micro_batches,
+        sampling=data.plan.weights[0],  # the proxy's fixed mixture (divides "token" weights)
         reference_config=dataclasses.replace(  # the reference runs with the proxy's numerics
             ref_config, compute_dtype=mcfg.compute_dtype, attention=mcfg.attention,
             attention_chunk=mcfg.attention_chunk, remat=mcfg.remat),
@@ -169,7 +188,8 @@ def main_configs(cfg: Any) -> tuple[Any, Any, bool]:
     main = stage_config(cfg, root / "main", str(root / "domain_weights.json"), cfg.train.steps)
     base = stage_config(cfg, root / "baseline", cfg.doremi.reference_weights, cfg.train.steps)
     ref = reference_config(cfg, 1)
-    same = not cfg.doremi.reference and ref.train.steps == base.train.steps
+    same = (not cfg.doremi.reference and ref.train.steps == base.train.steps
+            and ref.train.init_from == base.train.init_from)
     return main, (ref if same else base), same
 
 

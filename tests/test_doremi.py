@@ -151,3 +151,33 @@ def test_bad_settings_are_one_line_errors():
         doremi.DoReMiObjective(CFG, 3, {}, absent="stale")
     with pytest.raises(UserError, match="at least 2"):
         doremi.DoReMiObjective(CFG, 1, {})
+
+
+def test_token_normalisation_divides_by_the_sampling_weights():
+    """With a non-uniform proxy mixture p, the token-level objective weights each token by
+    alpha_d / p_d: numpy's sum_tok (alpha_d/p_d) l / sum_tok (alpha_d/p_d). When the batch holds
+    exactly p_i of its tokens from domain i it equals the paper's sum_i alpha_i mean_i."""
+    rng = np.random.RandomState(5)
+    k, p = 3, np.array([0.6, 0.3, 0.1])
+    dom = np.repeat(np.arange(k), (p * 20).astype(int))  # 12, 6, 2 rows: counts exactly p
+    tl = rng.rand(len(dom), 7) + dom[:, None]  # domains differ in loss level
+    alpha = np.array([0.2, 0.3, 0.5])
+    sums, counts = losses.domain_sums(jnp.asarray(tl), jnp.asarray(dom), k)
+    a = (alpha / p)[dom][:, None] * np.ones_like(tl)
+    token = (a * tl).sum() / a.sum()
+    paper = sum(alpha[i] * tl[dom == i].mean() for i in range(k))
+    w = doremi.loss_weights(jnp.asarray(alpha), counts, "token",
+                            doremi.sampling_weights(p * 4, k))  # the scale of p cancels
+    np.testing.assert_allclose(float(jnp.sum(w * sums)), token, rtol=1e-6)
+    np.testing.assert_allclose(token, paper, rtol=1e-12)
+    unweighted = (alpha[dom][:, None] * tl).sum() / (alpha[dom][:, None] * np.ones_like(tl)).sum()
+    assert abs(unweighted - paper) > 0.3  # without dividing by p the mixture skews the objective
+    # uniform p changes nothing; a domain never sampled (p_i = 0, no tokens) gets weight 0
+    np.testing.assert_allclose(
+        doremi.loss_weights(jnp.asarray(alpha), counts, "token", doremi.sampling_weights([1, 1, 1], k)),
+        doremi.loss_weights(jnp.asarray(alpha), counts, "token"), rtol=1e-6)
+    w0 = doremi.loss_weights(jnp.asarray(alpha), jnp.asarray([12.0, 8.0, 0.0]), "token",
+                             doremi.sampling_weights([0.6, 0.4, 0.0], k))
+    assert np.all(np.isfinite(w0)) and float(w0[2]) == 0.0
+    with pytest.raises(UserError, match="sampling weights must be 3"):
+        doremi.sampling_weights([0.5, -0.1, 0.6], k)

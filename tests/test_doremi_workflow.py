@@ -136,3 +136,67 @@ def test_uniform_proxy_batches_hold_every_domain(tmp_path):
     for step in range(0, 400, 7):
         counts = np.bincount(data.batch(step)["domain"], minlength=3)
         assert counts.min() >= 5 and counts.max() <= 6, (step, counts)
+
+
+def _params(path):
+    import jax
+
+    from cpt_jax.model.checkpoint import load_params
+
+    return jax.tree.map(np.asarray, load_params(path)[0])
+
+
+def _assert_same(a, b, same=True):
+    """Equal to 1e-20 (one step at LR 1e-30 moves zero-initialised biases by ~1e-30)."""
+    import jax
+
+    eq = jax.tree.leaves(jax.tree.map(lambda x, y: bool(np.allclose(x, y, rtol=0, atol=1e-20)),
+                                      a, b))
+    assert all(eq) if same else not all(eq)
+
+
+def test_reference_and_proxy_share_their_start(tmp_path):
+    """Step-0 params of reference and proxy are equal: scratch (same seed) by default, and both
+    the train.init_from checkpoint with doremi.init_from = train.init_from. One step at LR 1e-30
+    leaves each run's params at its step-0 params."""
+    from cpt_jax.train.loop import run
+
+    pre = tiny(tmp_path / "pre")
+    with pre.unlocked():
+        pre.train.steps = 2
+        pre.schedule.warmup_steps = 0
+    run(pre)
+    pretrained = _params(tmp_path / "pre")
+    starts = {}
+    for mode in ("scratch", "train.init_from"):
+        cfg = tiny(tmp_path / mode)
+        with cfg.unlocked():
+            cfg.train.init_from = str(tmp_path / "pre")
+            cfg.doremi.init_from = mode
+            cfg.doremi.reference_steps = cfg.doremi.proxy_steps = 1
+            cfg.schedule.warmup_steps = 0
+            cfg.optim.peak_lr = 1e-30
+        C.validate(cfg)
+        want = "" if mode == "scratch" else str(tmp_path / "pre")
+        assert wf.reference_config(cfg, 1).train.init_from == want
+        assert wf.proxy_config(cfg, 1).train.init_from == want
+        wf.run_rounds(cfg, lambda _: None, "proxy")
+        ref = _params(tmp_path / mode / "round1" / "reference" / "checkpoints" / "1")
+        proxy = _params(tmp_path / mode / "round1" / "proxy" / "checkpoints" / "1")
+        _assert_same(ref, proxy)
+        starts[mode] = ref
+    _assert_same(starts["train.init_from"], pretrained)
+    _assert_same(starts["scratch"], pretrained, same=False)
+    # the round-1 reference is the baseline only when both start from the same place
+    assert wf.main_configs(cfg)[2] is False
+    with cfg.unlocked():
+        cfg.doremi.init_from = "scratch"
+        cfg.train.init_from = ""
+    assert wf.main_configs(cfg)[2] is False  # 1 reference step vs train.steps = 400
+    with cfg.unlocked():
+        cfg.doremi.reference_steps = 0
+    assert wf.main_configs(cfg)[2] is True
+    with cfg.unlocked():
+        cfg.doremi.init_from = "train.init_from"
+    with pytest.raises(UserError, match="needs train.init_from"):
+        C.validate(cfg)
