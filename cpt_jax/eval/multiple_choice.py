@@ -2,8 +2,11 @@
 
 For an example with context ``c`` and choices ``a_1..a_m`` the model scores
 ``ll_i = sum_j log p(a_i[j] | c, a_i[<j])`` over the continuation's tokens. ``acc`` picks
-``argmax_i ll_i``; ``acc_norm`` picks ``argmax_i ll_i / bytes(a_i)`` (UTF-8 length of the
-continuation string, leading space included).
+``argmax_i ll_i``; ``acc_norm`` picks ``argmax_i ll_i / chars(a_i)``, the character length of
+the choice text without the target delimiter (the leading space), as lm-eval-harness does;
+``acc_per_byte`` divides by the UTF-8 bytes of the continuation, space included (OLMES's
+per-byte variant). Each accuracy comes with the harness's standard error
+``sqrt(p (1 - p) / (n - 1))``.
 
 Tokenisation follows lm-eval-harness 0.4 (``_encode_pair``): trailing spaces of the context move
 to the front of the continuation, the context and ``context + continuation`` are encoded, and
@@ -153,22 +156,55 @@ def _run_batch(fn: Callable, params: pythia.Params, chunk: list, L: int, C: int,
     return idx, fn(params, inputs, pos, targets, mask)
 
 
+TARGET_DELIMITER = " "  # lm-eval-harness's default: continuation = delimiter + choice text
+NORMS = ("acc", "acc_norm", "acc_per_byte")
+
+
+def choice_text(continuation: str) -> str:
+    """The choice without the target delimiter the harness prepends (one leading space)."""
+    return continuation[len(TARGET_DELIMITER):] if continuation.startswith(TARGET_DELIMITER) \
+        else continuation
+
+
+def lengths(continuations: Sequence[str]) -> dict[str, np.ndarray]:
+    """Divisors of the log-likelihood per metric: 1 (``acc``), the character length of the
+    choice text (``acc_norm``, lm-eval-harness) and the UTF-8 bytes of the scored continuation,
+    delimiter included (``acc_per_byte``, OLMES); at least 1."""
+    return {
+        "acc": np.ones(len(continuations)),
+        "acc_norm": np.array([max(len(choice_text(c)), 1) for c in continuations], np.float64),
+        "acc_per_byte": np.array([max(len(c.encode("utf-8")), 1) for c in continuations],
+                                 np.float64),
+    }
+
+
+def stderr(hits: np.ndarray) -> float:
+    """lm-eval-harness's standard error of a mean of 0/1 hits: sample std (n - 1) / sqrt(n),
+    i.e. ``sqrt(p (1 - p) / (n - 1))``; NaN for fewer than 2 examples."""
+    n = len(hits)
+    return float(np.std(hits, ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+
+
 def score(task: Task, lls: Sequence[float]) -> dict[str, Any]:
-    """``{"acc", "acc_norm", "n"}`` from per-request log-likelihoods in task request order."""
+    """``{metric, metric_stderr for metric in NORMS} + {"n"}`` from per-request
+    log-likelihoods in task request order: metric picks ``argmax_i ll_i / length_i``."""
     lls = np.asarray(lls, np.float64)
-    correct = correct_norm = 0
+    hits: dict[str, list[int]] = {m: [] for m in NORMS}
     i = 0
     for ex in task.examples:
         m = len(ex.continuations)
         ll = lls[i:i + m]
-        nbytes = np.array([max(len(c.encode("utf-8")), 1) for c in ex.continuations], np.float64)
-        correct += int(np.argmax(ll) == ex.gold)
-        correct_norm += int(np.argmax(ll / nbytes) == ex.gold)
+        for metric, length in lengths(ex.continuations).items():
+            hits[metric].append(int(np.argmax(ll / length) == ex.gold))
         i += m
     if i != len(lls):
         raise UserError(f"task '{task.name}': {len(lls)} log-likelihoods for {i} requests")
-    n = len(task.examples)
-    return {"acc": correct / n, "acc_norm": correct_norm / n, "n": n}
+    out: dict[str, Any] = {}
+    for metric, h in hits.items():
+        out[metric] = float(np.mean(h))
+        out[f"{metric}_stderr"] = stderr(np.asarray(h, np.float64))
+    out["n"] = len(task.examples)
+    return out
 
 
 def task_requests(task: Task) -> tuple[list[str], list[str]]:
@@ -189,8 +225,9 @@ def evaluate_tasks(
 ) -> dict[str, dict[str, Any]]:
     """Score several tasks in one pass (their requests share shape buckets and compiles).
 
-    Returns ``{task: {"acc", "acc_norm", "n", "chance"}}`` where ``chance`` is the expected
-    accuracy of uniform guessing, ``mean(1 / number of choices)``.
+    Returns ``{task: {"acc", "acc_norm", "acc_per_byte", their "_stderr"s, "n", "chance",
+    "prompts"}}`` where ``chance`` is the expected accuracy of uniform guessing,
+    ``mean(1 / number of choices)``, and ``prompts`` where the requests came from.
     """
     pairs: list[Pair] = []
     spans = []
@@ -203,5 +240,6 @@ def evaluate_tasks(
     for task, (a, b) in zip(tasks, spans):
         res = score(task, lls[a:b])
         res["chance"] = float(np.mean([1.0 / len(ex.continuations) for ex in task.examples]))
+        res["prompts"] = task.prompts
         results[task.name] = res
     return results

@@ -43,9 +43,22 @@ class Example:
 
 @dataclass(frozen=True)
 class Task:
+    """A task's examples, its requests file ``source`` and a ``prompts`` label: OLMES's request
+    files or the user's own JSONL (see :func:`prompt_source`)."""
+
     name: str
     source: str
     examples: tuple[Example, ...]
+    prompts: str = "jsonl"
+
+
+def prompt_source(path: Path, rows_are_requests: bool) -> str:
+    """``olmes:<task>/<variant>`` for an oe-eval request file (``.../oe_eval_tasks/<task>/
+    <variant>/requests.jsonl.gz`` holding ``request`` rows), else ``jsonl:<path>``."""
+    parts = path.parts
+    if rows_are_requests and len(parts) >= 4 and parts[-4] == "oe_eval_tasks":
+        return f"olmes:{parts[-3]}/{parts[-2]}"
+    return f"jsonl:{os.fspath(path)}"
 
 
 def tasks_dir(data_dir: str | os.PathLike | None = None) -> Path:
@@ -131,6 +144,7 @@ def load_task(spec: str, data_dir: str | os.PathLike | None = None, limit: int =
     offset = _uncond_offset(path)
     groups: dict[Any, list[tuple[int, str, str, int]]] = {}
     examples: list[Example] = []
+    oe_rows = 0
     for i, row in _rows(path):
         where = f"{path}:{i}"
         if not isinstance(row, dict):
@@ -150,6 +164,7 @@ def load_task(spec: str, data_dir: str | os.PathLike | None = None, limit: int =
             examples.append(Example(row.get("doc_id", len(examples)), (context,) * len(choices),
                                     tuple(str(c) for c in choices), gold))
             continue
+        oe_rows += "request" in row
         req = row.get("request", row)
         if not isinstance(req.get("context"), str) or not isinstance(req.get("continuation"), str):
             raise UserError(f"{where}: no string 'context' and 'continuation'")
@@ -174,4 +189,4 @@ def load_task(spec: str, data_dir: str | os.PathLike | None = None, limit: int =
         raise UserError(f"{path}: no examples")
     if limit > 0:
         examples = examples[:limit]
-    return Task(name, os.fspath(path), tuple(examples))
+    return Task(name, os.fspath(path), tuple(examples), prompt_source(path, oe_rows > 0))
