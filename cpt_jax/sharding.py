@@ -138,26 +138,59 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def check_batch(mesh: Mesh, batch_size: int, micro_batches: int) -> None:
-    """Each micro-batch (``B / M`` rows) must split evenly over ``data * fsdp`` devices."""
+    """Each micro-batch (``B / M`` rows) must split evenly over ``data * fsdp`` devices.
+
+    Nothing else is required of the processes: each one loads the rows its devices hold
+    (:func:`process_rows`), whichever mesh axes span processes."""
     n = mesh.shape["data"] * mesh.shape["fsdp"]
     if batch_size % micro_batches or (batch_size // micro_batches) % n:
         raise UserError(
             f"train.batch_size {batch_size} / train.micro_batches {micro_batches} must be a "
             f"multiple of mesh data x fsdp = {n}"
         )
-    if batch_size % jax.process_count():
-        raise UserError(
-            f"train.batch_size {batch_size} does not divide by the {jax.process_count()} processes"
-        )
 
 
-def global_batch(local: dict[str, np.ndarray], mesh: Mesh, global_rows: int) -> dict[str, jax.Array]:
-    """This process's rows of the global batch -> global ``jax.Array``s sharded over the batch axes."""
+def process_rows(mesh: Mesh, batch_rows: int, process_index: int | None = None) -> np.ndarray:
+    """Sorted global row indices of a ``batch_rows``-row batch that the devices of process
+    ``process_index`` (default: this one) hold under :func:`batch_sharding`. Rows replicated
+    over ``tensor`` devices, or over several of the process's devices, appear once."""
+    p = jax.process_index() if process_index is None else process_index
+    index = batch_sharding(mesh).devices_indices_map((batch_rows,))
+    rows = [np.arange(batch_rows)[idx[0]] for d, idx in index.items() if d.process_index == p]
+    return np.unique(np.concatenate(rows)) if rows else np.zeros(0, np.int64)
+
+
+def global_batch(
+    local: dict[str, np.ndarray], mesh: Mesh, global_rows: int, rows: np.ndarray | None = None
+) -> dict[str, jax.Array]:
+    """This process's rows of the global batch -> global ``jax.Array``s sharded over the batch axes.
+
+    ``local`` holds global rows ``rows`` (sorted; default :func:`process_rows`) in that order;
+    each device gets its shard from them, so any mesh works, including one whose ``tensor``
+    axis spans processes (every process then holds every row)."""
     sharding = batch_sharding(mesh)
-    return {
-        k: jax.make_array_from_process_local_data(sharding, np.asarray(v), (global_rows, *np.shape(v)[1:]))
-        for k, v in local.items()
-    }
+    rows = process_rows(mesh, global_rows) if rows is None else np.asarray(rows)
+    out = {}
+    for k, v in local.items():
+        v = np.asarray(v)
+        if len(v) != len(rows):
+            raise UserError(
+                f"batch '{k}' has {len(v)} rows on process {jax.process_index()}, whose devices "
+                f"hold {len(rows)} of the {global_rows} global rows"
+            )
+        out[k] = jax.make_array_from_callback(
+            (global_rows, *v.shape[1:]), sharding, lambda idx, v=v: v[_local_slice(rows, idx[0], global_rows)]
+        )
+    return out
+
+
+def _local_slice(rows: np.ndarray, wanted: slice, global_rows: int) -> slice:
+    """Positions in ``rows`` of the contiguous global rows ``wanted`` (all must be present)."""
+    start, stop, _ = wanted.indices(global_rows)
+    lo = int(np.searchsorted(rows, start))
+    if stop > start and not (lo + stop - start <= len(rows) and rows[lo + stop - start - 1] == stop - 1):
+        raise UserError(f"global rows [{start}, {stop}) are not all loaded by this process")
+    return slice(lo, lo + max(0, stop - start))
 
 
 def put_global(tree: Any, shardings: Any) -> Any:
@@ -173,25 +206,56 @@ def put_global(tree: Any, shardings: Any) -> Any:
 # ---------------------------------------------------------------------------------------
 # multi-host
 
-def _multihost_env() -> bool:
-    if os.environ.get("SLURM_NTASKS", "1") not in ("", "1") and "SLURM_JOB_ID" in os.environ:
+_COORDINATOR_VARS = ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "MEGASCALE_COORDINATOR_ADDRESS")
+
+
+def detect_cluster(env: dict[str, str] | None = None) -> str | None:
+    """Which multi-process environment this is: ``"coordinator"`` (JAX coordinator variables,
+    as the local launcher sets), ``"slurm"`` (a task of a multi-task ``srun`` step), ``"tpu"``
+    (a Cloud TPU VM: jax finds the other workers itself), or None (a single process)."""
+    env = os.environ if env is None else env
+    if any(k in env for k in _COORDINATOR_VARS):
+        return "coordinator"
+    if "SLURM_JOB_ID" in env and "SLURM_PROCID" in env:
+        tasks = env.get("SLURM_STEP_NUM_TASKS") or env.get("SLURM_NTASKS") or "1"
+        return "slurm" if tasks.isdigit() and int(tasks) > 1 else None
+    hosts = env.get("TPU_WORKER_HOSTNAMES", "")
+    if hosts:
+        return "tpu" if "," in hosts else None
+    return "tpu" if _on_cloud_tpu_vm(env) else None
+
+
+def _on_cloud_tpu_vm(env: dict[str, str]) -> bool:
+    """A Cloud TPU VM: the TPU runtime's variables, jax's own check (TPU PCI devices and
+    libtpu), or ``/dev/accel*`` with libtpu installed. A single-host VM then initialises a
+    one-process cluster, which is harmless."""
+    if "TPU_WORKER_ID" in env or "TPU_ACCELERATOR_TYPE" in env:
         return True
-    if "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
-        return True
-    return any(k in os.environ for k in ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS",
-                                          "MEGASCALE_COORDINATOR_ADDRESS"))
+    try:
+        from jax._src import cloud_tpu_init
+
+        if cloud_tpu_init.running_in_cloud_tpu_vm:
+            return True
+    except Exception:  # private API moved: fall back to the device files
+        pass
+    import glob
+    import importlib.util
+
+    return bool(glob.glob("/dev/accel*")) and importlib.util.find_spec("libtpu") is not None
 
 
 def maybe_initialize_distributed(cfg: Any) -> bool:
-    """``jax.distributed.initialize()`` when ``mesh.distributed`` is ``on``, or ``auto`` and the
-    environment describes several processes (JAX coordinator variables, a multi-task SLURM job,
-    a multi-worker TPU slice). Returns whether it initialised. Call before any other jax use.
+    """``jax.distributed.initialize()`` when ``mesh.distributed`` is ``on``, or ``auto`` and
+    :func:`detect_cluster` finds several processes. Returns whether it initialised. Call
+    before any other jax use.
 
-    Without explicit variables jax auto-detects SLURM / TPU / MPI clusters; the launchers in
-    ``launch/`` set ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``.
+    With ``JAX_COORDINATOR_ADDRESS`` (and ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID``) those are
+    used; otherwise jax detects SLURM and Cloud TPU itself (``JAX_LOCAL_DEVICE_IDS`` picks the
+    GPUs a process owns). ``mesh.heartbeat_timeout_s`` bounds how long the others run on after
+    one process dies; ``mesh.shutdown_timeout_s`` how long exit waits for the rest.
     """
     mode = cfg.mesh.distributed
-    if mode == "off" or (mode == "auto" and not _multihost_env()):
+    if mode == "off" or (mode == "auto" and detect_cluster() is None):
         return False
     if _already_initialized():
         return True
@@ -203,11 +267,23 @@ def maybe_initialize_distributed(cfg: Any) -> bool:
             kwargs["num_processes"] = int(os.environ["JAX_NUM_PROCESSES"])
         if "JAX_PROCESS_ID" in os.environ:
             kwargs["process_id"] = int(os.environ["JAX_PROCESS_ID"])
+    kwargs.update(_timeouts(cfg.mesh))
     try:
         jax.distributed.initialize(**kwargs)
     except (RuntimeError, ValueError) as err:
         raise UserError(f"jax.distributed.initialize failed: {str(err).splitlines()[0]}") from None
     return True
+
+
+def _timeouts(mesh_cfg: Any) -> dict[str, int]:
+    """The configured timeouts, as far as this jax's ``distributed.initialize`` takes them."""
+    import inspect
+
+    wanted = {"initialization_timeout": mesh_cfg.init_timeout_s,
+              "heartbeat_timeout_seconds": mesh_cfg.heartbeat_timeout_s,
+              "shutdown_timeout_seconds": mesh_cfg.shutdown_timeout_s}
+    known = inspect.signature(jax.distributed.initialize).parameters
+    return {k: int(v) for k, v in wanted.items() if k in known}
 
 
 def _already_initialized() -> bool:

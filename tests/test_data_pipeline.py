@@ -12,7 +12,7 @@ import pytest
 from cpt_jax.config import defaults, validate
 from cpt_jax.data.indexed import IndexedDatasetWriter
 from cpt_jax.data.manifest import update_manifest
-from cpt_jax.data.pipeline import TrainData, eval_sets
+from cpt_jax.data.pipeline import TrainData, eval_sets, process_rows
 from cpt_jax.data.sources import FilteredStream, SyntheticStream, WindowSource, keep_documents
 from cpt_jax.errors import UserError
 
@@ -157,6 +157,17 @@ def test_two_processes_split_the_global_batch(data_dir):
             np.testing.assert_array_equal(np.concatenate([b[key], c[key]]), a[key])
     with pytest.raises(UserError, match="not divisible"):
         TrainData(cfg, 0, 3)
+
+
+def test_any_rows_of_the_global_batch(data_dir):
+    """A process loads exactly the rows its devices hold (e.g. every row when the tensor axis
+    spans processes), each the same as in the whole batch."""
+    cfg = make_cfg(data_dir[0], replay_domains="old", replay_fraction=0.25)
+    whole, part = TrainData(cfg), TrainData(cfg, rows=np.array([1, 2, 6]))
+    np.testing.assert_array_equal(process_rows(cfg), np.arange(8))
+    for k in (0, 5):
+        for key in ("tokens", "domain"):
+            np.testing.assert_array_equal(part.batch(k)[key], whole.batch(k)[key][[1, 2, 6]])
 
 
 def test_bad_domains_and_token_ids(data_dir, tmp_path):

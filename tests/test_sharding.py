@@ -108,3 +108,47 @@ def test_distributed_off_and_auto_without_env(monkeypatch):
     cfg.mesh.distributed = "off"
     monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "localhost:1")
     assert sharding.maybe_initialize_distributed(cfg) is False
+
+
+def test_global_batch_checks_the_process_rows():
+    mesh = sharding.make_mesh(_mesh_cfg())
+    np.testing.assert_array_equal(sharding.process_rows(mesh, 4), np.arange(4))
+    with pytest.raises(UserError, match="batch 'tokens' has 2 rows on process 0, whose devices hold 4 "
+                                        "of the 4 global rows"):
+        sharding.global_batch({"tokens": np.zeros((2, 3), np.int32)}, mesh, 4)
+
+
+@pytest.mark.parametrize("env,expected", [
+    ({}, None),
+    ({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"}, "coordinator"),
+    ({"SLURM_JOB_ID": "7", "SLURM_PROCID": "1", "SLURM_NTASKS": "2"}, "slurm"),
+    ({"SLURM_JOB_ID": "7", "SLURM_PROCID": "0", "SLURM_NTASKS": "16", "SLURM_STEP_NUM_TASKS": "1"}, None),
+    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "16"}, None),  # the batch script itself, not an srun task
+    ({"TPU_WORKER_HOSTNAMES": "t1v-0,t1v-1"}, "tpu"),
+    ({"TPU_WORKER_HOSTNAMES": "t1v-0"}, None),
+    ({"TPU_WORKER_ID": "0"}, "tpu"),
+    ({"TPU_ACCELERATOR_TYPE": "v5litepod-16"}, "tpu"),
+])
+def test_detect_cluster(env, expected):
+    assert sharding.detect_cluster(env) == expected
+
+
+def test_distributed_on_passes_the_configured_timeouts(monkeypatch):
+    calls = []
+
+    def initialize(coordinator_address=None, num_processes=None, process_id=None,
+                   initialization_timeout=300, heartbeat_timeout_seconds=100, shutdown_timeout_seconds=300):
+        calls.append(dict(locals()))
+
+    monkeypatch.setattr(jax.distributed, "initialize", initialize)
+    monkeypatch.setattr(sharding, "_already_initialized", lambda: False)
+    for var, value in (("JAX_COORDINATOR_ADDRESS", "127.0.0.1:9"), ("JAX_NUM_PROCESSES", "2"),
+                       ("JAX_PROCESS_ID", "1")):
+        monkeypatch.setenv(var, value)
+    cfg = config_lib.defaults()
+    cfg.mesh.heartbeat_timeout_s = 7
+    assert sharding.maybe_initialize_distributed(cfg) is True
+    (kw,) = calls
+    assert kw["coordinator_address"] == "127.0.0.1:9" and kw["num_processes"] == 2
+    assert kw["process_id"] == 1 and kw["heartbeat_timeout_seconds"] == 7
+    assert kw["shutdown_timeout_seconds"] == 300 and kw["initialization_timeout"] == 300

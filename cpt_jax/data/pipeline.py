@@ -4,8 +4,9 @@
 k, a pure function of (config, seed, k): the mixture plan gives every slot of batch k a domain
 and a draw index j (``mixture.MixturePlan.layout``), and draw j of a domain reads window
 ``pi_{j // n}(j mod n)`` of that domain's stream (``sources.WindowSource``). Resuming therefore
-needs only the step. Process p of P holds rows ``[p B / P, (p + 1) B / P)`` of the global batch
-and reads only those windows. ``iterator(k)`` runs ``batch`` for k, k + 1, ... through grain
+needs only the step. Each process reads only the windows of the rows its devices hold
+(``process_rows``: a contiguous share under data / fsdp parallelism, every row when the
+``tensor`` axis spans processes). ``iterator(k)`` runs ``batch`` for k, k + 1, ... through grain
 (``MapDataset.range(...).map(...)``, thread prefetch, optional worker processes).
 
 ``eval_sets(cfg)`` gives each domain ``train.eval_batches`` fixed batches of ``train.batch_size``
@@ -134,17 +135,13 @@ def build_plan(cfg: Any, names: list[str], main: list[str], replay: list[str], t
 class TrainData:
     """Deterministic, resumable training batches for process ``process_index`` of ``process_count``."""
 
-    def __init__(self, cfg: Any, process_index: int = 0, process_count: int = 1):
+    def __init__(self, cfg: Any, process_index: int = 0, process_count: int = 1,
+                 rows: np.ndarray | None = None):
         t, d = cfg.train, cfg.data
-        if process_count < 1 or not 0 <= process_index < process_count:
-            raise UserError(f"process index {process_index} is not in [0, {process_count})")
-        if t.batch_size % process_count:
-            raise UserError(
-                f"train.batch_size {t.batch_size} is not divisible by the {process_count} processes"
-            )
         self.cfg, self.seq_len, self.batch_size = cfg, int(t.seq_len), int(t.batch_size)
-        per = self.batch_size // process_count
-        self.rows = slice(process_index * per, (process_index + 1) * per)
+        if rows is None:
+            rows = process_rows(cfg, process_index, process_count)
+        self.rows = np.asarray(rows, np.int64)
         catalog = Catalog(cfg)
         self.vocab = catalog.vocab
         self.domains, self.main_domains, self.replay_domains = domain_lists(cfg, catalog)
@@ -220,6 +217,29 @@ class TrainData:
                 f"checkpoint data domains {state['domains']} differ from the config's {self.domains}"
             )
         return int(state["step"])
+
+
+def process_rows(cfg: Any, process_index: int = 0, process_count: int = 1) -> np.ndarray:
+    """Global rows of each batch that process ``process_index`` of ``process_count`` loads.
+
+    In a live multi-process run: the rows its devices hold under ``cfg.mesh``
+    (``sharding.process_rows``; with a ``tensor`` axis across processes, all of them). Processes
+    simulated inside one (tests, tools): equal contiguous shares, as an fsdp mesh gives."""
+    b = int(cfg.train.batch_size)
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise UserError(f"process index {process_index} is not in [0, {process_count})")
+    if process_count == 1:
+        return np.arange(b)
+    import jax
+
+    from cpt_jax import sharding
+
+    if process_count == jax.process_count():
+        return sharding.process_rows(sharding.make_mesh(cfg.mesh), b, process_index)
+    if b % process_count:
+        raise UserError(f"train.batch_size {b} is not divisible by the {process_count} processes")
+    per = b // process_count
+    return np.arange(process_index * per, (process_index + 1) * per)
 
 
 class _BatchFn:
