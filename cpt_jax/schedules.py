@@ -229,7 +229,19 @@ def resolve_phases(schedule_cfg: Any, peak_lr: float, total_steps: int) -> list[
                   for name, steps, lr, opts in raw]
     for phase in phases:
         _check_phase(phase)
+    _check_anneal_last(phases)
     return phases
+
+
+def _check_anneal_last(phases: Sequence[Phase]) -> None:
+    """Refuse an infinite-schedule anneal before the last phase: the anneal is a branch for a
+    deployable checkpoint (Ibrahim et al. 2024); later tasks continue from the constant-LR state
+    before it, never from the annealed one."""
+    for i, p in enumerate(phases[:-1]):
+        _need(not (p.name == "infinite" and p.part("anneal_frac") > 0),
+              f"schedule.phases: phase {i + 1} '{p.describe()}' anneals but phase {i + 2} follows "
+              "it; anneal only in the last phase and continue later tasks from the checkpoint "
+              "before the anneal")
 
 
 def _parse_phase(item: str, base: dict, peak_lr: float) -> tuple[str, int | None, float, dict]:

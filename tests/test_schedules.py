@@ -247,3 +247,25 @@ def test_schedule_command_plots_and_prints_the_formula_values(tmp_path, capsys):
              if l.strip().startswith("step")}
     for t in (0, 20, 399, 400):
         assert lines[t] == pytest.approx(ref_cosine(t, 400, 20, PEAK, 0.1 * PEAK, 3e-5), rel=1e-4)
+
+
+def test_anneal_before_the_last_phase_is_refused_in_one_line():
+    """The anneal is a branch (Ibrahim et al. 2024): a phase after it would jump from eta_min
+    back to eta_const (x eta_const/eta_min) with no warmup."""
+    text = "infinite:100,warmup_steps=5,anneal_frac=0.2;infinite:100,rewarm=false"
+    with pytest.raises(UserError) as info:
+        cfg(steps=200, phases=text, min_lr_ratio=0.1)
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith("schedule.phases: phase 1 'infinite:100' anneals "
+                                              "but phase 2 follows it")
+    # an anneal inherited from the section counts too; zeroing it on the early phase is accepted
+    with pytest.raises(UserError, match="phase 1 'infinite:100' anneals"):
+        cfg(steps=200, phases="infinite:100;infinite:100,rewarm=false", anneal_frac=0.1)
+    c = cfg(steps=200, phases="infinite:100,anneal_frac=0;infinite:100,rewarm=false",
+            anneal_frac=0.1)
+    got = values(c, np.arange(200))
+    # the last phase anneals over its final A = 10 steps: eta_const (eta_min/eta_const)^(9/10)
+    assert got[150] == pytest.approx(0.5 * PEAK, rel=1e-6)
+    assert got[199] == pytest.approx(0.5 * PEAK * (0.1 / 0.5) ** 0.9, rel=1e-5)
+    # a cosine re-warm after a cosine decay is an ordinary chain, not an anneal
+    cfg(steps=200, phases="cosine:100;cosine:100")
