@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -37,47 +36,12 @@ from cpt_jax.optim import make_optimizer
 from cpt_jax.schedules import make_schedule
 from cpt_jax.train.checkpoint import RunCheckpoints
 from cpt_jax.train.metrics import MetricsWriter, Window, flops_per_token, peak_flops
+from cpt_jax.train.signals import StopFlag
 from cpt_jax.train.state import TrainState, state_shardings
 from cpt_jax.train.step import NextTokenObjective, Objective, make_train_step
 
 # architecture fields a train.init_from checkpoint must share with cfg.model
 _ARCH_FIELDS = ("use_parallel_residual", "rotary_pct", "hidden_act", "attention_bias")
-
-
-class _StopFlag:
-    """Records SIGTERM / SIGINT; the loop checks it after each step."""
-
-    def __init__(self) -> None:
-        self.signal: str | None = None
-        self._old: dict[int, Any] = {}
-
-    def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: no handlers
-                pass
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.signal = signal.Signals(signum).name
-
-    def restore(self) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-    def should_stop(self, sync_point: bool) -> str | None:
-        """The signal to stop for, agreed by all processes. With several processes they only
-        agree at ``sync_point`` steps (log / checkpoint / eval steps, where the host waits for
-        the devices anyway), so a signal takes effect at the next such step."""
-        if jax.process_count() == 1:
-            return self.signal
-        if not sync_point:
-            return None
-        from jax.experimental import multihost_utils  # every process must agree
-
-        codes = {"SIGTERM": 1, "SIGINT": 2}
-        got = int(np.max(multihost_utils.process_allgather(np.int32(codes.get(self.signal, 0)))))
-        return {1: "SIGTERM", 2: "SIGINT"}.get(got)
 
 
 def _train_data(cfg: Any) -> Any:
@@ -242,7 +206,7 @@ def run(
         writer.write(rec)
         return res
 
-    stop = _StopFlag()
+    stop = StopFlag()
     stop.install()
     window, pending = Window(), []
     last_good, last_saved = resumed, resumed
