@@ -70,9 +70,12 @@ def select_steps(
     last: int | None = None,
     every: int | None = None,
     explicit: list[int] | None = None,
+    allow_uneven: bool = False,
 ) -> list[int]:
     """The checkpoints to average: ``explicit`` steps, or the ``last`` k of those that are
-    multiples of ``every`` (nu; all checkpoints when None)."""
+    multiples of ``every`` (nu; all checkpoints when None). With ``every``, the k steps must be
+    ``t - (k-1) nu, ..., t`` (LAWA's even spacing): a missing checkpoint is refused in one line
+    unless ``allow_uneven``."""
     available = sorted(steps)
     if explicit:
         if last is not None or every is not None:
@@ -93,16 +96,35 @@ def select_steps(
     if len(pool) < last:
         where = f" at multiples of {every}" if every is not None else ""
         raise UserError(f"asked for the last {last} checkpoints but only {len(pool)} exist{where}")
-    return pool[-last:]
+    chosen = pool[-last:]
+    if every is not None and not allow_uneven:
+        check_spacing(chosen, every)
+    return chosen
 
 
-def windows(steps: list[int], k: int, every: int | None = None) -> list[list[int]]:
+def check_spacing(steps: list[int], every: int) -> None:
+    """Refuse steps whose gaps are not all ``every`` (nu), naming the gaps."""
+    gaps = [b - a for a, b in zip(steps, steps[1:])]
+    if any(g != every for g in gaps):
+        missing = [s for s in range(steps[0], steps[-1], every) if s not in steps]
+        raise UserError(
+            f"steps {_short(steps)} are not evenly spaced by --every {every} (gaps "
+            f"{_short(gaps)}; no checkpoint at {_short(missing)}): pass --allow-uneven to "
+            "average them anyway")
+
+
+def windows(steps: list[int], k: int, every: int | None = None,
+            allow_uneven: bool = False) -> list[list[int]]:
     """Sliding LAWA windows along a run: for each checkpoint t (multiple of nu) with k - 1
-    earlier ones, the window [t - (k-1) nu, ..., t] as checkpoint steps."""
+    earlier ones, the window [t - (k-1) nu, ..., t] as checkpoint steps (evenly spaced unless
+    ``allow_uneven``, as in :func:`select_steps`)."""
     pool = [s for s in sorted(steps) if every is None or s % every == 0]
     if k < 1 or len(pool) < k:
         raise UserError(f"sliding windows of {k} checkpoints need at least {k}, found {len(pool)}")
-    return [pool[i - k + 1 : i + 1] for i in range(k - 1, len(pool))]
+    spans = [pool[i - k + 1 : i + 1] for i in range(k - 1, len(pool))]
+    if every is not None and not allow_uneven:
+        check_spacing(pool, every)
+    return spans
 
 
 def _short(steps: list[int]) -> str:

@@ -74,6 +74,21 @@ def test_select_steps():
         lawa.select_steps(steps, explicit=[7])
 
 
+def test_every_refuses_uneven_gaps_unless_allowed():
+    steps = [100, 200, 400, 500, 550]  # 300 missing, 550 off the grid of nu = 100
+    with pytest.raises(UserError) as info:
+        lawa.select_steps(steps, last=4, every=100)
+    msg = str(info.value)
+    assert "\n" not in msg and msg == (
+        "steps 100, 200, 400, 500 are not evenly spaced by --every 100 (gaps 100, 200, 100; "
+        "no checkpoint at 300): pass --allow-uneven to average them anyway")
+    assert lawa.select_steps(steps, last=4, every=100, allow_uneven=True) == [100, 200, 400, 500]
+    assert lawa.select_steps(steps, last=2, every=100) == [400, 500]  # the window is complete
+    with pytest.raises(UserError, match="no checkpoint at 300"):
+        lawa.windows(steps, 2, every=100)
+    assert lawa.windows(steps, 2, every=100, allow_uneven=True) == [[100, 200], [200, 400], [400, 500]]
+
+
 def test_cli_last3_equals_numpy_mean_and_never_reads_opt_state(run, tmp_path):
     # optimizer state must never be read: break it in every checkpoint
     for step in (6, 8, 10):
@@ -107,6 +122,24 @@ def test_cli_windows_and_explicit_steps(run, tmp_path):
     assert cli.main(["average", "--run", run, "--steps", "2,10", "--out", out3]) == 0
     got = restore_independently(out3)
     np.testing.assert_allclose(got["embed_in"], (ck[2]["embed_in"] + ck[10]["embed_in"]) / 2, rtol=1e-6)
+
+
+def test_cli_every_with_a_missing_checkpoint(tmp_path, capsys):
+    run_dir = str(tmp_path / "gappy")
+    write_run(run_dir, [2, 4, 8, 10])  # step 6 missing
+    out = str(tmp_path / "avg")
+    assert cli.main(["average", "--run", run_dir, "--last", "3", "--every", "2", "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert "not evenly spaced by --every 2 (gaps 4, 2; no checkpoint at 6)" in err
+    assert err.count("\n") == 1
+    assert cli.main(["average", "--run", run_dir, "--last", "3", "--every", "2",
+                     "--allow-uneven", "--out", out]) == 0
+    assert "averaging steps [4, 8, 10] (gaps [2, 4])" in capsys.readouterr().out
+    got = restore_independently(out)
+    want = [restore_independently(os.path.join(run_dir, "checkpoints", str(s))) for s in (4, 8, 10)]
+    for path in SHAPES:
+        ref = np.mean(np.stack([w[path] for w in want]).astype(np.float64), axis=0)
+        np.testing.assert_allclose(got[path], ref, rtol=1e-6, atol=1e-7)
 
 
 def test_bfloat16_sums_in_fp32(tmp_path):

@@ -25,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--last", type=int, help="k: average the last k checkpoints")
     p.add_argument("--every", type=int, help="nu: only checkpoints at multiples of nu steps")
     p.add_argument("--steps", help="explicit comma-separated steps instead of --last")
+    p.add_argument("--allow-uneven", dest="allow_uneven", action="store_true",
+                   help="with --every: average even when a missing checkpoint leaves uneven gaps")
     p.add_argument(
         "--windows", action="store_true",
         help="sliding mode: one average of k checkpoints ending at each checkpoint, in OUT/<step>",
@@ -70,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("--to-hf writes one average; run it without --windows")
         if args.last is None:
             raise UserError("--windows needs --last K (the window size)")
-        spans = lawa.windows(available, args.last, args.every)
+        spans = lawa.windows(available, args.last, args.every, args.allow_uneven)
         os.makedirs(args.out, exist_ok=True)
         model = lawa.run_sources(args.run, spans[0][:1])[0].model
         for span, params in lawa.iter_window_averages(args.run, spans):
@@ -82,7 +84,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {len(spans)} windowed averages -> {args.out} ({time.perf_counter() - start:.1f}s)")
         return 0
 
-    steps = lawa.select_steps(available, args.last, args.every, explicit)
+    steps = lawa.select_steps(available, args.last, args.every, explicit, args.allow_uneven)
+    gaps = sorted({b - a for a, b in zip(steps, steps[1:])})
+    print(f"averaging steps {steps}" + (f" (gaps {gaps})" if len(gaps) > 1 else ""))
     sources = lawa.run_sources(args.run, steps)
     params = lawa.average(sources)
     lawa.save_average(args.out, params, sources[0].model, {"run": os.path.abspath(args.run), "steps": steps})
