@@ -13,6 +13,7 @@ import importlib.util
 import math
 import os
 import re
+import sys
 from typing import Any
 
 import ml_collections
@@ -276,6 +277,9 @@ def validate(cfg: ConfigDict) -> None:
     if not 0.0 <= m.rotary_pct <= 1.0:
         raise UserError(f"model.rotary_pct must be in [0, 1], got {m.rotary_pct}")
     _check_context(m, t.seq_len)
+    from cpt_jax.model.context import rope_warning
+
+    _warn_once(rope_warning(m, t.seq_len, t.init_from))
     for name in ("train.steps", "train.batch_size", "train.seq_len", "train.micro_batches"):
         _positive(name, cfg[name.split(".")[0]][name.split(".")[1]])
     if t.vocab_chunk < 0:
@@ -336,6 +340,16 @@ def validate(cfg: ConfigDict) -> None:
     _positive("eval.batch_size", cfg.eval.batch_size)
     if cfg.eval.limit < 0:
         raise UserError(f"eval.limit must be >= 0 (0 = all), got {cfg.eval.limit}")
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str | None) -> None:
+    """Print a warning line once per process (validate runs again for every derived config)."""
+    if message and message not in _WARNED:
+        _WARNED.add(message)
+        print(message, file=sys.stderr)
 
 
 def _check_context(m: ConfigDict, seq_len: int) -> None:
