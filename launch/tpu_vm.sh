@@ -1,17 +1,169 @@
 #!/usr/bin/env bash
-# Train on a Cloud TPU VM slice: the same command on every worker (one JAX process per host).
-# mesh.distributed=on: jax.distributed.initialize() finds the other workers through the TPU
-# metadata server; every worker reads its rows of each batch.
+# Train on a Cloud TPU VM slice (v4 / v5e / v5p / v6e pod slices): one JAX process per worker,
+# run detached on every worker by launch/tpu_worker.sh; jax.distributed.initialize() finds the
+# other workers itself (mesh.distributed=on). Run from the repository root:
 #
-#   TPU_NAME=my-v4-32 ZONE=us-central2-b launch/tpu_vm.sh --config configs/X.py [--config.k=v ...]
+#   launch/tpu_vm.sh setup                                   sync the code, make .venv, install '.[tpu]'
+#   launch/tpu_vm.sh start [--restart] --config FILE [--config.k=v ...]
+#                                                            sync code + config, clean, start detached
+#   launch/tpu_vm.sh status | logs [LINES | -f] | stop | wait
 #
-# Expects the repository checked out at REPO_DIR (default ~/cpt-jax) on every worker with
-# `pip install -e '.[tpu]'` done, and the run directory on storage all workers see (a GCS
-# path or a shared filesystem) so that checkpoints from all hosts land in one place.
+# start: syncs the repository's files (git-tracked and untracked-but-not-ignored; a --config
+# file outside the repository is copied too) to REPO_DIR on every worker, ends stale runs and
+# libtpu's lockfile there, and starts training in its own session (a dropped ssh connection
+# does not stop it), one log per worker. It returns once every worker has started.
+# wait: polls until no worker runs; exits with the first non-zero training exit code (or 0).
+# stop: SIGTERM on every worker: all finish the same step, save a checkpoint and exit.
+# start --restart: stays, polls every POLL seconds, and starts the run again when it was
+# interrupted (a maintenance event, a spot preemption) -- training resumes from the newest
+# checkpoint under RUN_DIR/checkpoints. A preempted spot VM (state not READY) is waited for, or
+# with CREATE_ARGS set deleted and created again (`gcloud compute tpus tpu-vm create NAME
+# CREATE_ARGS`, e.g. "--accelerator-type=v5litepod-16 --version=v2-alpha-tpuv5-lite --spot")
+# and set up. It ends with the run: 0 when finished or stopped, else the failing exit code.
+#
+# Environment: TPU_NAME, ZONE (required), PROJECT, REPO_DIR (on the workers, relative to the
+# home directory; default cpt-jax), POLL (seconds, default 60), DRY_RUN=1 (print the gcloud
+# commands instead of running them). The run directory must be on storage all workers see
+# (a shared filesystem or a bucket): checkpoints from all hosts land in one place.
 set -euo pipefail
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; exit 2; }
+[ $# -ge 1 ] || usage
+CMD=$1; shift
 : "${TPU_NAME:?set TPU_NAME}" "${ZONE:?set ZONE}"
-PROJECT_ARG=${PROJECT:+--project=$PROJECT}
-REPO_DIR=${REPO_DIR:-'~/cpt-jax'}
-ARGS=$(printf ' %q' "$@")
-gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" $PROJECT_ARG --worker=all \
-  --command="cd $REPO_DIR && .venv/bin/cpt-jax train$ARGS --config.mesh.distributed=on 2>&1 | tee -a /tmp/cpt-jax-train.log"
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+REPO_DIR=${REPO_DIR:-cpt-jax}
+POLL=${POLL:-60}
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+LOC=(--zone="$ZONE")
+[ -z "${PROJECT:-}" ] || LOC+=(--project="$PROJECT")
+
+gc() {  # run (or with DRY_RUN=1 print) one gcloud command
+  if [ -n "${DRY_RUN:-}" ]; then printf '%q ' gcloud "$@" | sed 's/ $//'; echo; return 0; fi
+  gcloud "$@"
+}
+on_all() { gc compute tpus tpu-vm ssh "$TPU_NAME" "${LOC[@]}" --worker=all --command="$1"; }
+worker() { on_all "cd $REPO_DIR && bash launch/tpu_worker.sh $1"; }
+tpu_state() { gc compute tpus tpu-vm describe "$TPU_NAME" "${LOC[@]}" --format='value(state)' 2>/dev/null || true; }
+
+ARGS=()
+EXTRA=$TMP/extra  # files from outside the repository, shipped as .launch/NAME
+take_args() {  # ARGS=("$@") with each --config FILE made relative to the repository root
+  ARGS=("$@")
+  local i f abs
+  for ((i = 0; i + 1 < ${#ARGS[@]}; i++)); do
+    [ "${ARGS[$i]}" = --config ] || continue
+    f=${ARGS[$((i + 1))]}
+    [ -f "$f" ] || { echo "config file $f not found" >&2; exit 2; }
+    abs="$(cd "$(dirname "$f")" && pwd)/$(basename "$f")"
+    if [[ $abs == "$ROOT"/* ]]; then
+      ARGS[$((i + 1))]=${abs#"$ROOT"/}
+    else
+      mkdir -p "$EXTRA/.launch"; cp "$abs" "$EXTRA/.launch/"
+      ARGS[$((i + 1))]=.launch/$(basename "$f")
+    fi
+  done
+}
+
+pack() {  # the repository's files (git-tracked, and untracked but not ignored) + EXTRA -> $PACK
+  PACK=$TMP/cpt-jax-sync.tgz
+  (cd "$ROOT" && git ls-files -co --exclude-standard | while IFS= read -r f; do
+    if [ -e "$f" ]; then printf '%s\n' "$f"; fi
+  done) >"$TMP/files"
+  local more=()
+  [ ! -d "$EXTRA/.launch" ] || more=(-C "$EXTRA" .launch)
+  tar -czf "$PACK" -C "$ROOT" -T "$TMP/files" ${more[@]+"${more[@]}"}
+}
+
+sync() {
+  pack
+  gc compute tpus tpu-vm scp "$PACK" "$TPU_NAME:cpt-jax-sync.tgz" "${LOC[@]}" --worker=all
+  on_all "mkdir -p $REPO_DIR && tar -xzf cpt-jax-sync.tgz -C $REPO_DIR && rm -f cpt-jax-sync.tgz"
+}
+
+setup() {
+  sync
+  on_all "cd $REPO_DIR && { [ -x .venv/bin/python ] || python3 -m venv .venv; } && .venv/bin/pip install -q -U pip && .venv/bin/pip install -q -e '.[tpu]'"
+}
+
+start() {
+  sync
+  worker "start$(printf ' %q' "${ARGS[@]}")"
+}
+
+statuses() { worker status 2>/dev/null | grep -oE '(running|exited|absent) .*' || true; }
+
+wait_done() {  # until no worker runs; the first non-zero exit code
+  local lines
+  while :; do
+    lines=$(statuses)
+    if [ -n "$lines" ] && ! grep -q '^running' <<<"$lines"; then break; fi
+    sleep "$POLL"
+  done
+  echo "$lines"
+  awk '$1 == "exited" && $2 != "0" { print $2; exit }' <<<"$lines" | grep . || echo 0
+}
+
+recreate() {
+  echo "recreating $TPU_NAME" >&2
+  gc compute tpus tpu-vm delete "$TPU_NAME" "${LOC[@]}" --quiet || true
+  # shellcheck disable=SC2086
+  gc compute tpus tpu-vm create "$TPU_NAME" "${LOC[@]}" $CREATE_ARGS
+  setup
+}
+
+watch() {  # the restart loop of `start --restart`
+  local state lines rc
+  while :; do
+    sleep "$POLL"
+    state=$(tpu_state)
+    if [ "$state" != READY ]; then
+      echo "$(date -u +%FT%TZ) $TPU_NAME is ${state:-unreachable}" >&2
+      if [ -n "${CREATE_ARGS:-}" ] && [[ $state =~ ^(PREEMPTED|TERMINATED|STOPPED|)$ ]]; then recreate; fi
+      while [ "$(tpu_state)" != READY ]; do sleep "$POLL"; done
+      start
+      continue
+    fi
+    lines=$(statuses)
+    [ -n "$lines" ] && ! grep -q '^running' <<<"$lines" || continue
+    echo "$lines" >&2
+    if grep -q ' stopped ' <<<"$lines"; then return 0; fi
+    rc=$(awk '$1 == "exited" && $2 != "0" { print $2; exit }' <<<"$lines")
+    if [ -n "$rc" ]; then return "$rc"; fi
+    if grep -q ' interrupted ' <<<"$lines"; then
+      echo "$(date -u +%FT%TZ) interrupted: starting again from the newest checkpoint" >&2
+      start
+      continue
+    fi
+    return 0  # finished
+  done
+}
+
+case "$CMD" in
+  setup) setup ;;
+  sync) take_args "$@"; sync ;;
+  start)
+    restart=""
+    if [ "${1:-}" = --restart ]; then restart=1; shift; fi
+    [ $# -ge 2 ] || usage
+    take_args "$@"
+    start
+    if [ -n "$restart" ]; then
+      if [ -n "${DRY_RUN:-}" ]; then
+        echo "# then every $POLL s: describe (state), status; start again when interrupted"
+        exit 0
+      fi
+      watch
+    fi
+    ;;
+  status) worker status ;;
+  logs) worker "logs${1:+ $(printf '%q' "$1")}" ;;
+  stop) worker stop ;;
+  wait)
+    if [ -n "${DRY_RUN:-}" ]; then worker status; exit 0; fi
+    out=$(wait_done)
+    sed '$d' <<<"$out"
+    exit "$(tail -n 1 <<<"$out")"
+    ;;
+  *) usage ;;
+esac
