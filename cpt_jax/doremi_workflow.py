@@ -28,6 +28,7 @@ import numpy as np
 
 from cpt_jax import config as config_lib
 from cpt_jax.errors import UserError
+from cpt_jax.run_dir import RunDir
 from cpt_jax.experiment import is_finished, read_summary
 
 Log = Callable[[str], None]
@@ -142,11 +143,10 @@ def run_proxy(cfg: Any, k: int, reference: str, log: Log) -> dict[str, dict[str,
     return weights
 
 
-def final_weights(run_dir: Path, domains: list[str], steps: int) -> dict[str, dict[str, float]]:
+def final_weights(run_dir: Any, domains: list[str], steps: int) -> dict[str, dict[str, float]]:
     """alpha_bar and alpha_T from the proxy's last metrics line (exact: the step's values)."""
     last = None
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
+    for rec in RunDir(run_dir).read_metrics():
         if f"doremi/alpha_avg/{domains[0]}" in rec:
             last = rec
     if last is None or last["step"] != steps:
@@ -202,8 +202,7 @@ def compare(main: dict, base: dict, main_dir: Path, domains: list[str]) -> dict:
            "average": {"baseline": float(np.mean(list(b.values()))), "doremi": float(np.mean(list(m.values())))},
            "worst": {"baseline": max(b.values()), "doremi": max(m.values())}}
     reached = None
-    for line in (main_dir / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
+    for rec in RunDir(main_dir).read_metrics():
         if "eval/avg/loss" in rec and rec["eval/avg/loss"] <= out["average"]["baseline"]:
             reached = rec["step"]
             break

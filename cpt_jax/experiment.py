@@ -21,13 +21,14 @@ import copy
 import importlib.util
 import json
 import os
-from pathlib import Path
 from typing import Any, Callable
 
 from ml_collections import ConfigDict
 
 from cpt_jax import config as config_lib
+from cpt_jax import storage
 from cpt_jax.errors import UserError
+from cpt_jax.run_dir import CONFIG, SUMMARY, RunDir
 
 RunFn = Callable[[ConfigDict], dict]
 
@@ -70,9 +71,9 @@ def run_config(shared: ConfigDict, run: dict, root: str | os.PathLike) -> Config
     for key, value in run.get("set", {}).items():
         config_lib.set_value(cfg, key, as_text(value))
     with cfg.unlocked():
-        cfg.run_dir = str(Path(root) / run["name"])
+        cfg.run_dir = os.fspath(storage.path(root) / run["name"])
         if run.get("from"):
-            cfg.train.init_from = str(Path(root) / run["from"])
+            cfg.train.init_from = os.fspath(storage.path(root) / run["from"])
     config_lib.validate(cfg)
     return cfg
 
@@ -85,16 +86,14 @@ def is_finished(cfg: ConfigDict) -> bool:
     """A run is done when its summary says it reached ``train.steps`` uninterrupted, and it
     was written for this config (every key it saved has today's value; keys added to cpt-jax
     since then are not held against it)."""
-    summary = Path(cfg.run_dir) / "summary.json"
-    saved = Path(cfg.run_dir) / "config.json"
-    if not (summary.is_file() and saved.is_file()):
-        return False
+    run = RunDir(cfg.run_dir)
     try:
-        done = json.loads(summary.read_text())
-        same = _agrees(json.loads(saved.read_text()), json.loads(json.dumps(config_lib.to_dict(cfg))))
-    except (OSError, ValueError):
+        saved = run.read_json(CONFIG)
+        if not isinstance(saved, dict) or run.finished_summary(cfg.train.steps) is None:
+            return False
+    except UserError:  # a corrupt record: run it again (it resumes from its checkpoints)
         return False
-    return same and not done.get("interrupted") and done.get("steps") == cfg.train.steps
+    return _agrees(saved, json.loads(json.dumps(config_lib.to_dict(cfg))))
 
 
 def _agrees(saved: Any, current: Any) -> bool:
@@ -123,13 +122,10 @@ def run_experiment(shared: ConfigDict, runs: list[dict], run_fn: RunFn | None = 
 
 
 def read_summary(run_dir: str | os.PathLike) -> dict:
-    path = Path(run_dir) / "summary.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"run {run_dir} has no summary.json (did it finish?)") from None
-    except ValueError:
-        raise UserError(f"{path} is not valid JSON") from None
+    summary = RunDir(run_dir).read_json(SUMMARY)
+    if summary is None:
+        raise UserError(f"run {run_dir} has no summary.json (did it finish?)")
+    return summary
 
 
 def domain_losses(summary: dict) -> dict[str, float]:

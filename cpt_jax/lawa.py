@@ -16,13 +16,14 @@ in ``RUN/model.json``) or params-only checkpoints (``DIR/params`` + ``DIR/model.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from cpt_jax import storage
 from cpt_jax.errors import UserError
+from cpt_jax.run_dir import MODEL, PARAMS_ITEM, RunDir
 
 Tree = dict[str, Any]
 
@@ -40,29 +41,15 @@ class Source:
 # finding and choosing checkpoints
 
 
-def _read_json(path: str) -> dict[str, Any]:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise UserError(f"{path} not found") from None
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path} is not valid JSON ({err.msg} at line {err.lineno})") from None
-
-
 def run_steps(run_dir: str) -> list[int]:
-    """Steps of the finished checkpoints under ``RUN/checkpoints`` (those with a params item)."""
-    root = os.path.join(run_dir, "checkpoints")
-    if not os.path.isdir(root):
+    """Steps of the complete checkpoints under ``RUN/checkpoints`` (local or ``gs://``)."""
+    run = RunDir(run_dir)
+    if not run.checkpoints.is_dir():
         raise UserError(f"{run_dir} is not a training run dir (no checkpoints/ inside)")
-    steps = [
-        int(name)
-        for name in os.listdir(root)
-        if name.isdigit() and os.path.isdir(os.path.join(root, name, "params"))
-    ]
+    steps = run.complete_steps()
     if not steps:
-        raise UserError(f"{root} holds no finished checkpoints")
-    return sorted(steps)
+        raise UserError(f"{run.checkpoints} holds no finished checkpoints")
+    return steps
 
 
 def select_steps(
@@ -133,23 +120,19 @@ def _short(steps: list[int]) -> str:
 
 def run_sources(run_dir: str, steps: list[int]) -> list[Source]:
     """Sources for some steps of a training run (model shape from ``RUN/model.json``)."""
-    model = _read_json(os.path.join(run_dir, "model.json"))
-    root = os.path.join(run_dir, "checkpoints")
-    return [
-        Source(f"step {s}", os.path.join(os.path.abspath(root), str(s), "params"), model)
-        for s in steps
-    ]
+    run = RunDir(run_dir)
+    model = storage.read_json(run.file(MODEL))
+    return [Source(f"step {s}", os.fspath(run.step_dir(s) / PARAMS_ITEM), model) for s in steps]
 
 
 def dir_source(path: str) -> Source:
     """A source from a params-only checkpoint dir or one run step dir ``RUN/checkpoints/<step>``."""
-    path = os.path.abspath(path)
-    if not os.path.isdir(os.path.join(path, "params")):
+    path = storage.path(path)
+    if not (path / PARAMS_ITEM).is_dir():
         raise UserError(f"{path} holds no orbax params item (no params/ inside)")
-    own = os.path.join(path, "model.json")
-    run_model = os.path.join(os.path.dirname(os.path.dirname(path)), "model.json")
-    model = _read_json(own if os.path.exists(own) else run_model)
-    return Source(path, os.path.join(path, "params"), model)
+    own, run_model = path / MODEL, path.parent.parent / MODEL
+    model = storage.read_json(own if own.exists() else run_model)
+    return Source(os.fspath(path), os.fspath(path / PARAMS_ITEM), model)
 
 
 # ---------------------------------------------------------------------------------------
@@ -345,12 +328,12 @@ def save_average(out_dir: str, params: Tree, model: dict[str, Any], info: dict[s
     ``lawa.json`` (which checkpoints were averaged)."""
     from cpt_jax.model.checkpoint import config_from_dict, save_params
 
-    save_params(out_dir, params, config_from_dict(model))
-    with open(os.path.join(out_dir, "lawa.json"), "w") as f:
-        json.dump(info, f, indent=1)
+    out = save_params(out_dir, params, config_from_dict(model))
+    storage.write_json(out / "lawa.json", info)
 
 
 def check_out_dir(path: str) -> None:
     """The output must not exist yet, or be empty (never overwrite a checkpoint)."""
-    if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
+    out = storage.path(path)
+    if out.exists() and (not out.is_dir() or any(True for _ in out.iterdir())):
         raise UserError(f"output {path} already exists and is not empty")

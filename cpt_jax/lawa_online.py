@@ -15,12 +15,12 @@ the EMA through a checkpoint, so a resumed run continues the same averages.
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Any, Callable
 
 import numpy as np
 
 from cpt_jax import lawa as offline
+from cpt_jax.run_dir import RunDir
 
 Tree = dict[str, Any]
 
@@ -56,7 +56,7 @@ class OnlineLawa:
 
     def __init__(self, k: int, every: int, store: str = "host", ema: float = 0.0, run_dir: str = "") -> None:
         self.k, self.every, self.store, self.beta = int(k), int(every), store, float(ema)
-        self.dir = os.path.join(os.path.abspath(run_dir or "."), "lawa")
+        self.dir = RunDir(run_dir or ".").lawa  # local or gs://
         self.steps: list[int] = []  # window, oldest first
         self.snapshots: dict[int, Tree] = {}  # host store only
         self.ema: Tree | None = None  # device fp32
@@ -196,22 +196,23 @@ class OnlineLawa:
     # -- disk store -------------------------------------------------------------------
 
     def _source(self, step: int) -> offline.Source:
-        return offline.Source(f"lawa snapshot {step}", os.path.join(self.dir, str(step), "params"), {})
+        return offline.Source(f"lawa snapshot {step}", os.fspath(self.dir / str(step) / "params"), {})
 
     def _save_disk(self, step: int, params: Tree) -> None:
         import orbax.checkpoint as ocp
 
         with ocp.StandardCheckpointer() as ckptr:
-            ckptr.save(os.path.join(self.dir, str(step), "params"), params, force=True)
+            ckptr.save(self.dir / str(step) / "params", params, force=True)
             ckptr.wait_until_finished()
 
     def _prune_disk(self) -> None:
         """Delete snapshot dirs out of the window and older than any saved checkpoint needs."""
         import jax
 
-        if self.store != "disk" or jax.process_index() != 0 or not os.path.isdir(self.dir):
+        if self.store != "disk" or jax.process_index() != 0 or not self.dir.is_dir():
             return
         keep_from = min([*self.steps, *([self._protected] if self._protected is not None else [])], default=0)
-        for name in os.listdir(self.dir):
+        for snapshot in self.dir.iterdir():
+            name = snapshot.name
             if name.isdigit() and int(name) not in self.steps and int(name) < keep_from:
-                shutil.rmtree(os.path.join(self.dir, name), ignore_errors=True)
+                snapshot.rmtree(missing_ok=True)

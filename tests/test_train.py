@@ -13,6 +13,7 @@ import pytest
 
 from cpt_jax import sharding
 from cpt_jax.errors import UserError
+from cpt_jax.run_dir import RunDir
 from cpt_jax.model import pythia
 from cpt_jax.optim import make_optimizer
 from cpt_jax.schedules import make_schedule
@@ -102,7 +103,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     mcfg = pythia.PythiaConfig.from_config(cfg.model)
     with pytest.raises(UserError, match=r"loss is nan at step 8: training stopped \(last good checkpoint: step 5\)"):
         loop.run(cfg, objective=NanAfter(mcfg, 3, k=7), eval_sets={})
-    assert checkpoint.latest_step(tmp_path) == 5
+    assert RunDir(tmp_path).latest_step() == 5
     steps = [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6, 7]  # step 7 was logged before step 8's loss was seen
     events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))

@@ -5,6 +5,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from cpt_jax.run_dir import RunDir
 from cpt_jax.train import checkpoint
 from cpt_jax.train.state import TrainState
 
@@ -17,18 +18,19 @@ def _state(step: int) -> TrainState:
 
 def test_keep_last_and_listed_steps_and_skip_half_written(tmp_path):
     cfg = ml_collections.ConfigDict({"keep": 2, "keep_steps": "3", "async_save": True, "every": 1})
-    ck = checkpoint.RunCheckpoints(tmp_path, cfg)
+    run = RunDir(tmp_path)
+    ck = checkpoint.RunCheckpoints(run, cfg)
     for step in range(1, 7):
         ck.save(_state(step), {"step": step, "data": {"step": step}})
     ck.wait()
-    assert ck.all_steps() == [3, 5, 6]
+    assert run.complete_steps() == [3, 5, 6]
     # a step orbax is still writing lives under a temporary name: never the latest
     (tmp_path / "checkpoints" / "7.orbax-checkpoint-tmp-1234" / "params").mkdir(parents=True)
-    assert checkpoint.latest_step(tmp_path) == 6 and ck.latest_step() == 6
+    assert run.latest_step() == 6
     restored, meta = ck.restore(5, _state(0))
     ck.close()
     assert meta == {"step": 5, "data": {"step": 5}} and int(restored.step) == 5
     np.testing.assert_array_equal(np.asarray(restored.params["w"]), np.full((4, 2), 5.0))
     np.testing.assert_array_equal(np.asarray(restored.params["b"]), np.arange(2.0) + 5)
     assert restored.extras == {}
-    assert checkpoint.latest_step(tmp_path / "nowhere") is None
+    assert RunDir(tmp_path / "nowhere").latest_step() is None

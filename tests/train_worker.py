@@ -5,7 +5,7 @@
 Set ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` in the environment. Runs the jobs in
 order and prints one line ``RESULT [...]`` (one result per job). Modes: ``train`` (a run of
 configs/tiny.py with the overrides), ``sigterm`` (the same, but the process sends itself SIGTERM
-while batch ``stop_at`` is read), ``bytes`` (per-device parameter bytes under the mesh), ``cli`` (``cpt-jax train``).
+while batch ``stop_at`` is read; ``sigkill``: SIGKILL instead), ``bytes`` (per-device parameter bytes under the mesh), ``cli`` (``cpt-jax train``).
 """
 
 from __future__ import annotations
@@ -29,14 +29,14 @@ def load_cfg(run_dir: str, overrides: list[str]):
 
 
 class KillAt:
-    """The configured data, but SIGTERM arrives at this process while batch ``at`` is read."""
+    """The configured data, but ``sig`` (SIGTERM) arrives at this process while batch ``at`` is read."""
 
-    def __init__(self, data, at: int):
-        self.data, self.at, self.domains = data, at, data.domains
+    def __init__(self, data, at: int, sig: int = signal.SIGTERM):
+        self.data, self.at, self.domains, self.sig = data, at, data.domains, sig
 
     def batch(self, step: int):
         if step == self.at:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), self.sig)
         return self.data.batch(step)
 
 
@@ -61,10 +61,11 @@ def job(spec: dict) -> dict:
             code = cli.main(["train", "--config", str(ROOT / "configs" / "tiny.py"), *base,
                              *[f"--config.{o}" for o in spec.get("overrides", [])]])
         return {"code": code, "summary": json.loads(out.getvalue())}
-    if spec["mode"] == "sigterm":
+    if spec["mode"] in ("sigterm", "sigkill"):  # sigkill: a hard kill, nothing runs after it
         from cpt_jax.data.pipeline import TrainData
 
-        return loop.run(cfg, data=KillAt(TrainData(cfg), int(spec["stop_at"])), eval_sets={})
+        sig = signal.SIGTERM if spec["mode"] == "sigterm" else signal.SIGKILL
+        return loop.run(cfg, data=KillAt(TrainData(cfg), int(spec["stop_at"]), sig), eval_sets={})
     if spec["mode"] == "bytes":  # real arrays, placed without compiling anything
         import numpy as np
 

@@ -46,7 +46,7 @@ def _parse_steps(text: str | None) -> list[int] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cpt_jax import lawa
+    from cpt_jax import lawa, storage
 
     explicit = _parse_steps(args.steps)
     lawa.check_out_dir(args.out)
@@ -73,12 +73,12 @@ def run(args: argparse.Namespace) -> int:
         if args.last is None:
             raise UserError("--windows needs --last K (the window size)")
         spans = lawa.windows(available, args.last, args.every, args.allow_uneven)
-        os.makedirs(args.out, exist_ok=True)
+        storage.path(args.out).mkdir(parents=True, exist_ok=True)
         model = lawa.run_sources(args.run, spans[0][:1])[0].model
         for span, params in lawa.iter_window_averages(args.run, spans):
             lawa.save_average(
-                os.path.join(args.out, str(span[-1])), params, model,
-                {"run": os.path.abspath(args.run), "steps": span},
+                os.fspath(storage.path(args.out) / str(span[-1])), params, model,
+                {"run": os.fspath(storage.path(args.run)), "steps": span},
             )
             print(f"window ending at step {span[-1]}: steps {span}")
         print(f"wrote {len(spans)} windowed averages -> {args.out} ({time.perf_counter() - start:.1f}s)")
@@ -89,13 +89,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"averaging steps {steps}" + (f" (gaps {gaps})" if len(gaps) > 1 else ""))
     sources = lawa.run_sources(args.run, steps)
     params = lawa.average(sources)
-    lawa.save_average(args.out, params, sources[0].model, {"run": os.path.abspath(args.run), "steps": steps})
+    lawa.save_average(args.out, params, sources[0].model, {"run": os.fspath(storage.path(args.run)), "steps": steps})
     _maybe_hf(args.to_hf, params, sources[0].model)
     print(f"averaged steps {steps} -> {args.out} ({time.perf_counter() - start:.1f}s)")
     return 0
 
 
 def _maybe_hf(out: str | None, params: dict, model: dict) -> None:
+    from cpt_jax import storage
+
     if not out:
         return
     from cpt_jax.model.checkpoint import config_from_dict
@@ -106,5 +108,6 @@ def _maybe_hf(out: str | None, params: dict, model: dict) -> None:
         raise UserError("--to-hf needs cpt_jax.model.hf, which this install lacks") from None
     if not hasattr(hf, "save"):
         raise UserError("--to-hf needs cpt_jax.model.hf.save, which this install lacks")
-    hf.save(params, out, config_from_dict(model))
+    with storage.writable_dir(out) as local_out:
+        hf.save(params, local_out, config_from_dict(model))
     print(f"Hugging Face copy -> {out}")

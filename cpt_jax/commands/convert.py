@@ -29,10 +29,11 @@ def run(args: argparse.Namespace) -> int:
     import jax
     import jax.numpy as jnp
 
+    from cpt_jax import storage
     from cpt_jax.model import checkpoint, hf
 
     if args.from_hf:
-        params, config = hf.load_params(args.from_hf, dtype=None)
+        params, config = hf.load_params(storage.readable_dir(args.from_hf, "hf"), dtype=None)
     else:
         params, config = checkpoint.load_params(args.from_ckpt)
     if args.dtype:
@@ -41,8 +42,9 @@ def run(args: argparse.Namespace) -> int:
     n = sum(x.size for x in jax.tree.leaves(params))
     src = args.from_hf or args.from_ckpt
     if args.to_hf:
-        out = hf.save(params, args.to_hf, config)
-        kind = "Hugging Face directory"
+        with storage.writable_dir(args.to_hf) as local_out:
+            hf.save(params, local_out, config)
+        out, kind = args.to_hf, "Hugging Face directory"
     else:
         out = checkpoint.save_params(args.to, params, config)
         kind = "params checkpoint"

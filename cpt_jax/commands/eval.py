@@ -30,20 +30,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     import os
-    from pathlib import Path
 
     from cpt_jax import config as config_lib
+    from cpt_jax import storage
     from cpt_jax.errors import UserError
     from cpt_jax.eval import runner
 
-    run_config = runner.run_config_of(args.checkpoint)
+    run = runner.run_of(args.checkpoint)
     cfg = None
     if args.config:
         cfg = runner.load_config(args.config, args.config_overrides)
-    elif run_config is not None:
-        cfg = runner.load_config(os.fspath(run_config), args.config_overrides)
+    elif run is not None:
+        cfg = runner.load_config(os.fspath(run.file(runner.CONFIG)), args.config_overrides)
     elif args.config_overrides:
         cfg = config_lib.defaults()
         config_lib.apply_overrides(cfg, args.config_overrides)
@@ -58,19 +57,15 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size must be positive, got {batch_size}")
     if args.domains not in (None, "none") and cfg is None:
         raise UserError("--domains needs --config (the data to take held-out batches from)")
-    with_domains = cfg is not None and (args.config or run_config is not None)
+    with_domains = cfg is not None and (args.config or run is not None)
     result = runner.evaluate_checkpoint(
         args.checkpoint, cfg if with_domains else None, tasks, args.domains, limit, batch_size,
         args.data_dir, args.tokenizer)
     print(runner.format_table(result))
     out = args.out
-    if out is None and run_config is not None and Path(args.checkpoint).absolute() == run_config.parent:
-        out = os.fspath(run_config.parent / runner.RESULT_NAME)
+    if out is None and run is not None and storage.path(args.checkpoint) == run.root:
+        out = os.fspath(run.file(runner.RESULT_NAME))
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        tmp = f"{out}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(result, f, indent=2)
-        os.replace(tmp, out)
+        storage.write_json(out, result)
         print(f"wrote {out}")
     return 0

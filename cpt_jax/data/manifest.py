@@ -35,6 +35,22 @@ def manifest_path(data_dir: str | os.PathLike) -> Path:
     return Path(data_dir) / MANIFEST
 
 
+_STAGED: dict[str, Path] = {}
+
+
+def local_data_dir(data_dir: str | os.PathLike) -> Path:
+    """The data dir to read shards from: itself when local; a ``gs://`` one is copied once per
+    process to the local cache (shards are memory-mapped), with one line saying so."""
+    from cpt_jax import storage
+
+    key = os.fspath(data_dir)
+    if not storage.is_remote(key):
+        return Path(key)
+    if key not in _STAGED:
+        _STAGED[key] = storage.readable_dir(key, "data")
+    return _STAGED[key]
+
+
 def check_domain_name(name: str) -> str:
     if not DOMAIN_NAME.match(name or ""):
         raise UserError(
@@ -80,7 +96,7 @@ def _validate(data: Any, where: Path) -> dict:
 
 def load_manifest(data_dir: str | os.PathLike) -> dict:
     """Read and validate ``DATA_DIR/manifest.json``; one-line UserError when missing or bad."""
-    path = manifest_path(data_dir)
+    path = manifest_path(local_data_dir(data_dir))
     if not path.is_file():
         raise UserError(
             f"{path}: no manifest (run `cpt-jax tokenize` or `cpt-jax corpus` with --out {data_dir})"
@@ -99,7 +115,7 @@ def domain_prefix(data_dir: str | os.PathLike, manifest: dict, domain: str, spli
         raise UserError(f"domain {domain!r} not in {manifest_path(data_dir)} (has: {known})")
     if split not in ("train", "val"):
         raise UserError(f"split must be 'train' or 'val', got {split!r}")
-    return Path(data_dir) / manifest["domains"][domain][split]
+    return local_data_dir(data_dir) / manifest["domains"][domain][split]
 
 
 @contextlib.contextmanager

@@ -9,11 +9,9 @@ logged value.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,7 +27,7 @@ class Run:
     """One run's files, read once."""
 
     name: str
-    path: Path
+    path: Any
     config: dict[str, Any]
     records: list[dict[str, Any]]
     summary: dict[str, Any] = field(default_factory=dict)
@@ -78,47 +76,33 @@ class Run:
         return np.asarray(steps, np.float64), np.asarray([np.mean([p[s] for p in per]) for s in steps])
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot read {path}: {str(err).splitlines()[0]}") from None
+def _read_json(run: Any, name: str) -> dict[str, Any]:
+    value = run.read_json(name)
     return value if isinstance(value, dict) else {}
 
 
 def load_run(path: str | os.PathLike, name: str | None = None) -> Run:
-    """Read a run directory (``metrics.jsonl`` is required)."""
-    path = Path(path)
-    metrics = path / "metrics.jsonl"
-    if not metrics.is_file():
+    """Read a run directory, local or ``gs://`` (``metrics.jsonl`` is required; one record
+    per step, a resumed run's repeated steps merged)."""
+    from cpt_jax.run_dir import CONFIG, EVAL, METRICS, SUMMARY, RunDir
+
+    run = RunDir(path)
+    if not run.file(METRICS).exists():
         raise UserError(f"{path} is not a run directory (no metrics.jsonl)")
-    records = []
-    with open(metrics) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                if lineno > 1 and not line.endswith("\n"):
-                    break  # a run still writing its last line
-                raise UserError(f"{metrics}:{lineno}: not JSON") from None
-            if isinstance(rec, dict) and isinstance(rec.get("step"), (int, float)):
-                records.append(rec)
+    records = run.read_metrics()
     if not records:
-        raise UserError(f"{metrics} has no records with a 'step'")
-    records.sort(key=lambda r: r["step"])  # stable: a resumed run's lines stay in order
-    return Run(name or path.name, path, _read_json(path / "config.json"), records,
-               _read_json(path / "summary.json"), _read_json(path / "eval.json"))
+        raise UserError(f"{run.file(METRICS)} has no records with a 'step'")
+    return Run(name or run.root.name, run.root, _read_json(run, CONFIG), records,
+               _read_json(run, SUMMARY), _read_json(run, EVAL))
 
 
 def load_runs(paths: list[str]) -> list[Run]:
     """Runs named by their directory; clashing names get their parent directory prepended."""
     if not paths:
         raise UserError("no run directories given")
-    resolved = [Path(p).absolute() for p in paths]
+    from cpt_jax import storage
+
+    resolved = [storage.path(p) for p in paths]
     names = [p.name for p in resolved]
     names = [f"{p.parent.name}/{p.name}" if names.count(p.name) > 1 else p.name for p in resolved]
     return [load_run(p, n) for p, n in zip(resolved, names)]
@@ -205,14 +189,15 @@ def markdown(runs: list[Run], plots: list[tuple[str, str]]) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_report(run_dirs: list[str], out_dir: str | os.PathLike) -> Path:
+def write_report(run_dirs: list[str], out_dir: str | os.PathLike) -> Any:
     """Write ``out_dir/report.md`` and its PNGs; returns the report path."""
     from cpt_jax.eval import report_plots
 
+    from cpt_jax import storage
+
     runs = load_runs(run_dirs)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    plots = report_plots.write_all(runs, out)
-    path = out / "report.md"
-    path.write_text(markdown(runs, plots))
-    return path
+    with storage.writable_dir(out_dir) as out:
+        out.mkdir(parents=True, exist_ok=True)
+        plots = report_plots.write_all(runs, out)
+        (out / "report.md").write_text(markdown(runs, plots))
+    return storage.path(out_dir) / "report.md"

@@ -11,26 +11,23 @@ Result layout (what ``cpt-jax eval --out`` writes and ``cpt-jax report`` reads a
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 from cpt_jax.config import comma_list
+from cpt_jax import storage
 from cpt_jax.errors import UserError
+from cpt_jax.run_dir import CONFIG, EVAL, RunDir
 
-RESULT_NAME = "eval.json"
+RESULT_NAME = EVAL
 
 
 def config_from_json(path: str | os.PathLike) -> Any:
     """A validated config from a run's resolved ``config.json`` (keys unknown today are dropped)."""
     from cpt_jax import config as config_lib
 
-    try:
-        values = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot read config {path}: {str(err).splitlines()[0]}") from None
+    values = storage.read_json(path)
     if not isinstance(values, dict) or "model" not in values:
         raise UserError(f"{path} is not a cpt-jax run config (no 'model' section)")
     cfg = config_lib.defaults()
@@ -53,20 +50,20 @@ def load_config(path: str, overrides: list[str] | tuple[str, ...] = ()) -> Any:
     """An experiment file (``.py``) or a run's ``config.json``, with ``--config.*`` overrides."""
     from cpt_jax import config as config_lib
 
-    if path.endswith(".json") or os.path.isdir(path):
-        cfg = config_from_json(Path(path) / "config.json" if os.path.isdir(path) else path)
+    if path.endswith(".json") or storage.path(path).is_dir():
+        cfg = config_from_json(path if path.endswith(".json") else storage.path(path) / CONFIG)
         config_lib.apply_overrides(cfg, overrides)
         config_lib.validate(cfg)
         return cfg
     return config_lib.load(path, overrides)
 
 
-def run_config_of(checkpoint: str | os.PathLike) -> Path | None:
-    """``RUN/config.json`` when ``checkpoint`` is a run dir or one of its step dirs, else None."""
-    path = Path(checkpoint).absolute()
-    for run in (path, path.parent.parent):
-        if (run / "config.json").is_file() and (run / "checkpoints").is_dir():
-            return run / "config.json"
+def run_of(checkpoint: str | os.PathLike) -> RunDir | None:
+    """The run when ``checkpoint`` is a run dir or one of its step dirs, else None."""
+    path = storage.path(checkpoint)
+    for root in (path, path.parent.parent):
+        if RunDir(root).is_run():
+            return RunDir(root)
     return None
 
 

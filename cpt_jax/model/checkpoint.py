@@ -9,6 +9,7 @@ Layout of a params checkpoint directory::
 ``load_params`` also reads a training run directory (its latest complete step under
 ``RUN/checkpoints``, shape from ``RUN/model.json``), one step directory ``RUN/checkpoints/<step>``
 (only its ``params`` item is restored), and a Hugging Face directory (has ``config.json``).
+Every path may be local or ``gs://`` (``cpt_jax.storage``).
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ import contextlib
 import dataclasses
 import json
 import logging
-from pathlib import Path
 from typing import Any, Iterator
 
 import jax
 import numpy as np
 
+from cpt_jax import storage
 from cpt_jax.errors import UserError
 from cpt_jax.model.pythia import PythiaConfig
 
@@ -46,24 +47,22 @@ def config_from_dict(values: dict[str, Any], source: str = "model.json") -> Pyth
         raise UserError(f"{source}: {_one_line(err)}") from None
 
 
-def read_model_json(path: Path) -> PythiaConfig:
+def read_model_json(path: Any) -> PythiaConfig:
     """Read ``model.json`` (a UserError naming the file if it is missing or not JSON)."""
-    if not path.is_file():
+    path = storage.path(path)
+    if not path.exists():
         raise UserError(f"no model.json at {path}")
-    try:
-        values = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot read {path}: {_one_line(err)}") from None
+    values = storage.read_json(path)
     if not isinstance(values, dict):
         raise UserError(f"{path} does not hold a JSON object")
     return config_from_dict(values, str(path))
 
 
-def save_params(path: str | Path, params: Params, model_config: PythiaConfig) -> Path:
+def save_params(path: Any, params: Params, model_config: PythiaConfig) -> Any:
     """Write ``model.json`` and the orbax ``params/`` item under ``path`` (replacing them)."""
     import orbax.checkpoint as ocp
 
-    path = Path(path).absolute()
+    path = storage.path(path)
     path.mkdir(parents=True, exist_ok=True)
     ckptr = ocp.StandardCheckpointer()
     try:
@@ -72,24 +71,8 @@ def save_params(path: str | Path, params: Params, model_config: PythiaConfig) ->
     finally:
         ckptr.close()
     if jax.process_index() == 0:
-        tmp = path / (MODEL_JSON + ".tmp")
-        tmp.write_text(json.dumps(config_to_dict(model_config), indent=2) + "\n")
-        tmp.replace(path / MODEL_JSON)
+        storage.write_json(path / MODEL_JSON, config_to_dict(model_config))
     return path
-
-
-def latest_step_dir(run_dir: Path) -> Path:
-    """The highest-numbered complete step directory under ``RUN/checkpoints``.
-
-    Orbax writes a step under a temporary name and renames it when complete, so only names
-    made of digits count (a half-written step is never picked).
-    """
-    root = run_dir / "checkpoints"
-    steps = [p for p in root.iterdir() if p.is_dir() and p.name.isdigit()] if root.is_dir() else []
-    steps = [p for p in steps if (p / PARAMS_ITEM).is_dir()]
-    if not steps:
-        raise UserError(f"no complete checkpoint step with a params item under {root}")
-    return max(steps, key=lambda p: int(p.name))
 
 
 @contextlib.contextmanager
@@ -103,68 +86,103 @@ def _quiet_absl() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def restore_params_item(item_dir: Path, shardings: Any = None) -> Params:
+def restore_params_item(item_dir: Any, shardings: Any = None) -> Params:
     """Restore an orbax StandardSave params item, placed with ``shardings`` (a tree matching
-    the params) or, when None, on this process's first device."""
+    the params: each process reads only its shards) or, when None, on this process's first
+    device."""
     import orbax.checkpoint as ocp
 
+    item_dir = storage.path(item_dir)
     if not item_dir.is_dir():
         raise UserError(f"no params checkpoint item at {item_dir}")
+    specs = param_specs(item_dir)
+    if shardings is None:
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        shardings = jax.tree.map(lambda _: device, specs)
+    target = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s), specs, shardings)
     ckptr = ocp.StandardCheckpointer()
     try:
-        with _quiet_absl():  # an item inside a CheckpointManager step has no step-level metadata file
-            meta = ckptr.metadata(item_dir)
-        tree = getattr(meta, "item_metadata", meta)
-        tree = getattr(tree, "tree", tree)
-        if tree is None:
-            raise UserError(f"params checkpoint {item_dir} has no readable metadata (corrupt or partial)")
-        tree = dict(tree) if not isinstance(tree, dict) else tree
-        is_leaf = lambda x: hasattr(x, "shape") and hasattr(x, "dtype")  # noqa: E731
-        if shardings is None:
-            device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-            shardings = jax.tree.map(lambda m: device, tree, is_leaf=is_leaf)
-        target = jax.tree.map(
-            lambda m, s: jax.ShapeDtypeStruct(tuple(m.shape), np.dtype(m.dtype), sharding=s),
-            tree, shardings, is_leaf=is_leaf,
-        )
         return ckptr.restore(item_dir, target)
-    except UserError:
-        raise
     except Exception as err:  # orbax raises many types for a corrupt or partial item
         raise UserError(f"cannot restore params checkpoint {item_dir}: {_one_line(err)}") from None
     finally:
         ckptr.close()
 
 
-def load_params(path: str | Path) -> tuple[Params, PythiaConfig]:
-    """``(params, PythiaConfig)`` from a params checkpoint, a training run directory (latest
-    step), one step directory ``RUN/checkpoints/<step>``, or a Hugging Face directory."""
-    path = Path(path).absolute()
+def _locate(path: Any) -> tuple[PythiaConfig, Any] | None:
+    """``(config, params item)`` of a params checkpoint, run or step directory; None for a
+    Hugging Face directory."""
+    from cpt_jax.run_dir import CHECKPOINTS, RunDir
+
     if not path.exists():
         raise UserError(f"checkpoint path {path} does not exist")
     if not path.is_dir():
         raise UserError(f"checkpoint path {path} is not a directory")
-    if (path / MODEL_JSON).is_file() and (path / PARAMS_ITEM).is_dir():
-        config, item = read_model_json(path / MODEL_JSON), path / PARAMS_ITEM
-    elif (path / "checkpoints").is_dir():
-        config, item = read_model_json(path / MODEL_JSON), latest_step_dir(path) / PARAMS_ITEM
-    elif (path / PARAMS_ITEM).is_dir() and path.parent.name == "checkpoints":
-        config, item = read_model_json(path.parent.parent / MODEL_JSON), path / PARAMS_ITEM
-    elif (path / "config.json").is_file():
+    if (path / MODEL_JSON).exists() and (path / PARAMS_ITEM).is_dir():
+        return read_model_json(path / MODEL_JSON), path / PARAMS_ITEM
+    if (path / CHECKPOINTS).is_dir():
+        run = RunDir(path)
+        step = run.latest_step()
+        if step is None:
+            raise UserError(f"no complete checkpoint step with a params item under {run.checkpoints}")
+        return read_model_json(path / MODEL_JSON), run.step_dir(step) / PARAMS_ITEM
+    if (path / PARAMS_ITEM).is_dir() and path.parent.name == CHECKPOINTS:
+        return read_model_json(path.parent.parent / MODEL_JSON), path / PARAMS_ITEM
+    if (path / "config.json").exists():
+        return None
+    raise UserError(
+        f"{path} is neither a params checkpoint (model.json + params/), a run directory, "
+        "a step directory nor a Hugging Face directory (config.json)"
+    )
+
+
+def source_config(path: Any) -> PythiaConfig:
+    """The model config of anything ``load_params`` reads, without reading any weights."""
+    from cpt_jax.model import hf
+
+    path = storage.path(path)
+    found = _locate(path)
+    return found[0] if found else hf.read_config(storage.readable_dir(path, "hf"))
+
+
+def load_params(path: Any, shardings: Any = None) -> tuple[Params, PythiaConfig]:
+    """``(params, PythiaConfig)`` from a params checkpoint, a training run directory (latest
+    step), one step directory ``RUN/checkpoints/<step>``, or a Hugging Face directory (fp32
+    host arrays); orbax items are placed with ``shardings`` (a tree matching the params) or
+    on this process's first device."""
+    path = storage.path(path)
+    found = _locate(path)
+    if found is None:
         from cpt_jax.model import hf
 
-        return hf.load_params(path)
-    else:
-        raise UserError(
-            f"{path} is neither a params checkpoint (model.json + params/), a run directory, "
-            "a step directory nor a Hugging Face directory (config.json)"
-        )
-    params = restore_params_item(item)
-    _check_shapes(params, config, item)
-    return params, config
+        return hf.load_params(storage.readable_dir(path, "hf"))
+    config, item = found
+    _check_shapes(param_specs(item), config, item)
+    return restore_params_item(item, shardings), config
 
 
-def _check_shapes(params: Params, config: PythiaConfig, where: Path) -> None:
+def param_specs(item_dir: Any) -> Params:
+    """The params tree of an orbax item as ``ShapeDtypeStruct``s (from metadata; nothing read)."""
+    import orbax.checkpoint as ocp
+
+    ckptr = ocp.StandardCheckpointer()
+    try:
+        with _quiet_absl():
+            meta = ckptr.metadata(storage.path(item_dir))
+    except Exception as err:
+        raise UserError(f"cannot read params checkpoint {item_dir}: {_one_line(err)}") from None
+    finally:
+        ckptr.close()
+    tree = getattr(meta, "item_metadata", meta)
+    tree = getattr(tree, "tree", tree)
+    if tree is None:
+        raise UserError(f"params checkpoint {item_dir} has no readable metadata (corrupt or partial)")
+    is_leaf = lambda x: hasattr(x, "shape") and hasattr(x, "dtype")  # noqa: E731
+    return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), np.dtype(m.dtype)),
+                        dict(tree), is_leaf=is_leaf)
+
+
+def _check_shapes(params: Params, config: PythiaConfig, where: Any) -> None:
     """The restored tree must have the shapes ``model.json`` describes."""
     from cpt_jax.model import pythia
 

@@ -14,18 +14,20 @@ name and renames it (or writes ``commit_success.txt`` on object stores) only whe
 half-written step is never listed or restored. The newest ``checkpoint.keep`` steps and every
 step in ``checkpoint.keep_steps`` are kept (keep <= 0 keeps all).
 
-Restoring takes the *current* run's shardings: a run saved on 8 devices restores on 4.
+Restoring takes the *current* run's shardings: a run saved on 8 devices restores on 4. Which
+steps are complete is the run directory's business (``RunDir.complete_steps``).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
+from cpt_jax import storage
 from cpt_jax.errors import UserError
+from cpt_jax.run_dir import RunDir
 from cpt_jax.train.state import TrainState
 
 ITEMS = ("params", "opt_state", "extras", "meta", "lawa")  # lawa: RunCheckpoints.save host_items
@@ -41,11 +43,11 @@ def _keep_steps(text: str) -> list[int]:
 class RunCheckpoints:
     """The run's checkpoint manager (one per process; every process must call save/restore)."""
 
-    def __init__(self, run_dir: str | Path, ckpt_cfg: Any):
+    def __init__(self, run: RunDir | str, ckpt_cfg: Any):
         import orbax.checkpoint as ocp
         from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
-        self.directory = Path(run_dir).absolute() / "checkpoints"
+        self.directory = (run if isinstance(run, RunDir) else RunDir(run)).checkpoints
         keep, keep_steps = int(ckpt_cfg.keep), _keep_steps(ckpt_cfg.keep_steps)
         policies: list[Any] = [pp.LatestN(keep) if keep > 0 else pp.PreserveAll()]
         if keep_steps:
@@ -58,14 +60,9 @@ class RunCheckpoints:
         self._ocp = ocp
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
 
-    def latest_step(self) -> int | None:
-        """The newest complete step, or None."""
+    def reload(self) -> None:
+        """Re-read the step list from storage (after a step was moved aside)."""
         self.manager.reload()
-        return self.manager.latest_step()
-
-    def all_steps(self) -> list[int]:
-        self.manager.reload()
-        return sorted(self.manager.all_steps())
 
     def save(
         self, state: TrainState, meta: dict[str, Any], host_items: dict[str, Any] | None = None
@@ -100,7 +97,7 @@ class RunCheckpoints:
             items["extras"] = a.StandardRestore(_abstract(target.extras))
         try:
             out = self.manager.restore(step, args=a.Composite(**items))
-        except (ValueError, KeyError, TypeError, FileNotFoundError) as err:
+        except Exception as err:  # orbax/tensorstore raise many types for a bad or partial step
             raise UserError(
                 f"cannot restore checkpoint {step_dir} (different model or optimizer?): "
                 f"{str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}"
@@ -141,27 +138,10 @@ def _abstract(tree: Any) -> Any:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=_sharding(x)), tree)
 
 
-def latest_step(run_dir: str | Path) -> int | None:
-    """The newest complete step under ``RUN/checkpoints`` (temporary, half-written steps are
-    skipped), or None when there is none."""
-    import orbax.checkpoint as ocp
-    from etils import epath
-
-    root = Path(run_dir).absolute() / "checkpoints"
-    if not root.is_dir():
-        return None
-    steps = [
-        int(p.name) for p in root.iterdir()
-        if p.is_dir() and p.name.isdigit() and ocp.step.is_checkpoint_finalized(epath.Path(p))
-        and (p / "params").is_dir()
-    ]
-    return max(steps) if steps else None
-
-
-def restore_params(step_dir: str | Path, shardings: Any = None) -> dict[str, Any]:
+def restore_params(step_dir: Any, shardings: Any = None) -> dict[str, Any]:
     """The ``params`` item of one step directory ``RUN/checkpoints/<step>``, placed with
     ``shardings`` (a tree of NamedShardings matching the params) or on this process's first
     device when None."""
     from cpt_jax.model.checkpoint import restore_params_item
 
-    return restore_params_item(Path(step_dir).absolute() / "params", shardings)
+    return restore_params_item(storage.path(step_dir) / "params", shardings)

@@ -17,24 +17,24 @@ after it, so the last good checkpoint stays the newest.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
 from cpt_jax import sharding
-from cpt_jax.config import to_dict
 from cpt_jax.errors import UserError
 from cpt_jax.lawa_online import OnlineLawa
 from cpt_jax.model import pythia
 from cpt_jax.model.checkpoint import config_to_dict
 from cpt_jax.optim import make_optimizer
 from cpt_jax.schedules import make_schedule
+from cpt_jax.run_dir import MODEL, SUMMARY
 from cpt_jax.train.checkpoint import RunCheckpoints
+from cpt_jax.train.resume import OpenedRun, open_run, restore_newest
 from cpt_jax.train.metrics import MetricsWriter, Window, flops_per_token, peak_flops
 from cpt_jax.train.signals import StopFlag
 from cpt_jax.train.state import TrainState, state_shardings
@@ -61,18 +61,20 @@ def _eval_sets(cfg: Any, domains: list[str]) -> dict[str, list[dict]] | None:
 
 
 def _init_params_from(path: str, abstract: Any, mcfg: pythia.PythiaConfig, shardings: Any) -> Any:
-    """Weights of ``train.init_from``, checked against the configured model, placed sharded."""
-    from cpt_jax.model.checkpoint import load_params
+    """Weights of ``train.init_from``, checked against the configured model before any array
+    is read, then restored straight into ``shardings`` (each process reads its own shards)."""
+    from cpt_jax.model.checkpoint import load_params, source_config
 
-    params, src = load_params(path)
+    src = source_config(path)
     for f in _ARCH_FIELDS:
         if getattr(src, f) != getattr(mcfg, f):
             raise UserError(
                 f"train.init_from {path}: model.{f} is {getattr(src, f)!r} there but "
                 f"{getattr(mcfg, f)!r} in the config"
             )
+    expected = jax.eval_shape(lambda: pythia.init_params(src, jax.random.key(0)))
     flat_a = jax.tree_util.tree_flatten_with_path(abstract)[0]
-    flat_p = dict(jax.tree_util.tree_flatten_with_path(params)[0])
+    flat_p = dict(jax.tree_util.tree_flatten_with_path(expected)[0])
     for key, leaf in flat_a:
         name = "/".join(str(getattr(k, "key", k)) for k in key)
         if key not in flat_p or tuple(flat_p[key].shape) != tuple(leaf.shape):
@@ -81,8 +83,13 @@ def _init_params_from(path: str, abstract: Any, mcfg: pythia.PythiaConfig, shard
                 f"train.init_from {path}: parameter {name} is {got}, the config's model needs "
                 f"{tuple(leaf.shape)}"
             )
-    host = jax.tree.map(lambda x, a: np.asarray(x).astype(a.dtype), params, abstract)
-    return sharding.put_global(host, shardings)
+    params, _ = load_params(path, shardings)
+    if not all(isinstance(x, jax.Array) and x.sharding == s for x, s in
+               zip(jax.tree.leaves(params), jax.tree.leaves(shardings))):  # a Hugging Face dir
+        params = sharding.put_global(jax.tree.map(np.asarray, params), shardings)
+    cast = jax.jit(lambda p: jax.tree.map(lambda x, a: x.astype(a.dtype), p, abstract),
+                   out_shardings=shardings)
+    return cast(params)
 
 
 def _check_finite(step: int, metrics: dict[str, Any], last_good: int | None) -> None:
@@ -116,9 +123,33 @@ def run(
     """
     sharding.maybe_initialize_distributed(cfg)
     wall0 = time.time()
-    t, b, m, total = cfg.train.seq_len, cfg.train.batch_size, cfg.train.micro_batches, cfg.train.steps
-    run_dir = Path(cfg.run_dir).absolute()
-    main = jax.process_index() == 0
+    plan = _plan(cfg, objective, trainable, data)
+    opened = open_run(cfg)
+    try:
+        if opened.finished is not None:
+            return opened.finished
+        return _train(cfg, plan, opened, eval_sets, wall0)
+    finally:
+        opened.close()
+
+
+@dataclasses.dataclass
+class _Plan:
+    """Everything about a run that is known before touching its directory."""
+
+    mesh: Any
+    mcfg: pythia.PythiaConfig
+    data: Any
+    objective: Objective
+    schedule: Any
+    tx: Any
+    abstract: TrainState
+    shard: Any
+
+
+def _plan(cfg: Any, objective: Objective | None, trainable: Any, data: Any) -> _Plan:
+    """Mesh, model, data, objective, optimizer and the state's shapes and shardings."""
+    b, m, total = cfg.train.batch_size, cfg.train.micro_batches, cfg.train.steps
     mesh = sharding.make_mesh(cfg.mesh)
     sharding.check_batch(mesh, b, m)
     mcfg = pythia.PythiaConfig.from_config(cfg.model)
@@ -145,19 +176,23 @@ def run(
         extras=jax.eval_shape(objective.init_extras, abstract_params),
     )
     shard = state_shardings(abstract, mesh)  # UserError for indivisible dims, before compiling
+    return _Plan(mesh, mcfg, data, objective, schedule, tx, abstract, shard)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpts = RunCheckpoints(run_dir, cfg.checkpoint)
-    resumed = ckpts.latest_step()
-    if resumed is not None and resumed > total:
-        raise UserError(
-            f"{run_dir} holds a checkpoint at step {resumed}, past train.steps = {total}: raise "
-            "train.steps to continue it, or use a new run_dir")
+
+def _train(cfg: Any, plan: _Plan, opened: OpenedRun, eval_sets: Any, wall0: float) -> dict[str, Any]:
+    t, b, m, total = cfg.train.seq_len, cfg.train.batch_size, cfg.train.micro_batches, cfg.train.steps
+    main = jax.process_index() == 0
+    mesh, mcfg, data, objective, abstract, shard = (
+        plan.mesh, plan.mcfg, plan.data, plan.objective, plan.abstract, plan.shard)
+    abstract_params, tx, schedule = abstract.params, plan.tx, plan.schedule
+    run, resumed = opened.run, opened.resumed
+    ckpts = RunCheckpoints(run, cfg.checkpoint)
+    domains = list(data.domains)
     if resumed is not None:
         target = jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shard
         )
-        state, meta = ckpts.restore(resumed, target)
+        state, meta, resumed = restore_newest(ckpts, run, resumed, target)
         if hasattr(data, "resume_step") and isinstance(meta.get("data"), dict) and "domains" in meta["data"]:
             data.resume_step(meta["data"])  # refuses a checkpoint whose domain ids differ
         if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(state.extras)):
@@ -182,13 +217,13 @@ def run(
         lawa.load_state(ckpts.restore_host_item(resumed, "lawa") or {}, like=state.params)
 
     if main:
-        (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
-        (run_dir / "model.json").write_text(json.dumps(config_to_dict(mcfg), indent=2) + "\n")
+        run.write_json(MODEL, config_to_dict(mcfg))
     n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_params))
     flops_tok = flops_per_token(mcfg, t, n_params)
     peak = peak_flops(jax.devices()[0])
     peak_total = peak * jax.device_count() if peak else None
-    writer = MetricsWriter(run_dir, main, cfg.logging.tensorboard, cfg.train.progress)
+    writer = MetricsWriter(run.root, main, cfg.logging.tensorboard, cfg.train.progress,
+                           keep_until=resumed)
     train_step = make_train_step(objective, tx, schedule, shard, mesh, m)
     evals = _eval_sets(cfg, domains) if eval_sets is None else eval_sets
     rep = sharding.replicated(mesh)
@@ -232,6 +267,7 @@ def run(
         meta = {"step": step, "data": data_state, "tokens": step * tok_step,
                 "wall_time_s": time.time() - wall0, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         ckpts.save(state, meta, host_items={"lawa": lawa.state()} if lawa is not None else None)
+        writer.sync()
         last_good = last_saved = step
 
     if resumed is None and cfg.train.init_from and cfg.train.eval_every > 0:
@@ -279,7 +315,7 @@ def run(
         writer.close()
     ckpts.close()
     summary = {
-        "run_dir": str(run_dir),
+        "run_dir": str(run),
         "steps": done,
         "tokens": done * tok_step,
         "wall_time_s": time.time() - wall0,
@@ -292,6 +328,5 @@ def run(
         "mesh": dict(mesh.shape),
     }
     if main:
-        clean = json.loads(json.dumps(summary, default=float).replace("NaN", "null"))
-        (run_dir / "summary.json").write_text(json.dumps(clean, indent=2) + "\n")
+        run.write_json(SUMMARY, summary)
     return summary

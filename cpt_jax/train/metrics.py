@@ -15,7 +15,6 @@ import json
 import math
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -61,19 +60,38 @@ def _fmt_time(seconds: float) -> str:
 
 
 class MetricsWriter:
-    """Appends JSON lines (process 0 only), mirrors them to TensorBoard, prints progress."""
+    """Appends JSON lines (process 0 only), mirrors them to TensorBoard, prints progress.
 
-    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool, progress: bool):
+    On resume from step ``keep_until`` the lines of later steps (logged after the last
+    checkpoint by a run that was killed) are dropped first, so each step is logged once. For a
+    ``gs://`` run dir the files are written locally and uploaded by ``sync()`` (at each
+    checkpoint, at most every ``SYNC_EVERY_S`` seconds, and on close).
+    """
+
+    SYNC_EVERY_S = 60.0
+
+    def __init__(self, run_dir: Any, enabled: bool, tensorboard: bool, progress: bool,
+                 keep_until: int | None = None):
+        from cpt_jax.run_dir import METRICS, TENSORBOARD, trim_metrics
+        from cpt_jax.storage import Mirror
+
         self.enabled = enabled
         self.progress_on = progress and enabled
-        self.path = run_dir / "metrics.jsonl"
-        self._file = open(self.path, "a") if enabled else None
+        self._mirror = Mirror(run_dir, (METRICS, TENSORBOARD), "logs") if enabled else None
+        self._file = None
         self._tb = None
-        if enabled and tensorboard:
+        self._synced = time.monotonic()
+        if not enabled:
+            return
+        self.path = self._mirror.dir / METRICS
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        trim_metrics(self.path, keep_until)
+        self._file = open(self.path, "a")
+        if tensorboard:
             try:
                 from tensorboardX import SummaryWriter
 
-                self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+                self._tb = SummaryWriter(str(self._mirror.dir / TENSORBOARD))
             except ImportError:
                 print("tensorboardX is not installed: no TensorBoard events", file=sys.stderr)
         self._tty = sys.stderr.isatty()
@@ -90,6 +108,17 @@ class MetricsWriter:
             for k, v in clean.items():
                 if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
                     self._tb.add_scalar(k, v, step)
+        if time.monotonic() - self._synced > self.SYNC_EVERY_S:
+            self.sync()
+
+    def sync(self) -> None:
+        """Upload the log files to a remote run dir (nothing to do for a local one)."""
+        if self._mirror is None:
+            return
+        if self._tb is not None:
+            self._tb.flush()
+        self._mirror.sync()
+        self._synced = time.monotonic()
 
     def progress(self, step: int, total: int, loss: float, tokens_per_s: float, eta_s: float,
                  mfu: float | None) -> None:
@@ -107,6 +136,8 @@ class MetricsWriter:
             self._file.close()
         if self._tb is not None:
             self._tb.close()
+        if self._mirror is not None:
+            self._mirror.sync()
         if self.progress_on and self._tty:
             print(file=sys.stderr)
 

@@ -1,0 +1,200 @@
+"""One writer per run directory: a lease file with the holder's host, pid and heartbeat.
+
+``RUN/lease.json`` is created only if absent (``O_EXCL`` locally, ``ifGenerationMatch=0`` on
+Cloud Storage), renewed by a heartbeat thread, and deleted when the run ends. A second run on the
+same directory stops with one line naming the holder. A lease is taken over, with a printed line,
+when its heartbeat is older than ``stale_after_s`` or its holder is a dead process on this host
+(a killed run). Every write after the first is conditional on the lease being the one last seen
+(the object generation on Cloud Storage, the file's content locally), so two runs that both see
+a stale lease cannot both take it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import threading
+import time
+import uuid
+from typing import Any
+
+from cpt_jax import storage
+from cpt_jax.errors import UserError
+
+
+class LeaseLost(Exception):
+    """The lease changed under us (another run took it)."""
+
+
+class _LocalStore:
+    """Compare-and-swap on a local file; the token is its content."""
+
+    def __init__(self, file: Any) -> None:
+        self.file = os.fspath(file)
+
+    def create(self, data: bytes) -> Any:
+        try:
+            fd = os.open(self.file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return None
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return data
+
+    def read(self) -> tuple[bytes, Any] | None:
+        try:
+            with open(self.file, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return None
+        return data, data
+
+    def replace(self, data: bytes, token: Any) -> Any:
+        now = self.read()
+        if now is None or now[1] != token:
+            return None
+        tmp = f"{self.file}.{uuid.uuid4().hex}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, self.file)
+        return data
+
+    def delete(self, token: Any) -> None:
+        now = self.read()
+        if now is not None and now[1] == token:
+            os.remove(self.file)
+
+
+class _GcsStore:
+    """Compare-and-swap on a Cloud Storage object; the token is its generation."""
+
+    def __init__(self, file: Any) -> None:
+        import gcsfs
+
+        self.fs = gcsfs.GCSFileSystem()
+        self.bucket, self.key = os.fspath(file)[len("gs://"):].split("/", 1)
+
+    def _upload(self, data: bytes, generation: Any) -> Any:
+        url = f"{self.fs._location}/upload/storage/v1/b/{self.bucket}/o"
+        try:
+            out = self.fs.call("POST", url, uploadType="media", name=self.key, data=data,
+                               ifGenerationMatch=str(generation), json_out=True)
+        except FileExistsError:  # 412: precondition failed
+            return None
+        return out["generation"]
+
+    def create(self, data: bytes) -> Any:
+        return self._upload(data, 0)
+
+    def read(self) -> tuple[bytes, Any] | None:
+        try:
+            meta = self.fs.call("GET", "b/{}/o/{}", self.bucket, self.key, json_out=True)
+            _, data = self.fs.call("GET", "b/{}/o/{}", self.bucket, self.key, alt="media",
+                                   generation=meta["generation"])
+        except FileNotFoundError:
+            return None
+        return data, meta["generation"]
+
+    def replace(self, data: bytes, token: Any) -> Any:
+        return self._upload(data, token)
+
+    def delete(self, token: Any) -> None:
+        try:
+            self.fs.call("DELETE", "b/{}/o/{}", self.bucket, self.key, ifGenerationMatch=str(token))
+        except (FileNotFoundError, FileExistsError):
+            pass
+
+
+def _alive_here(holder: dict) -> bool:
+    """False when ``holder`` is a process of this host that no longer exists."""
+    if holder.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(int(holder.get("pid", -1)), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, OverflowError):
+        return True
+    return True
+
+
+class Lease:
+    """The run directory's lease; ``acquire()``, then ``release()`` (heartbeat in between)."""
+
+    def __init__(self, file: Any, stale_after_s: float = 300.0, log: Any = None) -> None:
+        self.file = storage.path(file)
+        self.stale_after_s = float(stale_after_s)
+        self._store = _GcsStore(self.file) if storage.is_remote(self.file) else _LocalStore(self.file)
+        self._log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+        self._me = {"host": socket.gethostname(), "pid": os.getpid(), "id": uuid.uuid4().hex,
+                    "start": time.time()}
+        self._token: Any = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.lost = False
+
+    def _record(self) -> bytes:
+        return json.dumps({**self._me, "heartbeat": time.time()}).encode()
+
+    def acquire(self) -> None:
+        """Take the lease, or raise a one-line UserError naming the live holder."""
+        self.file.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(3):
+            self._token = self._store.create(self._record())
+            if self._token is not None:
+                return self._start_heartbeat()
+            seen = self._store.read()
+            if seen is None:
+                continue  # released between our create and read
+            try:
+                holder = json.loads(seen[0])
+            except ValueError:
+                holder = {}
+            age = time.time() - float(holder.get("heartbeat", 0))
+            if age < self.stale_after_s and _alive_here(holder):
+                raise UserError(
+                    f"{self.file.parent} is in use by pid {holder.get('pid')} on "
+                    f"{holder.get('host')} (started {_when(holder.get('start'))}, heartbeat "
+                    f"{age:.0f}s ago); stop that run or use another run_dir")
+            self._token = self._store.replace(self._record(), seen[1])
+            if self._token is not None:
+                why = "is no longer running" if not _alive_here(holder) else f"went silent {age:.0f}s ago"
+                self._log(f"taking over the lease of {self.file.parent}: pid {holder.get('pid')} on "
+                          f"{holder.get('host')} {why}")
+                return self._start_heartbeat()
+        raise UserError(f"{self.file}: another run keeps taking the lease of this run_dir")
+
+    def _start_heartbeat(self) -> None:
+        self._thread = threading.Thread(target=self._beat, name="cpt-jax-lease", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        period = max(self.stale_after_s / 5.0, 0.05)
+        while not self._stop.wait(period):
+            try:
+                token = self._store.replace(self._record(), self._token)
+            except OSError:
+                continue  # a transient storage error: try again next period
+            if token is None:
+                self.lost = True
+                self._log(f"lost the lease of {self.file.parent} to another run")
+                return
+            self._token = token
+
+    def release(self) -> None:
+        """Stop the heartbeat and delete the lease (if it is still ours)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._token is not None and not self.lost:
+            self._store.delete(self._token)
+        self._token = None
+
+
+def _when(t: Any) -> str:
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(t)))
+    except (TypeError, ValueError):
+        return "?"

@@ -1,0 +1,223 @@
+"""The run directory: what every verb hands to the next, and the one place its layout lives.
+
+::
+
+    RUN/config.json           the resolved config in force (config.<step>.json: the one before
+                              a resume at <step> changed it)
+    RUN/model.json            the PythiaConfig fields
+    RUN/metrics.jsonl         one JSON object per line with "step" (train log lines, eval lines)
+    RUN/summary.json          written when the run ends (finished or interrupted)
+    RUN/eval.json             ``cpt-jax eval --out``
+    RUN/lease.json            the lease of the run writing here (``cpt_jax.lease``)
+    RUN/checkpoints/<step>/   orbax steps: params, opt_state, extras, meta, lawa
+    RUN/lawa/<step>/params    online LAWA snapshots (disk store)
+    RUN/tensorboard/          TensorBoard events
+
+``RUN`` is a local folder or ``gs://bucket/...`` (``cpt_jax.storage``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from cpt_jax import storage
+from cpt_jax.errors import UserError
+
+CONFIG = "config.json"
+MODEL = "model.json"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+EVAL = "eval.json"
+LEASE = "lease.json"
+CHECKPOINTS = "checkpoints"
+LAWA = "lawa"
+TENSORBOARD = "tensorboard"
+PARAMS_ITEM = "params"
+
+# keys whose change makes a checkpoint mean something else: refused on resume unless allowed
+MEANING_KEYS = ("model.", "data.", "seed", "train.batch_size", "train.seq_len")
+# keys that never matter to a resume
+IGNORED_KEYS = ("run_dir", "train.allow_config_change")
+
+
+class RunDir:
+    """Paths and records of one run directory (local or ``gs://``)."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = storage.path(root)
+
+    def __repr__(self) -> str:
+        return f"RunDir({os.fspath(self.root)!r})"
+
+    def __str__(self) -> str:
+        return os.fspath(self.root)
+
+    def file(self, name: str) -> Any:
+        return self.root / name
+
+    @property
+    def checkpoints(self) -> Any:
+        return self.root / CHECKPOINTS
+
+    @property
+    def lawa(self) -> Any:
+        return self.root / LAWA
+
+    def step_dir(self, step: int) -> Any:
+        return self.checkpoints / str(int(step))
+
+    def is_run(self) -> bool:
+        """A training run wrote here (its config and its checkpoints folder exist)."""
+        return self.file(CONFIG).exists() and self.checkpoints.is_dir()
+
+    # -- checkpoints --------------------------------------------------------------------
+
+    def complete_steps(self) -> list[int]:
+        """Steps whose orbax checkpoint is finalized and holds a params item, ascending.
+        Half-written steps (orbax's temporary names, or no commit marker on object stores)
+        are never listed."""
+        import orbax.checkpoint as ocp
+
+        if not self.checkpoints.is_dir():
+            return []
+        steps = []
+        for p in self.checkpoints.iterdir():
+            if p.name.isdigit() and ocp.step.is_checkpoint_finalized(p) and (p / PARAMS_ITEM).is_dir():
+                steps.append(int(p.name))
+        return sorted(steps)
+
+    def latest_step(self) -> int | None:
+        """The newest complete step, or None."""
+        steps = self.complete_steps()
+        return steps[-1] if steps else None
+
+    def set_aside(self, step: int) -> Any:
+        """Move an unreadable step out of the way (renamed, never deleted); returns its new path."""
+        src, dst = self.step_dir(step), self.checkpoints / f"{step}.unreadable"
+        n = 1
+        while dst.exists():
+            n += 1
+            dst = self.checkpoints / f"{step}.unreadable{n}"
+        src.rename(dst)
+        return dst
+
+    # -- JSON records ----------------------------------------------------------------------
+
+    def read_json(self, name: str, missing_ok: bool = True) -> Any:
+        return storage.read_json(self.file(name), missing_ok=missing_ok)
+
+    def write_json(self, name: str, value: Any) -> None:
+        storage.write_json(self.file(name), value)
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """The metrics log as one record per step, ascending: the lines of a step merged, a
+        later line's value winning (a step logged again after a resume replaces the old one)."""
+        try:
+            text = self.file(METRICS).read_text()
+        except FileNotFoundError:
+            return []
+        return merge_by_step(parse_jsonl(text))
+
+    def finished_summary(self, steps: int) -> dict[str, Any] | None:
+        """The summary of a run that reached ``steps`` uninterrupted, else None."""
+        summary = self.read_json(SUMMARY)
+        if not isinstance(summary, dict) or summary.get("interrupted") or summary.get("steps") != steps:
+            return None
+        return summary
+
+
+def parse_jsonl(text: str) -> list[dict[str, Any]]:
+    """Records with a ``step`` of a JSON-lines text; a torn last line (hard kill) is skipped."""
+    out = []
+    for line in text.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and "step" in rec:
+            out.append(rec)
+    return out
+
+
+def merge_by_step(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    merged: dict[int, dict[str, Any]] = {}
+    for rec in records:
+        merged.setdefault(int(rec["step"]), {}).update(rec)
+    return [merged[s] for s in sorted(merged)]
+
+
+def trim_metrics(file: Path, last_step: int | None) -> int:
+    """Drop the lines of steps after ``last_step`` (all lines when None) from a local metrics
+    file: what a run logged past its last checkpoint is logged again on resume. Returns how
+    many lines were dropped."""
+    if not file.is_file():
+        return 0
+    lines = file.read_text().splitlines()
+    keep = []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a torn line
+        if isinstance(rec, dict) and last_step is not None and int(rec.get("step", -1)) <= last_step:
+            keep.append(line)
+    if len(keep) != len(lines):
+        storage.write_text(file, "".join(f"{line}\n" for line in keep))
+    return len(lines) - len(keep)
+
+
+# -- config history -------------------------------------------------------------------------
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b": value}`` of a nested dict."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
+    """``(refused, allowed)``: the differing keys as ``"key: old -> new"`` lines; refused ones
+    change what the saved checkpoint means (``MEANING_KEYS``). A key that cpt-jax added since
+    the run was saved is not a change."""
+    old, new = flatten(saved), flatten(current)
+    refused, allowed = [], []
+    for key in sorted(set(old) | set(new)):
+        if key in IGNORED_KEYS or key not in old:
+            continue
+        before, after = old.get(key, "(absent)"), new.get(key, "(absent)")
+        if before == after:
+            continue
+        line = f"{key}: {before!r} -> {after!r}"
+        meaning = any(key == k or (k.endswith(".") and key.startswith(k)) for k in MEANING_KEYS)
+        (refused if meaning else allowed).append(line)
+    return refused, allowed
+
+
+def record_config(run: RunDir, current: dict, resumed: int | None, allow_change: bool,
+                  log: Any = print) -> None:
+    """Write ``config.json`` for a run starting or resuming at ``resumed``.
+
+    A resume whose config differs from the stored one: keys in ``MEANING_KEYS`` are refused in
+    one line listing each difference (unless ``allow_change``); other changes are printed.
+    Either way the previous config is kept as ``config.<resumed>.json``.
+    """
+    saved = run.read_json(CONFIG) if resumed is not None else None
+    if isinstance(saved, dict):
+        refused, allowed = config_changes(saved, current)
+        if refused and not allow_change:
+            raise UserError(
+                f"resuming {run} from step {resumed} would change what its checkpoint means: "
+                + "; ".join(refused) + " (use a new run_dir, or set train.allow_config_change=True)")
+        if refused or allowed:
+            log(f"config changed at step {resumed} (previous config kept as config.{resumed}.json): "
+                + "; ".join(refused + allowed))
+            run.write_json(f"config.{resumed}.json", saved)
+    run.write_json(CONFIG, current)

@@ -1,0 +1,215 @@
+"""Paths that are local folders or Cloud Storage objects (``gs://bucket/...``), one API.
+
+Every verb that reads or writes a run, a checkpoint or a data folder turns the user's string
+into a path with ``path()``: an absolute local ``epath.Path``, or a ``gs://`` one (gcsfs through
+etils; orbax's tensorstore writes arrays to ``gs://`` natively). Nothing ever makes a local
+folder named ``gs:``.
+
+The Cloud Storage endpoint comes from ``STORAGE_EMULATOR_HOST`` when it is set (what Google's
+clients and gcsfs honour); tensorstore is pointed at the same endpoint, so a local emulator
+serves the whole program.
+
+Object stores cannot rename or append: JSON files are written whole (one object write is
+atomic), local ones through a temporary file and ``os.replace``; appended logs are mirrored
+(``Mirror``) from a local folder and uploaded whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from cpt_jax.errors import UserError
+
+REMOTE_PREFIXES = ("gs://",)
+
+
+def is_remote(p: Any) -> bool:
+    """True for ``gs://`` paths."""
+    return os.fspath(p).startswith(REMOTE_PREFIXES)
+
+
+def _configure_emulator() -> None:
+    """Point tensorstore and gcsfs at ``STORAGE_EMULATOR_HOST`` (if set) before first use."""
+    host = os.environ.get("STORAGE_EMULATOR_HOST")
+    if not host:
+        return
+    url = host if "://" in host else f"http://{host}"
+    os.environ.setdefault("TENSORSTORE_GCS_HTTP_URL", url)
+    os.environ.setdefault("GOOGLE_AUTH_TOKEN_FOR_TESTING", "emulator")
+    # gcsfs probes the bucket type with real credentials first; an emulator has none
+    logging.getLogger("gcsfs").setLevel(logging.ERROR)
+
+
+def path(p: str | os.PathLike) -> Any:
+    """An ``epath.Path``: ``gs://`` as is, a local path made absolute (``~`` expanded)."""
+    from etils import epath
+
+    text = os.fspath(p)
+    if not text:
+        raise UserError("empty path")
+    if is_remote(text):
+        _configure_emulator()
+        if text.rstrip("/") in REMOTE_PREFIXES or text.count("/") < 3 and not text[5:].strip("/"):
+            raise UserError(f"{text}: a gs:// path needs a bucket")
+        return epath.Path(text.rstrip("/"))
+    return epath.Path(os.path.abspath(os.path.expanduser(text)))
+
+
+def local(p: Any) -> Path:
+    """A local ``pathlib.Path`` for ``p`` (must not be remote)."""
+    if is_remote(p):
+        raise UserError(f"{p}: this needs a local path")
+    return Path(os.path.abspath(os.fspath(p)))
+
+
+def write_text(target: Any, text: str) -> None:
+    """Write a whole file atomically: readers see the old or the new content, never a part."""
+    target = path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if is_remote(target):
+        target.write_text(text)
+        return
+    tmp = Path(f"{target}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, os.fspath(target))
+
+
+def write_json(target: Any, value: Any) -> None:
+    """``value`` as indented JSON, atomically (non-finite floats become null)."""
+    text = json.dumps(value, indent=2, default=float)
+    text = json.dumps(json.loads(text.replace("NaN", "null").replace("Infinity", "null")), indent=2)
+    write_text(target, text + "\n")
+
+
+def read_json(source: Any, missing_ok: bool = False) -> Any:
+    """Parsed JSON; a missing file is None when ``missing_ok``, else (and a corrupt one) a UserError."""
+    source = path(source)
+    try:
+        text = source.read_text()
+    except FileNotFoundError:
+        if missing_ok:
+            return None
+        raise UserError(f"{source} not found") from None
+    except OSError as err:
+        raise UserError(f"cannot read {source}: {err}") from None
+    try:
+        return json.loads(text)
+    except ValueError as err:
+        raise UserError(f"{source} is not valid JSON ({str(err).splitlines()[0]})") from None
+
+
+def cache_root() -> Path:
+    """Where remote files are staged locally (``CPT_JAX_CACHE``, else ``~/.cache/cpt_jax``)."""
+    env = os.environ.get("CPT_JAX_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "cpt_jax"
+
+
+def staging_dir(remote: Any, kind: str) -> Path:
+    """A stable local folder for one remote path (same remote -> same folder)."""
+    digest = hashlib.sha1(os.fspath(remote).encode()).hexdigest()[:16]
+    return cache_root() / kind / digest
+
+
+def download_dir(remote: Any, dest: Path) -> None:
+    """Copy a remote folder tree to ``dest`` (files whose size already matches are kept)."""
+    remote = path(remote)
+    if not remote.is_dir():
+        raise UserError(f"{remote} does not exist or is not a folder")
+    for root, _dirs, files in remote.walk():
+        for name in files:
+            src = root / name
+            rel = os.fspath(src)[len(os.fspath(remote)):].lstrip("/")
+            out = dest / rel
+            if out.is_file() and out.stat().st_size == src.stat().length:
+                continue
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(f"{out}.part")
+            src.copy(tmp, overwrite=True)
+            os.replace(tmp, out)
+
+
+def upload_dir(local_dir: Path, remote: Any) -> None:
+    """Copy a local folder tree to a remote folder (overwriting objects of the same name)."""
+    remote = path(remote)
+    for root, _dirs, files in os.walk(local_dir):
+        for name in files:
+            src = Path(root) / name
+            dst = remote / os.path.relpath(src, local_dir)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(src.read_bytes())
+
+
+def readable_dir(p: Any, kind: str, log: Any = None) -> Path:
+    """A local folder holding ``p``'s files: ``p`` itself when local, else a staged copy."""
+    if not is_remote(p):
+        return local(p)
+    dest = staging_dir(p, kind)
+    (log or _stderr)(f"staging {p} to the local cache {dest}")
+    download_dir(p, dest)
+    return dest
+
+
+@contextlib.contextmanager
+def writable_dir(target: Any) -> Iterator[Path]:
+    """A local folder to write ``target``'s files into: ``target`` itself when local, else a
+    temporary folder uploaded to it when the block ends without an error."""
+    if not is_remote(target):
+        yield local(target)
+        return
+    with tempfile.TemporaryDirectory(prefix="cpt_jax_upload_") as tmp:
+        yield Path(tmp)
+        upload_dir(Path(tmp), target)
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+class Mirror:
+    """Some files of a folder, written locally and mirrored to it (for files written by appending).
+
+    A local ``target`` is used directly. For ``gs://`` the ``names`` (files or folders) are
+    downloaded into a local staging folder, written there, and ``sync()`` uploads the files
+    that changed since the last sync.
+    """
+
+    def __init__(self, target: Any, names: tuple[str, ...], kind: str = "mirror") -> None:
+        self.target = path(target)
+        self.remote = is_remote(self.target)
+        self.dir = staging_dir(self.target, kind) if self.remote else local(self.target)
+        self._sent: dict[str, tuple[int, int]] = {}
+        if not self.remote:
+            return
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            src = self.target / name
+            if src.is_dir():
+                download_dir(src, self.dir / name)
+            elif src.exists():
+                (self.dir / name).write_bytes(src.read_bytes())
+
+    def sync(self) -> None:
+        """Upload the files that changed (no-op for a local target)."""
+        if not self.remote:
+            return
+        for root, _dirs, files in os.walk(self.dir):
+            for name in files:
+                src = Path(root) / name
+                st = src.stat()
+                key = os.path.relpath(src, self.dir)
+                if self._sent.get(key) == (st.st_size, st.st_mtime_ns):
+                    continue
+                dst = self.target / key
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                dst.write_bytes(src.read_bytes())
+                self._sent[key] = (st.st_size, st.st_mtime_ns)

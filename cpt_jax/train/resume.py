@@ -1,0 +1,162 @@
+"""Opening a run directory for training: one writer, the same experiment, a readable checkpoint.
+
+``open_run`` takes the directory's lease (``cpt_jax.lease``), checks that every process sees
+the same directory, finds the newest complete step, says whether the run starts, resumes or is
+already finished, and records the config (refusing a resume that would change what the
+checkpoint means; ``cpt_jax.run_dir.record_config``). ``restore_newest`` restores the newest
+step and falls back, with one line, to the one before when it cannot be read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import uuid
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from cpt_jax.config import to_dict
+from cpt_jax.errors import UserError
+from cpt_jax.lease import Lease
+from cpt_jax.run_dir import CONFIG, SUMMARY, RunDir, config_changes, record_config
+
+Log = Callable[[str], None]
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+@dataclasses.dataclass
+class OpenedRun:
+    run: RunDir
+    lease: Lease | None
+    resumed: int | None  # newest complete step, None for a fresh start
+    finished: dict[str, Any] | None  # the stored summary when there is nothing left to do
+
+    def close(self) -> None:
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
+
+
+def _on_all(ok: bool, why: str) -> None:
+    """Raise on every process when process 0 (the one that decides) was not ``ok``."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        ok = bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
+    if not ok:
+        raise UserError(why)
+
+
+def check_shared(run: RunDir) -> None:
+    """With several processes, every one must see the files process 0 writes in ``run``
+    (otherwise checkpoints never commit): a one-line error names the run dir."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    token = uuid.uuid4().int % (2**31)
+    token = int(multihost_utils.broadcast_one_to_all(np.int32(token)))
+    probe = run.file(f".shared_probe.{token}")
+    if jax.process_index() == 0:
+        probe.write_text(str(token))
+    multihost_utils.sync_global_devices("cpt_jax_shared_probe_written")
+    sees = probe.exists() and probe.read_text() == str(token)
+    seen = multihost_utils.process_allgather(np.int32(sees))
+    multihost_utils.sync_global_devices("cpt_jax_shared_probe_read")
+    if jax.process_index() == 0:
+        probe.unlink()
+    if not np.all(seen):
+        blind = [int(i) for i in np.flatnonzero(np.asarray(seen) == 0)]
+        raise UserError(f"run_dir {run} is not shared between hosts (process(es) {blind} cannot "
+                        "see process 0's files): use a shared filesystem or a gs:// run_dir")
+
+
+def open_run(cfg: Any, log: Log = _stderr) -> OpenedRun:
+    """Lease, shared-directory check, resume point and config record of ``cfg.run_dir``."""
+    run = RunDir(cfg.run_dir)
+    main = jax.process_index() == 0
+    if main:
+        run.root.mkdir(parents=True, exist_ok=True)
+    lease, error = None, ""
+    if main:
+        lease = Lease(run.file("lease.json"), cfg.train.lease_timeout_s, log)
+        try:
+            lease.acquire()
+        except UserError as err:
+            lease, error = None, str(err)
+    _on_all(not error, error or f"process 0 could not take the lease of {run}")
+    opened = OpenedRun(run, lease, run.latest_step(), None)
+    try:
+        check_shared(run)
+        total = int(cfg.train.steps)
+        if opened.resumed is not None and opened.resumed > total:
+            raise UserError(
+                f"{run} holds a checkpoint at step {opened.resumed}, past train.steps = {total}: "
+                "raise train.steps to continue it, or use a new run_dir")
+        current = to_dict(cfg)
+        if main:
+            _record(run, current, opened, total, bool(cfg.train.allow_config_change), log)
+        else:
+            opened.finished = run.finished_summary(total)
+    except BaseException:
+        opened.close()
+        raise
+    return opened
+
+
+def _record(run: RunDir, current: dict, opened: OpenedRun, total: int, allow: bool, log: Log) -> None:
+    """Process 0: the start/resume line and the config record (or the finished line)."""
+    opened.finished = run.finished_summary(total)
+    if opened.finished is not None:
+        record_config_check_only(run, current, opened.resumed, allow)
+        log(f"{run} finished at step {total} earlier ({SUMMARY} is there): nothing to do")
+        return
+    record_config(run, current, opened.resumed, allow, log)
+    log(f"resuming {run} from step {opened.resumed}" if opened.resumed is not None
+        else f"starting {run}")
+
+
+def record_config_check_only(run: RunDir, current: dict, step: int | None, allow: bool) -> None:
+    """Refuse a meaning-changing config on a finished run too, without writing anything."""
+    saved = run.read_json(CONFIG)
+    if isinstance(saved, dict) and not allow:
+        refused, _ = config_changes(saved, current)
+        if refused:
+            raise UserError(f"{run} finished with a different config: " + "; ".join(refused)
+                            + " (use a new run_dir)")
+
+
+def restore_newest(ckpts: Any, run: RunDir, newest: int, target: Any, log: Log = _stderr
+                   ) -> tuple[Any, dict[str, Any], int]:
+    """Restore the newest complete step; when it cannot be read, warn in one line, move it
+    aside (``<step>.unreadable``, never deleted) and use the step before it."""
+    steps = [s for s in run.complete_steps() if s <= newest]
+    first_error: UserError | None = None
+    for step in reversed(steps):
+        try:
+            state, meta = ckpts.restore(step, target)
+        except UserError as err:
+            first_error = first_error or err
+            continue
+        if step != newest:
+            for bad in [s for s in steps if s > step] if jax.process_index() == 0 else []:
+                moved = run.set_aside(bad)
+                log(f"checkpoint step {bad} cannot be restored ({_reason(first_error)}); moved "
+                    f"to {moved.name}, resuming from step {step}")
+            if jax.process_count() > 1:
+                from jax.experimental import multihost_utils
+
+                multihost_utils.sync_global_devices("cpt_jax_set_aside")
+            ckpts.reload()
+        return state, meta, step
+    raise first_error or UserError(f"no checkpoint under {run.checkpoints}")
+
+
+def _reason(err: UserError | None) -> str:
+    text = str(err or "")
+    return text.split(": ", 1)[1] if ": " in text else text
