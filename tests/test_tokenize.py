@@ -213,3 +213,32 @@ def test_cli(tmp_path, tok_path, capsys):
     assert code == 0 and "train 4 tokens / 1 docs" in capsys.readouterr().out
     assert main(["tokenize", "--input", str(tmp_path / "none.txt"), "--domain", "cli",
                  "--out", str(tmp_path / "o"), "--tokenizer", str(tok_path)]) == 2
+
+
+def test_token_byte_table_written_and_found_by_eval(tmp_path, tok_path):
+    """Every tokenize run writes DATA_DIR/token_bytes.npy; a word-level tokenizer decodes each id
+    to its word, so the table is the UTF-8 length of each word (0 for the appended EOS)."""
+    from tokenizers import Tokenizer
+
+    from cpt_jax import config as C
+    from cpt_jax.eval.perplexity import token_bytes_for
+
+    src = tmp_path / "in.txt"
+    src.write_text("\n\n".join(make_docs(20)) + "\n")
+    out = tmp_path / "out"
+    run([src], out, tok_path, val_fraction=0.2)
+    table = np.load(out / tz.TOKEN_BYTES)
+    tok = Tokenizer.from_file(str(tok_path))
+    special = {t.content for t in tok.get_added_tokens_decoder().values() if t.special}
+    want = [0 if w in special or i == 0 else len(w.encode("utf-8"))  # EOS (id 0) is not text
+            for w, i in sorted(VOCAB.items(), key=lambda kv: kv[1])]
+    assert want[0] == 0 and want[2] == len("the")
+    assert table.tolist() == want
+    (out / tz.TOKEN_BYTES).unlink()
+    run([src], out, tok_path, val_fraction=0.2)  # up to date: still writes the table
+    assert (out / tz.TOKEN_BYTES).is_file()
+    cfg = C.defaults()
+    cfg.data.source, cfg.data.dir = "tokenized", str(out)
+    assert token_bytes_for(cfg).tolist() == want
+    cfg.data.source = "synthetic"
+    assert token_bytes_for(cfg) is None

@@ -11,19 +11,21 @@ non-empty documents of the inputs in order) goes to ``val`` when
 last document goes to ``val`` so a small domain still has something to evaluate on.
 
 Re-running with the same inputs (by content), tokenizer and options is a no-op: the manifest
-records a fingerprint of all of them.
+records a fingerprint of all of them. Every run (re)writes ``DATA_DIR/token_bytes.npy``, the
+UTF-8 bytes of each token id, from which evaluation reports bits per byte.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import multiprocessing as mp
 import os
 import sys
 import time
 from collections import deque
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -36,6 +38,49 @@ from cpt_jax.errors import UserError
 FINGERPRINT_VERSION = "cpt-jax-tokenize-1"
 _CHUNK_CHARS = 1 << 20  # about 1 MB of text per worker task
 _CHUNK_DOCS = 2048
+
+
+TOKEN_BYTES = "token_bytes.npy"  # DATA_DIR/token_bytes.npy: UTF-8 bytes of each token id
+
+
+def token_byte_lengths(tok: Any, eos_id: int | None = None) -> np.ndarray:
+    """UTF-8 bytes each token id stands for (int32 ``[V]``), for bits per byte.
+
+    Byte-level BPE (Pythia's): a vocabulary entry's characters are its bytes, one each, so the
+    bytes of any token sequence are the sum over its ids, exactly. Added tokens count the UTF-8
+    bytes of their text; special tokens (EOS, padding) count 0. Other tokenizers: the bytes of
+    each id decoded alone (an approximation where decoding joins tokens with spaces). The EOS
+    that tokenizing appends to every document is not text: ``eos_id`` counts 0."""
+    spec = json.loads(tok.to_str())
+    byte_level = (spec.get("decoder") or {}).get("type") == "ByteLevel"
+    added = {t["id"]: t for t in spec.get("added_tokens", [])}
+    out = np.zeros(tok.get_vocab_size(with_added_tokens=True), np.int32)
+    for i in range(len(out)):
+        if i in added:
+            out[i] = 0 if added[i].get("special") else len(added[i]["content"].encode("utf-8"))
+        elif byte_level:
+            out[i] = len(tok.id_to_token(i) or "")
+        else:
+            out[i] = len(tok.decode([i], skip_special_tokens=False).encode("utf-8"))
+    if eos_id is not None:
+        out[eos_id] = 0
+    return out
+
+
+def write_token_bytes(data_dir: str | os.PathLike, tok: Any, eos_id: int | None = None) -> Path:
+    """Write ``DATA_DIR/token_bytes.npy`` (see :func:`token_byte_lengths`)."""
+    path = Path(data_dir) / TOKEN_BYTES
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
+    np.save(tmp, token_byte_lengths(tok, eos_id))
+    os.replace(tmp, path)
+    return path
+
+
+def load_token_bytes(data_dir: str | os.PathLike) -> np.ndarray | None:
+    """``DATA_DIR/token_bytes.npy`` as int64 ``[V]``; None when the data dir has none."""
+    path = Path(data_dir) / TOKEN_BYTES
+    return np.load(path).astype(np.int64) if path.is_file() else None
 
 
 def is_val_document(index: int, domain: str, val_fraction: float) -> bool:
@@ -223,6 +268,7 @@ def tokenize_domain(
     entry = _up_to_date(data_dir, domain, fingerprint, tokenizer)
     if entry is not None:
         log(f"tokenize {domain}: up to date ({entry['train_tokens']:,} train tokens)")
+        write_token_bytes(data_dir, tok, eos_id)  # also for data dirs tokenized before it existed
         return entry
 
     mf.update_manifest(data_dir, tokenizer, domain, None)  # never points at half-rewritten files
@@ -262,4 +308,5 @@ def tokenize_domain(
         "license": license, "fingerprint": fingerprint,
     }
     mf.update_manifest(data_dir, tokenizer, domain, entry)
+    write_token_bytes(data_dir, tok, eos_id)
     return entry

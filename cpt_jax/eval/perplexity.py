@@ -5,6 +5,10 @@ next-token cross-entropy ``l_t = -log p(x_{t+1} | x_{<=t})``::
 
     L_k = sum_b sum_t l_t / N_k,    ppl_k = exp(L_k),    N_k = number of scored tokens.
 
+Bits per byte compares models whose tokenizers differ (e.g. before and after vocabulary
+expansion): with ``B_k`` the UTF-8 bytes of the scored target tokens (a per-id table, see
+``cpt_jax.data.tokenize.token_byte_lengths``), ``bpb_k = L_k N_k / (B_k ln 2)``.
+
 Summaries follow DoReMi: the average over domains (each domain counts once) and the worst
 domain; upstream domains measure forgetting and downstream ones learning (re-warming papers).
 One jitted function per model config; jax retraces it once per batch shape. Parameters stay
@@ -48,8 +52,10 @@ def evaluate(
     eval_sets: Mapping[str, Sequence[Batch]],
     vocab_chunk: int = 0,
     put: Callable[[np.ndarray], jax.Array] | None = None,
+    token_bytes: np.ndarray | None = None,
 ) -> dict[str, dict[str, float]]:
-    """``{domain: {"loss": L_k, "ppl": exp(L_k), "tokens": N_k}}`` over each domain's batches.
+    """``{domain: {"loss": L_k, "ppl": exp(L_k), "tokens": N_k}}`` over each domain's batches,
+    plus ``"bytes": B_k`` and ``"bpb"`` when ``token_bytes`` (UTF-8 bytes per token id) is given.
 
     A batch is ``{"tokens": int32 [B, T+1], ...}`` with an optional ``"mask"`` ``[B, T]`` that
     selects scored target positions (default: all). ``put`` places a host array on devices
@@ -59,6 +65,7 @@ def evaluate(
     params = jax.tree.map(lambda a: a if isinstance(a, jax.Array) else jnp.asarray(a), params)
     place = put if put is not None else (lambda a: a)
     pending: dict[str, list[tuple[jax.Array, jax.Array]]] = {}
+    nbytes: dict[str, int] = {}
     for domain, batches in eval_sets.items():
         if not batches:
             raise UserError(f"eval set for domain '{domain}' has no batches")
@@ -73,6 +80,8 @@ def evaluate(
             mask = batch.get("mask")
             mask = np.ones((tokens.shape[0], tokens.shape[1] - 1), np.float32) if mask is None else np.asarray(mask)
             pending[domain].append(fn(params, place(tokens.astype(np.int32)), place(mask)))
+            if token_bytes is not None:
+                nbytes[domain] = nbytes.get(domain, 0) + target_bytes(tokens, mask, token_bytes)
     host = jax.device_get(pending)  # one transfer after all batches are dispatched
     results: dict[str, dict[str, float]] = {}
     for domain, sums in host.items():
@@ -82,7 +91,33 @@ def evaluate(
             raise UserError(f"eval set for domain '{domain}' scores no tokens")
         loss = total / count
         results[domain] = {"loss": loss, "ppl": _exp(loss), "tokens": int(round(count))}
+        if domain in nbytes:
+            results[domain].update(bytes=nbytes[domain], bpb=bits_per_byte(total, nbytes[domain]))
     return results
+
+
+def target_bytes(tokens: np.ndarray, mask: np.ndarray, token_bytes: np.ndarray) -> int:
+    """UTF-8 bytes of the scored targets ``tokens[:, 1:]`` (where ``mask`` is set)."""
+    targets = np.asarray(tokens)[:, 1:]
+    if targets.size and int(targets.max()) >= len(token_bytes):
+        raise UserError(f"token id {int(targets.max())} is outside the byte table of "
+                        f"{len(token_bytes)} ids (a different tokenizer?)")
+    return int(np.sum(np.asarray(token_bytes, np.int64)[targets] * (np.asarray(mask) > 0)))
+
+
+def bits_per_byte(nats: float, nbytes: int) -> float:
+    """``sum of token losses (nats) / (bytes ln 2)`` = ``L N / (B ln 2)``; NaN without bytes."""
+    return nats / (nbytes * math.log(2)) if nbytes > 0 else float("nan")
+
+
+def token_bytes_for(cfg: Any) -> np.ndarray | None:
+    """The byte table of the config's tokenized data dir (``DATA_DIR/token_bytes.npy``, written
+    by ``cpt-jax tokenize``); None for synthetic data or a data dir without one."""
+    if cfg.data.source != "tokenized" or not cfg.data.dir or "://" in str(cfg.data.dir):
+        return None
+    from cpt_jax.data.tokenize import load_token_bytes
+
+    return load_token_bytes(cfg.data.dir)
 
 
 def _exp(x: float) -> float:
@@ -102,7 +137,10 @@ def _group(results: Mapping[str, Mapping[str, float]], names: Sequence[str], wha
     if missing:
         raise UserError(f"{what} domain '{missing[0]}' has no eval result (have: {', '.join(results)})")
     losses = [float(results[n]["loss"]) for n in names]
-    return {"loss": float(np.mean(losses)), "ppl": float(np.mean([_exp(x) for x in losses]))}
+    out = {"loss": float(np.mean(losses)), "ppl": float(np.mean([_exp(x) for x in losses]))}
+    if all("bpb" in results[n] for n in names):
+        out["bpb"] = float(np.mean([float(results[n]["bpb"]) for n in names]))
+    return out
 
 
 def summarize(
@@ -112,8 +150,8 @@ def summarize(
 ) -> dict[str, Any]:
     """Average and worst domain (DoReMi), plus the upstream / downstream group averages.
 
-    ``avg``: mean over domains of ``L_k`` (``ppl`` = mean of ``exp(L_k)``); ``worst``: the domain
-    with the largest ``L_k``; ``upstream`` / ``downstream`` (comma string or list of domains):
+    ``avg``: mean over domains of ``L_k`` (``ppl`` = mean of ``exp(L_k)``, ``bpb`` = mean of
+    ``bpb_k`` when every domain has it); ``worst``: the domain with the largest ``L_k``; ``upstream`` / ``downstream`` (comma string or list of domains):
     the same average restricted to that group, present only when the group is named.
     """
     if not results:
@@ -124,6 +162,8 @@ def summarize(
         "worst": {"domain": worst, "loss": float(results[worst]["loss"]),
                   "ppl": _exp(float(results[worst]["loss"]))},
     }
+    if "bpb" in results[worst]:
+        out["worst"]["bpb"] = float(results[worst]["bpb"])
     for what, value in (("upstream", upstream), ("downstream", downstream)):
         names = _names(value)
         if names:
@@ -136,13 +176,18 @@ def to_metrics(
     prefix: str = "eval",
 ) -> dict[str, float]:
     """Flat metrics.jsonl keys: ``eval/<domain>/loss``, ``eval/<domain>/ppl``, ``eval/avg/loss``,
-    ``eval/worst/loss`` and, when summarized, ``eval/upstream/loss``, ``eval/downstream/loss``."""
+    ``eval/worst/loss`` and, when summarized, ``eval/upstream/loss``, ``eval/downstream/loss``;
+    with bytes, ``eval/<domain>/bpb`` and ``eval/<group>/bpb`` beside each loss."""
     summary = summarize(results) if summary is None else summary
     out: dict[str, float] = {}
     for domain, r in results.items():
         out[f"{prefix}/{domain}/loss"] = float(r["loss"])
         out[f"{prefix}/{domain}/ppl"] = float(r["ppl"])
+        if "bpb" in r:
+            out[f"{prefix}/{domain}/bpb"] = float(r["bpb"])
     for group in ("avg", "worst", "upstream", "downstream"):
         if group in summary:
             out[f"{prefix}/{group}/loss"] = float(summary[group]["loss"])
+            if "bpb" in summary[group]:
+                out[f"{prefix}/{group}/bpb"] = float(summary[group]["bpb"])
     return out
