@@ -91,3 +91,29 @@ def test_report_without_optional_keys_and_bad_dirs(tmp_path):
     assert "| plain | 1 | 3.0000 |" in path.read_text()
     with pytest.raises(UserError, match="no metrics.jsonl"):
         report.load_run(tmp_path / "out")
+
+
+def test_report_bits_per_byte_and_accuracy_stderr(tmp_path):
+    """bpb from metrics (last eval/<d>/bpb) or from eval.json's domains; avg = numpy mean;
+    accuracies with their harness standard errors."""
+    a = tmp_path / "a"
+    fake_run(a, 1e-4, 0)
+    bpb = {"books": [1.31, 1.27], "legal": [1.11, 1.02], "code": [0.91, 0.88]}
+    extra = [{"step": s, **{f"eval/{d}/bpb": v[i] for d, v in bpb.items()}} for i, s in enumerate((100, 200))]
+    with open(a / "metrics.jsonl", "a") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in extra))
+    b = tmp_path / "b"
+    fake_run(b, 3e-4, 1)
+    n = 1838
+    se = math.sqrt(0.53 * 0.47 / (n - 1))
+    (b / "eval.json").write_text(json.dumps({
+        "domains": {"books": {"loss": 3.0, "bpb": 1.4}, "code": {"loss": 2.0, "bpb": 0.95}},
+        "tasks": {"piqa": {"acc": 0.53, "acc_stderr": se, "acc_norm": 0.53, "acc_norm_stderr": se,
+                           "n": n, "chance": 0.5}}}))
+    text = report.write_report([str(a), str(b)], tmp_path / "out").read_text()
+    section = text.split("## Bits per byte")[1].split("\n## ")[0]
+    assert "| run | books | legal | code | avg |" in section
+    want_avg = np.mean([v[-1] for v in bpb.values()])
+    assert f"| a | 1.2700 | 1.0200 | 0.8800 | {want_avg:.4f} |" in section
+    assert "| b | 1.4000 | – | 0.9500 | – |" in section  # avg only over complete rows
+    assert f"| b | 0.5300 ± {se:.4f} / 0.5300 ± {se:.4f} (n=1838) |" in text

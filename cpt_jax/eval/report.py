@@ -130,6 +130,37 @@ def final_row(run: Run) -> dict[str, Any]:
     return row
 
 
+def bpb_row(run: Run) -> dict[str, float | None]:
+    """Bits per byte per domain: the last logged ``eval/<domain>/bpb``, else ``eval.json``'s."""
+    saved = run.eval.get("domains", {})
+    out: dict[str, float | None] = {}
+    for d in dict.fromkeys([*run.domains(), *saved]):
+        v = run.last(f"eval/{d}/bpb")
+        out[d] = v if v is not None else saved.get(d, {}).get("bpb")
+    return {d: v for d, v in out.items() if v is not None}
+
+
+def _bpb_table(runs: list[Run]) -> list[str]:
+    """The bits-per-byte section (empty when no run has bytes): comparable across tokenizers."""
+    rows = {r.name: bpb_row(r) for r in runs}
+    domains = list(dict.fromkeys(d for row in rows.values() for d in row))
+    if not domains:
+        return []
+    body = [[name, *[row.get(d) for d in domains],
+             float(np.mean([row[d] for d in domains])) if all(d in row for d in domains) else None]
+            for name, row in rows.items()]
+    return ["", "## Bits per byte", "",
+            "Last `eval/<domain>/bpb` (or `eval.json`): loss x tokens / (UTF-8 bytes x ln 2). Unlike "
+            "the loss per token it compares runs whose tokenizers differ (e.g. after vocabulary "
+            "expansion); lower is better.", "", *_table(["run", *domains, "avg"], body)]
+
+
+def _accuracy(res: dict[str, Any]) -> str:
+    """``acc / acc_norm (n=...)``, each with ``± stderr`` when the result has one."""
+    cell = lambda m: f"{res[m]:.4f}" + (f" ± {res[m + '_stderr']:.4f}" if m + "_stderr" in res else "")
+    return f"{cell('acc')} / {cell('acc_norm')} (n={res['n']})"
+
+
 def _fmt(v: Any, digits: int = 4) -> str:
     if v is None:
         return "–"
@@ -167,18 +198,19 @@ def markdown(runs: list[Run], plots: list[tuple[str, str]]) -> str:
                 r["avg"], worst, r["upstream"], r["downstream"]]
         body.append(line + ([r.get("lawa_avg")] if has_lawa else []))
     out += _table(header, body)
+    out += _bpb_table(runs)
     tasks: list[str] = []
     for r in runs:
         tasks += [t for t in r.eval.get("tasks", {}) if t not in tasks]
     if tasks:
         out += ["", "## Zero-shot accuracy", "",
-                "From each run's `eval.json` (`cpt-jax eval`): acc / acc_norm (length-normalised), "
-                "n examples; chance is uniform guessing.", ""]
+                "From each run's `eval.json` (`cpt-jax eval`): acc / acc_norm (lm-eval-harness: "
+                "log-likelihood per character of the choice) ± standard error, n examples; chance "
+                "is uniform guessing.", ""]
         body = []
         for r in runs:
             res = r.eval.get("tasks", {})
-            cells = [f"{res[t]['acc']:.4f} / {res[t]['acc_norm']:.4f} (n={res[t]['n']})" if t in res else None
-                     for t in tasks]
+            cells = [_accuracy(res[t]) if t in res else None for t in tasks]
             body.append([r.name, *cells])
         chance = {t: next(r.eval["tasks"][t].get("chance") for r in runs if t in r.eval.get("tasks", {}))
                   for t in tasks}
