@@ -241,7 +241,7 @@ def _train(cfg: Any, plan: _Plan, opened: OpenedRun, eval_sets: Any, wall0: floa
         writer.write(rec)
         return res
 
-    stop = StopFlag()
+    stop = StopFlag(start)
     stop.install()
     window, pending = Window(), []
     last_good, last_saved = resumed, resumed

@@ -76,12 +76,14 @@ def _preemption_manager() -> Any:
 class StopFlag:
     """Records stop signals; the loop asks :meth:`should_stop` after every step."""
 
-    def __init__(self) -> None:
+    def __init__(self, first_step: int = 0) -> None:
+        """``first_step``: the step the run starts from; :meth:`should_stop` follows after
+        each step (jax's preemption sync counts in steps, as orbax's checkpointer does)."""
         self.signal: str | None = None
         self._old: dict[int, Any] = {}
         self._foreign: _ForeignHandler | None = None
         self._preemption = False
-        self._calls = 0
+        self._step = int(first_step)
 
     def install(self) -> None:
         """Take SIGTERM / SIGHUP / SIGINT (main thread only; elsewhere nothing is installed)."""
@@ -126,8 +128,8 @@ class StopFlag:
         if self._preemption:
             from jax.experimental import multihost_utils
 
-            self._calls += 1
-            if not multihost_utils.reached_preemption_sync_point(self._calls):
+            self._step += 1
+            if not multihost_utils.reached_preemption_sync_point(self._step):
                 return None
             return self._agree() or "SIGTERM"  # a SIGTERM that reached only jax's handler
         return self._agree() if sync_point else None
