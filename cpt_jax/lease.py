@@ -67,6 +67,9 @@ class _LocalStore:
             os.remove(self.file)
 
 
+_BOUNDARY = "cpt-jax-lease"
+
+
 class _GcsStore:
     """Compare-and-swap on a Cloud Storage object; the token is its generation."""
 
@@ -77,10 +80,16 @@ class _GcsStore:
         self.bucket, self.key = os.fspath(file)[len("gs://"):].split("/", 1)
 
     def _upload(self, data: bytes, generation: Any) -> Any:
+        """A multipart upload with ``ifGenerationMatch`` (0: only if absent); None on 412."""
         url = f"{self.fs._location}/upload/storage/v1/b/{self.bucket}/o"
+        head = (f"--{_BOUNDARY}\nContent-Type: application/json; charset=UTF-8\n\n"
+                + json.dumps({"name": self.key})
+                + f"\n--{_BOUNDARY}\nContent-Type: application/json\n\n")
+        body = head.encode() + data + f"\n--{_BOUNDARY}--".encode()
         try:
-            out = self.fs.call("POST", url, uploadType="media", name=self.key, data=data,
-                               ifGenerationMatch=str(generation), json_out=True)
+            out = self.fs.call("POST", url, uploadType="multipart", data=body, json_out=True,
+                               headers={"Content-Type": f'multipart/related; boundary="{_BOUNDARY}"'},
+                               ifGenerationMatch=str(generation))
         except FileExistsError:  # 412: precondition failed
             return None
         return out["generation"]
@@ -101,6 +110,9 @@ class _GcsStore:
         return self._upload(data, token)
 
     def delete(self, token: Any) -> None:
+        now = self.read()
+        if now is None or now[1] != token:
+            return
         try:
             self.fs.call("DELETE", "b/{}/o/{}", self.bucket, self.key, ifGenerationMatch=str(token))
         except (FileNotFoundError, FileExistsError):

@@ -37,8 +37,13 @@ def is_remote(p: Any) -> bool:
     return os.fspath(p).startswith(REMOTE_PREFIXES)
 
 
-def _configure_emulator() -> None:
-    """Point tensorstore and gcsfs at ``STORAGE_EMULATOR_HOST`` (if set) before first use."""
+def _configure_gcs() -> None:
+    """Before first use: gcsfs must not cache listings (other processes and tensorstore write
+    the same folders), and an emulator at ``STORAGE_EMULATOR_HOST`` serves tensorstore too."""
+    import fsspec.config
+
+    for protocol in ("gs", "gcs"):
+        fsspec.config.conf.setdefault(protocol, {})["use_listings_cache"] = False
     host = os.environ.get("STORAGE_EMULATOR_HOST")
     if not host:
         return
@@ -57,7 +62,11 @@ def path(p: str | os.PathLike) -> Any:
     if not text:
         raise UserError("empty path")
     if is_remote(text):
-        _configure_emulator()
+        try:
+            import gcsfs  # noqa: F401  (etils reads gs:// through it)
+        except ImportError:
+            raise UserError(f"{text}: gs:// paths need gcsfs (pip install 'cpt-jax[gcs]')") from None
+        _configure_gcs()
         if text.rstrip("/") in REMOTE_PREFIXES or text.count("/") < 3 and not text[5:].strip("/"):
             raise UserError(f"{text}: a gs:// path needs a bucket")
         return epath.Path(text.rstrip("/"))
@@ -124,17 +133,25 @@ def download_dir(remote: Any, dest: Path) -> None:
     remote = path(remote)
     if not remote.is_dir():
         raise UserError(f"{remote} does not exist or is not a folder")
-    for root, _dirs, files in remote.walk():
-        for name in files:
-            src = root / name
-            rel = os.fspath(src)[len(os.fspath(remote)):].lstrip("/")
-            out = dest / rel
-            if out.is_file() and out.stat().st_size == src.stat().length:
-                continue
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(f"{out}.part")
-            src.copy(tmp, overwrite=True)
-            os.replace(tmp, out)
+    for src in _files(remote):
+        rel = os.fspath(src)[len(os.fspath(remote)):].lstrip("/")
+        out = dest / rel
+        if out.is_file() and out.stat().st_size == src.stat().length:
+            continue
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(f"{out}.part")
+        with src.open("rb") as fin, open(tmp, "wb") as fout:
+            shutil.copyfileobj(fin, fout, 16 << 20)
+        os.replace(tmp, out)
+
+
+def _files(folder: Any) -> Iterator[Any]:
+    """Every file below ``folder`` (recursively), as paths of the same kind."""
+    for child in folder.iterdir():
+        if child.is_dir():
+            yield from _files(child)
+        else:
+            yield child
 
 
 def upload_dir(local_dir: Path, remote: Any) -> None:
@@ -145,7 +162,8 @@ def upload_dir(local_dir: Path, remote: Any) -> None:
             src = Path(root) / name
             dst = remote / os.path.relpath(src, local_dir)
             dst.parent.mkdir(parents=True, exist_ok=True)
-            dst.write_bytes(src.read_bytes())
+            with open(src, "rb") as fin, dst.open("wb") as fout:
+                shutil.copyfileobj(fin, fout, 16 << 20)
 
 
 def readable_dir(p: Any, kind: str, log: Any = None) -> Path:
