@@ -16,3 +16,19 @@ def save_word_level_tokenizer(path: Path, vocab: dict[str, int]) -> Path:
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.save(str(path))
     return path
+
+
+def save_bpe_tokenizer(path: Path, texts: list[str], vocab_size: int = 300) -> Path:
+    """Train a small byte-level BPE (``<|endoftext|>`` = id 0, as in Pythia) on ``texts`` and
+    write its ``tokenizer.json`` to ``path``."""
+    from tokenizers import decoders, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    tok.save(str(path))
+    return path

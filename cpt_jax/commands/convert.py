@@ -18,6 +18,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     dst = p.add_mutually_exclusive_group(required=True)
     dst.add_argument("--to", metavar="CKPT_DIR", help="params checkpoint directory to write")
     dst.add_argument("--to-hf", metavar="DIR", help="Hugging Face directory to write")
+    p.add_argument("--tokenizer", default=None, metavar="PATH",
+                   help="--to-hf: tokenizer.json (or a folder holding one) to write beside the "
+                        "weights (default: the one inside the source, the one its data was "
+                        "tokenized with, or Pythia's)")
+    p.add_argument("--max-shard-size", default="5GB", metavar="SIZE",
+                   help="--to-hf: split the safetensors into shards of at most this size, with "
+                        "model.safetensors.index.json (default 5GB)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="cast the weights (default: keep the source dtype)")
     p.set_defaults(func=run)
@@ -42,8 +49,11 @@ def run(args: argparse.Namespace) -> int:
     n = sum(x.size for x in jax.tree.leaves(params))
     src = args.from_hf or args.from_ckpt
     if args.to_hf:
+        from cpt_jax.model import hf_export
+
+        tok = hf_export.resolve_tokenizer(src, args.tokenizer, config.vocab_size)
         with storage.writable_dir(args.to_hf) as local_out:
-            hf.save(params, local_out, config)
+            hf_export.write_folder(params, config, local_out, tok, args.max_shard_size)
         out, kind = args.to_hf, "Hugging Face directory"
     else:
         out = checkpoint.save_params(args.to, params, config)
