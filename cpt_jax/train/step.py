@@ -9,6 +9,10 @@ For a global batch split into micro-batches ``b_1 .. b_M`` the step computes
 with ``L`` the step loss (each micro-batch returns its share), gradients accumulated in fp32
 inside a ``lax.scan``. Micro-batch ``m`` takes rows ``m, m + M, m + 2M, ...`` of the global batch,
 so every device holds an equal slice of every micro-batch (no data movement to split).
+
+A step whose loss, gradient norm or updated params are not finite is not applied: params,
+optimizer state and extras stay as they were, only the step counter advances (the batch is
+skipped), and the step's ``nonfinite`` metric is 1. The loop decides whether to go on.
 """
 
 from __future__ import annotations
@@ -74,6 +78,17 @@ def global_norm(tree: Any) -> jax.Array:
     return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
+def all_finite(tree: Any) -> jax.Array:
+    """True when every element of every floating leaf is finite."""
+    oks = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(oks)) if oks else jnp.bool_(True)
+
+
+def _select(ok: jax.Array, new: Any, old: Any) -> Any:
+    """``new`` where ``ok`` else ``old``, leaf by leaf."""
+    return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+
+
 def _f32(tree: Any) -> Any:
     return jax.tree.map(lambda x: x.astype(jnp.float32), tree)
 
@@ -113,7 +128,8 @@ def make_train_step(
     shardings in and out, the batch split over ``(data, fsdp)``, and the state donated.
 
     metrics: ``loss``, ``grad_norm`` (global L2 norm of g before clipping), ``lr`` (eta_t),
-    the objective's aux sums and its ``prepare`` metrics (all replicated scalars / vectors).
+    ``nonfinite`` (1.0 when the update was not applied, see the module docstring), the
+    objective's aux sums and its ``prepare`` metrics (all replicated scalars / vectors).
     """
 
     def step_fn(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -121,10 +137,14 @@ def make_train_step(
         loss, aux, grads = accumulate(objective, state.params, batch, ctx, micro_batches, mesh)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        out = {"loss": loss, "grad_norm": global_norm(grads), "lr": schedule(state.step)}
+        grad_norm = global_norm(grads)
+        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(params)
+        out = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step),
+               "nonfinite": jnp.where(ok, 0.0, 1.0).astype(jnp.float32)}
         out.update(aux)
         out.update(metrics)
-        new = TrainState(step=state.step + 1, params=params, opt_state=opt_state, extras=extras)
+        kept = _select(ok, (params, opt_state, extras), (state.params, state.opt_state, state.extras))
+        new = TrainState(step=state.step + 1, params=kept[0], opt_state=kept[1], extras=kept[2])
         return new, out
 
     return jax.jit(
