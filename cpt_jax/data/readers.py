@@ -8,14 +8,22 @@
 
 Directories expand to the files inside with those suffixes, sorted by path. Empty or
 whitespace-only documents are skipped.
+
+Memory stays bounded: text is read in blocks, and a document longer than ``DOC_CHARS``
+characters (a whole large ``.txt``, a file without blank lines) is cut at line breaks into
+pieces of at most that size, each tokenized as a document of its own. Bytes that are not
+UTF-8 become U+FFFD and are counted in ``ReadStats``; ``strict=True`` refuses them instead.
 """
 
 from __future__ import annotations
 
+import codecs
+import dataclasses
 import gzip
 import io
 import json
 import os
+import zlib
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -23,6 +31,24 @@ from cpt_jax.errors import UserError
 
 SUFFIXES = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz", ".parquet")
 _BLOCK = 1 << 20
+DOC_CHARS = 1 << 20  # longest document handed to the tokenizer, in characters
+_REPLACED = [0]  # undecodable bytes replaced so far in this process
+
+
+def _count_replace(err: UnicodeError) -> tuple[str, int]:
+    _REPLACED[0] += err.end - err.start
+    return "\ufffd", err.end
+
+
+codecs.register_error("cpt_jax_count", _count_replace)
+
+
+@dataclasses.dataclass
+class ReadStats:
+    """Undecodable bytes replaced by U+FFFD while reading, and the files that held them."""
+
+    replaced_bytes: int = 0
+    replaced_files: list[str] = dataclasses.field(default_factory=list)
 
 
 def input_kind(path: Path) -> str:
@@ -53,10 +79,11 @@ def expand_inputs(paths: list[str | os.PathLike]) -> list[Path]:
     return out
 
 
-def _open_text(path: Path) -> IO[str]:
+def _open_text(path: Path, strict: bool = False) -> IO[str]:
+    errors = "strict" if strict else "cpt_jax_count"
     if path.name.lower().endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace")
-    return open(path, encoding="utf-8", errors="replace")
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors=errors)
+    return open(path, encoding="utf-8", errors=errors)
 
 
 def parse_doc_sep(doc_sep: str | None) -> str | None:
@@ -68,14 +95,37 @@ def parse_doc_sep(doc_sep: str | None) -> str | None:
     return sep
 
 
+def _cut(text: str) -> int:
+    """Where to cut a text longer than ``DOC_CHARS``: after its last line break within the
+    limit, else at the limit."""
+    return text.rfind("\n", 0, DOC_CHARS) + 1 or DOC_CHARS
+
+
+def _whole_file(f: IO[str]) -> Iterator[str]:
+    """The file as one document, streamed in pieces of at most ``DOC_CHARS``."""
+    buf = ""
+    for block in iter(lambda: f.read(_BLOCK), ""):
+        buf += block
+        while len(buf) > DOC_CHARS:
+            cut = _cut(buf)
+            yield buf[:cut]
+            buf = buf[cut:]
+    yield buf
+
+
 def _split_blank_lines(f: IO[str]) -> Iterator[str]:
     lines: list[str] = []
+    size = 0
     for line in f:
         if line.strip():
             lines.append(line)
+            size += len(line)
+            if size > DOC_CHARS:  # no blank line for a long stretch: bounded pieces
+                yield from _pieces("".join(lines))
+                lines, size = [], 0
         elif lines:
             yield "".join(lines)
-            lines = []
+            lines, size = [], 0
     if lines:
         yield "".join(lines)
 
@@ -85,22 +135,39 @@ def _split_literal(f: IO[str], sep: str) -> Iterator[str]:
     for block in iter(lambda: f.read(_BLOCK), ""):
         parts = (carry + block).split(sep)
         carry = parts.pop()
-        yield from parts
-    yield carry
+        for part in parts:
+            yield from _pieces(part)
+        if len(carry) > DOC_CHARS + len(sep):
+            keep = len(sep) - 1  # a separator may straddle the block boundary
+            head, carry = carry[: len(carry) - keep], carry[len(carry) - keep:]
+            while len(head) > DOC_CHARS:
+                cut = _cut(head)
+                yield head[:cut]
+                head = head[cut:]
+            carry = head + carry
+    yield from _pieces(carry)
 
 
-def _txt_documents(path: Path, doc_sep: str | None) -> Iterator[str]:
-    with _open_text(path) as f:
+def _pieces(text: str) -> Iterator[str]:
+    while len(text) > DOC_CHARS:
+        cut = _cut(text)
+        yield text[:cut]
+        text = text[cut:]
+    yield text
+
+
+def _txt_documents(path: Path, doc_sep: str | None, strict: bool) -> Iterator[str]:
+    with _open_text(path, strict) as f:
         if doc_sep is None:
-            yield f.read()
+            yield from _whole_file(f)
         elif doc_sep == "blank":
             yield from _split_blank_lines(f)
         else:
             yield from _split_literal(f, doc_sep)
 
 
-def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
-    with _open_text(path) as f:
+def _jsonl_documents(path: Path, text_field: str, strict: bool) -> Iterator[str]:
+    with _open_text(path, strict) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -111,7 +178,7 @@ def _jsonl_documents(path: Path, text_field: str) -> Iterator[str]:
             text = record.get(text_field) if isinstance(record, dict) else None
             if not isinstance(text, str):
                 raise UserError(f"{path}:{lineno}: no string field {text_field!r}")
-            yield text
+            yield from _pieces(text)
 
 
 def _parquet_documents(path: Path, text_field: str) -> Iterator[str]:
@@ -126,22 +193,39 @@ def _parquet_documents(path: Path, text_field: str) -> Iterator[str]:
     for batch in pf.iter_batches(columns=[text_field], batch_size=1024):
         for text in batch.column(0).to_pylist():
             if text is not None:
-                yield text
+                yield from _pieces(text)
 
 
 def iter_documents(
-    paths: list[Path], text_field: str = "text", doc_sep: str | None = None
+    paths: list[Path], text_field: str = "text", doc_sep: str | None = None, *,
+    strict: bool = False, stats: ReadStats | None = None,
 ) -> Iterator[str]:
-    """Every non-empty document of every input, in order."""
+    """Every non-empty document of every input, in order (long ones in ``DOC_CHARS`` pieces).
+
+    Non-UTF-8 bytes are replaced and counted in ``stats``; with ``strict`` they are a
+    UserError. A truncated or corrupt ``.gz`` is a UserError naming the file."""
     sep = parse_doc_sep(doc_sep)
+    stats = stats if stats is not None else ReadStats()
     for path in paths:
-        kind = input_kind(path)
-        if kind == "txt":
-            docs = _txt_documents(path, sep)
-        elif kind == "jsonl":
-            docs = _jsonl_documents(path, text_field)
-        else:
-            docs = _parquet_documents(path, text_field)
-        for doc in docs:
-            if doc.strip():
-                yield doc
+        before = _REPLACED[0]
+        try:
+            for doc in _file_documents(path, text_field, sep, strict):
+                if doc.strip():
+                    yield doc
+        except UnicodeDecodeError as err:
+            raise UserError(f"{path}: not valid UTF-8 ({err.reason}); without strict checking "
+                            "such bytes are replaced by U+FFFD") from None
+        except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+            raise UserError(f"{path}: truncated or corrupt compressed file ({err})") from None
+        if _REPLACED[0] > before:
+            stats.replaced_bytes += _REPLACED[0] - before
+            stats.replaced_files.append(str(path))
+
+
+def _file_documents(path: Path, text_field: str, sep: str | None, strict: bool) -> Iterator[str]:
+    kind = input_kind(path)
+    if kind == "txt":
+        return _txt_documents(path, sep, strict)
+    if kind == "jsonl":
+        return _jsonl_documents(path, text_field, strict)
+    return _parquet_documents(path, text_field)

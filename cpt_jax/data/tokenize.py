@@ -8,7 +8,12 @@ the number of workers.
 Validation hold-out is by document and deterministic: document ``i`` (0-based, counting the
 non-empty documents of the inputs in order) goes to ``val`` when
 ``blake2b(f"{domain}/{i}") / 2**64 < val_fraction``. When that picks no document at all, the
-last document goes to ``val`` so a small domain still has something to evaluate on.
+last document goes to ``val`` so a small domain still has something to evaluate on; a domain
+of one document has no validation split, and a line says so.
+
+Input without a single non-empty document is refused before anything is written. Bytes that
+are not UTF-8 are replaced by U+FFFD and counted in a warning line (``strict=True`` refuses
+them); documents longer than ``readers.DOC_CHARS`` characters are tokenized in pieces.
 
 Re-running with the same inputs (by content), tokenizer and options is a no-op: the manifest
 records a fingerprint of all of them. Every run (re)writes ``DATA_DIR/token_bytes.npy``, the
@@ -18,6 +23,7 @@ UTF-8 bytes of each token id, from which evaluation reports bits per byte.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -31,7 +37,7 @@ import numpy as np
 
 from cpt_jax.data import manifest as mf
 from cpt_jax.data.indexed import IndexedDataset, IndexedDatasetWriter, dtype_for_vocab
-from cpt_jax.data.readers import expand_inputs, input_kind, iter_documents
+from cpt_jax.data.readers import ReadStats, expand_inputs, input_kind, iter_documents
 from cpt_jax.data.manifest import load_manifest  # noqa: F401  (re-exported for callers)
 from cpt_jax.errors import UserError
 
@@ -231,12 +237,13 @@ def tokenize_domain(
     license: str = "unknown",
     tokenizer_name: str | None = None,
     progress: bool = True,
+    strict: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Tokenize ``inputs`` into ``data_dir/<domain>/{train,val}`` and record it in the manifest.
 
     ``max_tokens`` stops after the document that reaches that many tokens (train + val).
-    Returns the domain's manifest entry.
+    ``strict`` refuses input that is not valid UTF-8. Returns the domain's manifest entry.
     """
     from cpt_jax.data.tokenizer import PYTHIA_TOKENIZER_NAME, fetch_assets, file_sha256, load_tokenizer
 
@@ -271,12 +278,16 @@ def tokenize_domain(
         write_token_bytes(data_dir, tok, eos_id)  # also for data dirs tokenized before it existed
         return entry
 
+    stats = ReadStats()
+    texts = iter_documents(paths, text_field, doc_sep, strict=strict, stats=stats)
+    first = next(texts, None)  # refuse empty input before anything is written
+    if first is None:
+        raise UserError(f"tokenize {domain}: no non-empty document in {', '.join(map(str, paths))}")
     mf.update_manifest(data_dir, tokenizer, domain, None)  # never points at half-rewritten files
     dtype = dtype_for_vocab(vocab)
     bar = _Progress(domain, progress)
     docs = _encoded_documents(
-        _chunks(iter_documents(paths, text_field, doc_sep)), os.fspath(tokenizer_path),
-        eos_id, workers)
+        _chunks(itertools.chain([first], texts)), os.fspath(tokenizer_path), eos_id, workers)
     with IndexedDatasetWriter(data_dir / domain / "train", dtype) as train, \
             IndexedDatasetWriter(data_dir / domain / "val", dtype) as val:
         pending: tuple[int, np.ndarray] | None = None  # one document of look-ahead
@@ -299,6 +310,7 @@ def tokenize_domain(
                 val_fraction > 0 and val.num_documents == 0 and train.num_documents > 0)
             (val if to_val else train).add_document(last)
         bar.update(train.num_tokens + val.num_tokens, train.num_documents + val.num_documents, True)
+    _report(domain, stats, val.num_documents, val_fraction, log)
     entry = {
         "train": f"{domain}/train", "val": f"{domain}/val",
         "train_tokens": train.num_tokens, "val_tokens": val.num_tokens,
@@ -310,3 +322,15 @@ def tokenize_domain(
     mf.update_manifest(data_dir, tokenizer, domain, entry)
     write_token_bytes(data_dir, tok, eos_id)
     return entry
+
+
+def _report(domain: str, stats: ReadStats, val_docs: int, val_fraction: float,
+            log: Callable[[str], None]) -> None:
+    """Warning lines for replaced bytes and an empty validation split."""
+    if stats.replaced_bytes:
+        files = ", ".join(stats.replaced_files[:3]) + (" ..." if len(stats.replaced_files) > 3 else "")
+        log(f"warning: tokenize {domain}: {stats.replaced_bytes:,} bytes that are not UTF-8 were "
+            f"replaced by U+FFFD ({files}); strict mode refuses such input")
+    if val_fraction > 0 and val_docs == 0:
+        log(f"warning: tokenize {domain}: the validation split is empty: the input is a single "
+            "document (split a .txt file with --doc-sep blank, or give more files)")
