@@ -44,8 +44,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def join_overrides(argv: list[str]) -> list[str]:
+    """``--config.a.b VALUE`` (space-separated, as ml-collections' config_flags accepts) as
+    ``--config.a.b=VALUE``; a VALUE may start with one ``-`` (a negative number)."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if (arg.startswith("--config.") and "=" not in arg and i + 1 < len(argv)
+                and not argv[i + 1].startswith("--")):
+            out.append(f"{arg}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(arg)
+            i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = join_overrides(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
     # `--config.a.b=value` overrides are collected by the verbs that take a config.
     args, extra = parser.parse_known_args(argv)

@@ -33,6 +33,9 @@ def defaults() -> ConfigDict:
 
     c.model = ConfigDict()
     c.model.preset = ""  # "14m" ... "12b"; when set, fills the shape fields below
+    # a checkpoint (params, run, step or Hugging Face dir) or "train.init_from" whose model.json /
+    # config.json fills the shape fields below when the config is loaded
+    c.model.from_checkpoint = ""
     c.model.vocab_size = 512
     c.model.hidden_size = 64  # d
     c.model.num_layers = 2  # L
@@ -162,7 +165,10 @@ def defaults() -> ConfigDict:
 
 
 def load(path: str, overrides: list[str] | tuple[str, ...] = ()) -> ConfigDict:
-    """Load ``get_config()`` from an experiment file, apply overrides, validate."""
+    """Load ``get_config()`` from an experiment file, apply overrides, validate.
+
+    ``path`` may be ``FILE:ARG`` (ml-collections' config string): ``get_config(ARG)`` is called."""
+    path, arg = split_spec(path)
     if not os.path.isfile(path):
         raise UserError(f"config file not found: {path}")
     spec = importlib.util.spec_from_file_location("_cpt_jax_experiment", path)
@@ -174,12 +180,57 @@ def load(path: str, overrides: list[str] | tuple[str, ...] = ()) -> ConfigDict:
     if not hasattr(module, "get_config"):
         raise UserError(f"{path} defines no get_config()")
     try:
-        cfg = module.get_config()
+        cfg = module.get_config() if arg is None else module.get_config(arg)
     except AttributeError as err:
         raise UserError(f"{path}: {_first_line(err)}") from None
     apply_overrides(cfg, overrides)
+    model_from_checkpoint(cfg)
     validate(cfg)
     return cfg
+
+
+def split_spec(text: str) -> tuple[str, str | None]:
+    """``("FILE", "ARG")`` of a ``FILE:ARG`` config string; ``(text, None)`` when ``text`` is a
+    file or has no ``:`` after an existing file name."""
+    if os.path.isfile(text) or ":" not in text:
+        return text, None
+    file, arg = text.rsplit(":", 1)
+    return (file, arg) if os.path.isfile(file) else (text, None)
+
+
+# model fields model.from_checkpoint takes from the checkpoint; a config value other than the
+# default must agree with it (a different shape cannot load those weights)
+_SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+                 "rotary_pct", "use_parallel_residual", "layer_norm_eps", "attention_bias",
+                 "hidden_act")
+# taken from the checkpoint unless the config changes them (a long-context continuation does)
+_CONTEXT_FIELDS = ("rotary_emb_base", "rope_scaling", "max_position_embeddings")
+
+
+def model_from_checkpoint(cfg: ConfigDict) -> None:
+    """Fill the model's shape from ``model.from_checkpoint`` (then cleared: the run's config
+    records the shape itself, and ``train.init_from`` where it came from)."""
+    src = cfg.model.from_checkpoint
+    if not src:
+        return
+    if src == "train.init_from":
+        src = cfg.train.init_from
+        if not src:
+            raise UserError("model.from_checkpoint = 'train.init_from' needs train.init_from to be set")
+    if cfg.model.preset:
+        raise UserError("model.preset and model.from_checkpoint are both set: choose one")
+    from cpt_jax.model.checkpoint import source_config
+
+    found, ref, m = source_config(src), defaults().model, cfg.model
+    with m.unlocked():
+        for name in _SHAPE_FIELDS + _CONTEXT_FIELDS:
+            value = type(ref[name])(getattr(found, name))
+            if m[name] == ref[name] or m[name] == value:
+                m[name] = value
+            elif name in _SHAPE_FIELDS:
+                raise UserError(f"model.{name} is {m[name]!r} in the config but {value!r} in "
+                                f"model.from_checkpoint {src}")
+        m.from_checkpoint = ""
 
 
 def base() -> ConfigDict:
@@ -205,10 +256,10 @@ def set_value(cfg: ConfigDict, key: str, text: str) -> None:
     node = cfg
     for name in parents:
         if not isinstance(node, ConfigDict) or name not in node:
-            raise UserError(f"unknown config key '{key}'")
+            raise UserError(f"unknown config key '{key}'{did_you_mean(key)}")
         node = node[name]
     if not isinstance(node, ConfigDict) or leaf not in node:
-        raise UserError(f"unknown config key '{key}'")
+        raise UserError(f"unknown config key '{key}'{did_you_mean(key)}")
     current = node[leaf]
     with node.unlocked():
         node[leaf] = _parse_like(current, text, key)
@@ -376,7 +427,7 @@ def _check_keys(cfg: ConfigDict, ref: ConfigDict, prefix: str) -> None:
     for key in cfg.keys():
         name = prefix + key
         if key not in ref:
-            raise UserError(f"unknown config key '{name}'")
+            raise UserError(f"unknown config key '{name}'{did_you_mean(name)}")
         value, default = cfg[key], ref[key]
         if isinstance(default, ConfigDict):
             if not isinstance(value, ConfigDict):
@@ -415,6 +466,25 @@ def _first_line(err: Exception) -> str:
         suffix = f" (did you mean '{hint.group(1)}'?)" if hint else ""
         return f"unknown config key '{unknown.group(1)}'{suffix}"
     return text.splitlines()[0] if text else type(err).__name__
+
+
+def did_you_mean(key: str) -> str:
+    """`` (did you mean 'x.y'?)`` naming the closest known key to a mistyped one, or ``""``."""
+    import difflib
+
+    def flat(node: ConfigDict, prefix: str) -> list[str]:
+        out = []
+        for k, v in node.items():
+            out += flat(v, f"{prefix}{k}.") if isinstance(v, ConfigDict) else [prefix + k]
+        return out
+
+    keys = flat(defaults(), "")
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+    if not close:  # a typo in the leaf name alone: compare leaves under the same section
+        leaf = key.rsplit(".", 1)[-1]
+        by_leaf = {k.rsplit(".", 1)[-1]: k for k in keys if k.rsplit(".", 1)[0] == key.rsplit(".", 1)[0]}
+        close = [by_leaf[c] for c in difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.6)]
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def comma_list(text: str) -> list[str]:

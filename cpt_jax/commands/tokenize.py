@@ -14,8 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="files or directories (.txt, .txt.gz, .jsonl, .jsonl.gz, .parquet)")
     p.add_argument("--domain", required=True, help="domain name (a folder under --out)")
     p.add_argument("--out", required=True, metavar="DATA_DIR", help="data dir holding manifest.json")
-    p.add_argument("--tokenizer", default=None,
-                   help="a tokenizer.json (default: Pythia's, fetched by `cpt-jax assets`)")
+    p.add_argument("--tokenizer", default=None, metavar="PATH",
+                   help="a tokenizer.json, or a Hugging Face model folder holding one (such as "
+                        "the Pythia you continue); default: Pythia's, fetched by `cpt-jax assets`")
     p.add_argument("--text-field", default="text", help="JSONL key / parquet column (default text)")
     p.add_argument("--doc-sep", default=None,
                    help=".txt only: 'blank' splits on blank lines, another string is a literal "
@@ -33,11 +34,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cpt_jax.data.tokenize import tokenize_domain
+    from cpt_jax.data.tokenizer import tokenizer_file
+
+    # the manifest records where the tokenizer is, so `convert --to-hf` can ship it with the model
+    tok = tokenizer_file(args.tokenizer) if args.tokenizer else None
 
     entry = tokenize_domain(
-        args.input, args.domain, args.out, args.tokenizer, text_field=args.text_field,
+        args.input, args.domain, args.out, tok, text_field=args.text_field,
         doc_sep=args.doc_sep, val_fraction=args.val_fraction, workers=args.workers,
         max_tokens=args.max_tokens, eos_id=args.eos_id, license=args.license,
+        tokenizer_name=str(tok) if tok else None,
     )
     print(f"{args.domain}: train {entry['train_tokens']:,} tokens / {entry['train_documents']:,} docs, "
           f"val {entry['val_tokens']:,} tokens / {entry['val_documents']:,} docs -> {args.out}")

@@ -81,6 +81,17 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def tokenizer_file(path: str | os.PathLike) -> Path:
+    """The absolute path of a ``tokenizer.json``, given the file or a folder holding one (a
+    Hugging Face model folder, a ``cpt-jax vocab extend`` output)."""
+    p = Path(path).expanduser().absolute()
+    p = p / "tokenizer.json" if p.is_dir() else p
+    if not p.is_file():
+        raise UserError(f"{path}: no tokenizer.json there (expected a Hugging Face tokenizer.json "
+                        "or a folder holding one)")
+    return p
+
+
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     """Load a Hugging Face ``tokenizer.json`` (the ``tokenizers`` library's format)."""
     from tokenizers import Tokenizer
