@@ -333,7 +333,12 @@ def save_average(out_dir: str, params: Tree, model: dict[str, Any], info: dict[s
 
 
 def check_out_dir(path: str) -> None:
-    """The output must not exist yet, or be empty (never overwrite a checkpoint)."""
+    """The output must not exist yet, or be empty (never overwrite a checkpoint); what an
+    interrupted earlier write left in the staging folder ``.partial`` does not count."""
+    from cpt_jax.model.checkpoint import STAGING
+
     out = storage.path(path)
-    if out.exists() and (not out.is_dir() or any(True for _ in out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output {path} already exists and is not a directory")
+    if out.exists() and any(child.name != STAGING for child in out.iterdir()):
         raise UserError(f"output {path} already exists and is not empty")

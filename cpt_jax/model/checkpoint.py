@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 from typing import Any, Iterator
 
 import jax
@@ -31,6 +32,7 @@ Params = dict[str, Any]
 
 MODEL_JSON = "model.json"
 PARAMS_ITEM = "params"
+STAGING = ".partial"  # save_params writes here first
 
 
 def config_to_dict(config: PythiaConfig) -> dict[str, Any]:
@@ -59,20 +61,96 @@ def read_model_json(path: Any) -> PythiaConfig:
 
 
 def save_params(path: Any, params: Params, model_config: PythiaConfig) -> Any:
-    """Write ``model.json`` and the orbax ``params/`` item under ``path`` (replacing them)."""
+    """Write ``model.json`` and the orbax ``params/`` item under ``path``, replacing a
+    checkpoint there without ever leaving a partial one (other files in ``path`` are kept).
+
+    Both are first written completely to ``path/.partial/``. Locally the new ``params/`` then
+    takes the old one's place in one step (``renameat2(RENAME_EXCHANGE)``; where the kernel
+    lacks it, two renames with the old item kept as ``.partial/params`` until the new one is in
+    place) and ``model.json`` is replaced atomically right after, so a kill at any moment leaves
+    a complete checkpoint (only a kill between those two steps, while the model's shape
+    changes, pairs the new params with the old ``model.json``). Object stores (``gs://``) cannot
+    rename: the new item is copied over the old one only once complete in ``.partial/``, and
+    ``model.json`` is written last; a kill during that copy leaves the complete new checkpoint
+    in ``.partial/``.
+    """
+    path = storage.path(path)
+    staging = path / STAGING
+    staging.mkdir(parents=True, exist_ok=True)
+    _write_item(staging / PARAMS_ITEM, params)
+    if jax.process_index() != 0:
+        return path
+    storage.write_json(staging / MODEL_JSON, config_to_dict(model_config))
+    if storage.is_remote(path):
+        _replace_remote(staging, path)
+    else:
+        _replace_local(staging, path)
+    return path
+
+
+def _write_item(item: Any, params: Params) -> None:
     import orbax.checkpoint as ocp
 
-    path = storage.path(path)
-    path.mkdir(parents=True, exist_ok=True)
     ckptr = ocp.StandardCheckpointer()
     try:
-        ckptr.save(path / PARAMS_ITEM, params, force=True)
+        ckptr.save(item, params, force=True)
         ckptr.wait_until_finished()
     finally:
         ckptr.close()
-    if jax.process_index() == 0:
-        storage.write_json(path / MODEL_JSON, config_to_dict(model_config))
-    return path
+
+
+def _replace_local(staging: Any, path: Any) -> None:
+    """Move the complete staged item and ``model.json`` into ``path``, atomically each."""
+    import shutil
+
+    src, dst = os.fspath(staging / PARAMS_ITEM), os.fspath(path / PARAMS_ITEM)
+    if not os.path.lexists(dst):
+        os.rename(src, dst)
+    elif not _exchange(src, dst):
+        old = src + ".old"
+        os.rename(dst, old)
+        os.rename(src, dst)
+    os.replace(os.fspath(staging / MODEL_JSON), os.fspath(path / MODEL_JSON))
+    shutil.rmtree(os.fspath(staging))
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2``); False where unsupported."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return rc == 0
+
+
+def _replace_remote(staging: Any, path: Any) -> None:
+    """Object stores: copy the complete staged item over the old one, then ``model.json``."""
+    path.mkdir(parents=True, exist_ok=True)
+    target = path / PARAMS_ITEM
+    if target.exists():
+        target.rmtree()
+    for src in _remote_files(staging / PARAMS_ITEM):
+        dst = target / os.fspath(src)[len(os.fspath(staging / PARAMS_ITEM)) + 1:]
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        src.copy(dst, overwrite=True)
+    storage.write_text(path / MODEL_JSON, (staging / MODEL_JSON).read_text())
+    staging.rmtree()
+
+
+def _remote_files(folder: Any) -> Iterator[Any]:
+    for child in folder.iterdir():
+        if child.is_dir():
+            yield from _remote_files(child)
+        else:
+            yield child
 
 
 @contextlib.contextmanager

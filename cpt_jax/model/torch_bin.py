@@ -7,6 +7,12 @@ persistent id ``("storage", torch.<Type>Storage, key, location, numel)``. A rest
 accepts only those globals (and ``collections.OrderedDict``) and turns each tensor into a lazy
 ``TensorRef`` that reads its bytes as a numpy array on demand; anything else in the pickle is
 refused, so a ``.bin`` cannot run code.
+
+Nothing in the pickle is trusted for memory: every tensor's extent
+``offset + sum((size_i - 1) * stride_i)`` must lie inside its storage (no negative values),
+its element count may not exceed the storage's, each storage's zip member must hold at least
+its bytes, and a compressed member may not inflate beyond ``MAX_INFLATE`` times its stored size
+(``torch.save`` stores members uncompressed). Any violation is a one-line ``UserError``.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import ml_dtypes
 import numpy as np
 
 from cpt_jax.errors import UserError
+
+MAX_INFLATE = 20  # a compressed zip member may inflate at most this many times (plus 1 MiB)
 
 _STORAGE_DTYPES: dict[str, np.dtype] = {
     "DoubleStorage": np.dtype("<f8"),
@@ -160,5 +168,36 @@ def read_state_dict(path: str | Path) -> dict[str, TensorRef]:
         member = f"{prefix}data/{t['storage'].key}"
         if member not in names:
             raise UserError(f"{path}: storage {member} of tensor {name} is missing")
+        _check_member(path, archive.getinfo(member), t["storage"])
+        _check_extent(path, name, t)
         out[name] = TensorRef(archive, member, order == "big", t["storage"], t["offset"], t["shape"], t["stride"])
     return out
+
+
+def _check_member(path: Path, info: zipfile.ZipInfo, storage: _Storage) -> None:
+    """The zip member holds at least the storage's bytes and is not a decompression bomb."""
+    need = storage.numel * storage.dtype.itemsize
+    if storage.numel < 0 or info.file_size < need:
+        raise UserError(f"{path}: storage {storage.key} holds {info.file_size} bytes, "
+                        f"its {storage.numel} elements need {need}")
+    if info.compress_type != zipfile.ZIP_STORED and info.file_size > MAX_INFLATE * info.compress_size + (1 << 20):
+        raise UserError(f"{path}: zip member {info.filename} inflates {info.compress_size} bytes to "
+                        f"{info.file_size} (refused: out of proportion)")
+
+
+def _check_extent(path: Path, name: str, t: dict) -> None:
+    """Offset, shape and stride are non-negative ints and the tensor lies inside its storage."""
+    shape, stride, offset, numel = t["shape"], t["stride"], t["offset"], t["storage"].numel
+    ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (*shape, *stride, offset))
+    if not ints or len(shape) != len(stride) or min((*shape, *stride, offset), default=0) < 0:
+        raise UserError(f"{path}: tensor {name} has an invalid offset {offset!r}, shape {shape!r} "
+                        f"or stride {stride!r}")
+    count = 1
+    for n in shape:
+        count *= n  # Python ints: no overflow
+    if count == 0:
+        return
+    last = offset + sum((n - 1) * st for n, st in zip(shape, stride))
+    if last >= numel or count > numel:
+        raise UserError(f"{path}: tensor {name} (offset {offset}, shape {tuple(shape)}, stride "
+                        f"{tuple(stride)}) reaches beyond its storage of {numel} elements")

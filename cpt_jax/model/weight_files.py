@@ -4,8 +4,8 @@ safetensors layout: 8-byte little-endian header length N, N bytes of JSON
 ``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}`` padded with
 spaces to a multiple of 8, then the raw little-endian data (offsets relative to its start).
 Sharded checkpoints carry ``<weights>.index.json`` with a ``weight_map`` name -> shard file.
-Reading uses ``np.memmap`` (lazy, no torch); writing produces files that ``safetensors`` and
-``transformers`` read.
+Reading uses the ``safetensors`` library's numpy API (its header checks, lazy per tensor, no
+torch); writing produces files that ``safetensors`` and ``transformers`` read.
 """
 
 from __future__ import annotations
@@ -43,38 +43,38 @@ class SafetensorRef:
     """A tensor in a safetensors file: shape and dtype now, values on ``read()``."""
 
     path: Path
-    start: int
+    name: str
     shape: tuple[int, ...]
     dtype: np.dtype
 
     def read(self) -> np.ndarray:
-        count = int(np.prod(self.shape, dtype=np.int64))
-        mm = np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.start, shape=(count,))
-        return np.array(mm).reshape(self.shape)
+        from safetensors import safe_open
+
+        with safe_open(self.path, framework="numpy") as f:
+            arr = f.get_tensor(self.name)
+        return np.asarray(arr, dtype=self.dtype).reshape(self.shape)
 
 
 def read_safetensors(path: str | Path) -> dict[str, SafetensorRef]:
-    """Name -> lazy ref for every tensor of one ``.safetensors`` file."""
+    """Name -> lazy ref for every tensor of one ``.safetensors`` file.
+
+    The header is checked by the ``safetensors`` library itself (offsets in order, contiguous,
+    non-overlapping, inside the file, each matching its shape and dtype); its numpy reader needs
+    no torch (``ml_dtypes``, imported here, gives numpy its ``bfloat16``)."""
+    from safetensors import SafetensorError, safe_open
+
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))
-        size = path.stat().st_size
-    except (OSError, ValueError, struct.error) as err:
-        raise UserError(f"cannot read safetensors file {path}: {err}") from None
+        with safe_open(path, framework="numpy") as f:
+            specs = {name: (f.get_slice(name).get_dtype(), f.get_slice(name).get_shape())
+                     for name in f.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise UserError(f"cannot read safetensors file {path}: {str(err).splitlines()[0]}") from None
     out: dict[str, SafetensorRef] = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if info.get("dtype") not in _ST_DTYPES:
-            raise UserError(f"{path}: tensor {name} has unsupported dtype {info.get('dtype')}")
-        dtype = _ST_DTYPES[info["dtype"]]
-        begin, end = info["data_offsets"]
-        shape = tuple(int(s) for s in info["shape"])
-        if end - begin != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize or 8 + n + end > size:
-            raise UserError(f"{path}: tensor {name} has inconsistent offsets (truncated file?)")
-        out[name] = SafetensorRef(path, 8 + n + begin, shape, dtype)
+    for name, (dtype, shape) in specs.items():
+        if dtype not in _ST_DTYPES:
+            raise UserError(f"{path}: tensor {name} has unsupported dtype {dtype}")
+        out[name] = SafetensorRef(path, name, tuple(int(s) for s in shape), _ST_DTYPES[dtype])
     return out
 
 
