@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -105,7 +106,7 @@ def reference_source(cfg: Any, k: int, log: Log) -> str:
     ref = reference_config(cfg, k)
     _train(ref, f"round {k} reference", log)
     # the step this config trained to (a run dir's "latest" could be a stray later step)
-    return str(Path(ref.run_dir) / "checkpoints" / str(ref.train.steps))
+    return os.fspath(RunDir(ref.run_dir).step_dir(ref.train.steps))
 
 
 def run_proxy(cfg: Any, k: int, reference: str, log: Log) -> dict[str, dict[str, float]]:

@@ -89,7 +89,7 @@ def is_finished(cfg: ConfigDict) -> bool:
     run = RunDir(cfg.run_dir)
     try:
         saved = run.read_json(CONFIG)
-        if not isinstance(saved, dict) or run.finished_summary(cfg.train.steps) is None:
+        if not isinstance(saved, dict) or run.finished_summary(cfg.train.steps, need_checkpoint=False) is None:
             return False
     except UserError:  # a corrupt record: run it again (it resumes from its checkpoints)
         return False

@@ -121,12 +121,13 @@ class RunDir:
             return []
         return merge_by_step(parse_jsonl(text))
 
-    def finished_summary(self, steps: int) -> dict[str, Any] | None:
-        """The summary of a run that reached ``steps`` uninterrupted, else None."""
+    def finished_summary(self, steps: int, need_checkpoint: bool = True) -> dict[str, Any] | None:
+        """The summary of a run that reached ``steps`` uninterrupted (and, with
+        ``need_checkpoint``, still holds its final checkpoint), else None."""
         summary = self.read_json(SUMMARY)
         if not isinstance(summary, dict) or summary.get("interrupted") or summary.get("steps") != steps:
             return None
-        return summary
+        return summary if not need_checkpoint or self.latest_step() == steps else None
 
 
 def parse_jsonl(text: str) -> list[dict[str, Any]]:

@@ -20,12 +20,15 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+import numpy as np
 
 from cpt_jax.errors import UserError
 
@@ -93,10 +96,20 @@ def write_text(target: Any, text: str) -> None:
 
 
 def write_json(target: Any, value: Any) -> None:
-    """``value`` as indented JSON, atomically (non-finite floats become null)."""
-    text = json.dumps(value, indent=2, default=float)
-    text = json.dumps(json.loads(text.replace("NaN", "null").replace("Infinity", "null")), indent=2)
-    write_text(target, text + "\n")
+    """``value`` as indented JSON, atomically (non-finite floats become null; strings are kept)."""
+    write_text(target, json.dumps(_finite(value), indent=2, default=float) + "\n")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
 
 
 def read_json(source: Any, missing_ok: bool = False) -> Any:

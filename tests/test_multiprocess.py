@@ -206,6 +206,20 @@ def test_failing_run_makes_the_local_launcher_fail(tmp_path):
     assert "process 0 failed" in (tmp_path / "launcher.log").read_text()
 
 
+def test_run_dir_not_shared_between_processes_is_one_line(tmp_path):
+    """Each process sees a different folder (as host-local disks would): both stop at start."""
+    port = free_port()
+    cmds = [[cpt_jax(), "train", *cli_args(tmp_path / f"host{rank}" / "run", FSDP4)] for rank in (0, 1)]
+    envs = [coordinator_env(port, rank) for rank in (0, 1)]
+    logs = [tmp_path / f"p{rank}.log" for rank in (0, 1)]
+    codes = run_all(cmds, envs, logs, timeout=180)
+    assert codes == [2, 2], [log.read_text()[-2000:] for log in logs]
+    for log in logs:
+        lines = [x for x in log.read_text().splitlines() if "is not shared between hosts" in x]
+        assert len(lines) == 1 and "process(es) [1]" in lines[0] and "Traceback" not in log.read_text()
+    assert not (tmp_path / "host0" / "run" / "checkpoints").exists()
+
+
 class _SignalAt:
     """The configured data; process ``process`` gets SIGTERM while batch ``at`` is read, and
     later batches take ``slow`` s more (time for the processes to agree where to stop)."""

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cpt_jax import storage
@@ -71,8 +72,9 @@ def test_storage_paths_are_absolute_and_json_writes_atomic(tmp_path, monkeypatch
     assert os.fspath(storage.path("gs://bucket/a/")) == "gs://bucket/a"
     with pytest.raises(UserError, match="needs a bucket"):
         storage.path("gs://")
-    storage.write_json(tmp_path / "d" / "v.json", {"x": float("nan"), "y": [1, 2]})
-    assert storage.read_json(tmp_path / "d" / "v.json") == {"x": None, "y": [1, 2]}
+    storage.write_json(tmp_path / "d" / "v.json", {"x": float("nan"), "y": [1, np.float32(np.inf)],
+                                                   "run": "runs/NaN_Infinity"})
+    assert storage.read_json(tmp_path / "d" / "v.json") == {"x": None, "y": [1, None], "run": "runs/NaN_Infinity"}
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["v.json"]  # no temporary left
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(UserError, match="bad.json is not valid JSON"):

@@ -113,11 +113,12 @@ def bits_per_byte(nats: float, nbytes: int) -> float:
 def token_bytes_for(cfg: Any) -> np.ndarray | None:
     """The byte table of the config's tokenized data dir (``DATA_DIR/token_bytes.npy``, written
     by ``cpt-jax tokenize``); None for synthetic data or a data dir without one."""
-    if cfg.data.source != "tokenized" or not cfg.data.dir or "://" in str(cfg.data.dir):
+    if cfg.data.source != "tokenized" or not cfg.data.dir:
         return None
+    from cpt_jax.data.manifest import local_data_dir
     from cpt_jax.data.tokenize import load_token_bytes
 
-    return load_token_bytes(cfg.data.dir)
+    return load_token_bytes(local_data_dir(cfg.data.dir))
 
 
 def _exp(x: float) -> float:

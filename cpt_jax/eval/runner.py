@@ -113,7 +113,8 @@ def evaluate_checkpoint(
         sets = eval_sets(cfg, wanted)
         if not sets:
             raise UserError("no eval domain has a held-out window (check data.dir and train.seq_len)")
-        result["domains"] = perplexity.evaluate(params, mcfg, sets)
+        result["domains"] = perplexity.evaluate(params, mcfg, sets,
+                                                token_bytes=perplexity.token_bytes_for(cfg))
         result["summary"] = perplexity.summarize(
             result["domains"],
             [d for d in _names(cfg.data.upstream) if d in result["domains"]],

@@ -4,14 +4,16 @@
 
 1. the newest complete checkpoint under ``RUN/checkpoints`` (resume: same params, optimizer
    state, extras and step; the data pipeline is a pure function of the step, so the run
-   continues bit for bit as if it had never stopped);
+   continues bit for bit as if it had never stopped). ``train.resume.open_run`` first takes
+   the run dir's lease, refuses a config that changes what the checkpoint means, and returns
+   at once when the run already finished;
 2. ``train.init_from`` (a params checkpoint, run, step or Hugging Face directory): those
    weights with a fresh optimizer state and step 0 -- the continual-pretraining start;
 3. Pythia's initialisation with ``seed``.
 
-SIGTERM / SIGINT: the current step finishes, a checkpoint is saved, the run returns a summary
-with ``"interrupted": "SIGTERM" | "SIGINT"`` (the ``train`` verb exits 0 after SIGTERM, 130 after
-SIGINT). A non-finite loss stops the run with a ``UserError`` naming the step; nothing is saved
+SIGTERM / SIGHUP / SIGINT (``train.signals``): the current step finishes, a checkpoint is saved,
+the run returns a summary with ``"interrupted"`` set to the signal (the ``train`` verb exits 0
+after SIGTERM, 130 after SIGINT); a second signal exits at once. A non-finite loss stops the run with a ``UserError`` naming the step; nothing is saved
 after it, so the last good checkpoint stays the newest.
 """
 
@@ -27,6 +29,7 @@ import numpy as np
 
 from cpt_jax import sharding
 from cpt_jax.errors import UserError
+from cpt_jax.eval.perplexity import token_bytes_for
 from cpt_jax.lawa_online import OnlineLawa
 from cpt_jax.model import pythia
 from cpt_jax.model.checkpoint import config_to_dict
@@ -226,6 +229,7 @@ def _train(cfg: Any, plan: _Plan, opened: OpenedRun, eval_sets: Any, wall0: floa
                            keep_until=resumed)
     train_step = make_train_step(objective, tx, schedule, shard, mesh, m)
     evals = _eval_sets(cfg, domains) if eval_sets is None else eval_sets
+    token_bytes = token_bytes_for(cfg) if evals else None  # bits per byte beside the loss
     rep = sharding.replicated(mesh)
 
     def run_eval(step: int) -> dict[str, Any]:
@@ -234,10 +238,11 @@ def _train(cfg: Any, plan: _Plan, opened: OpenedRun, eval_sets: Any, wall0: floa
         from cpt_jax.eval.perplexity import evaluate, to_metrics
 
         put = lambda a: sharding.put_global(a, rep)  # noqa: E731
-        res = evaluate(state.params, mcfg, evals, put=put)
+        score = lambda p: evaluate(p, mcfg, evals, put=put, token_bytes=token_bytes)  # noqa: E731
+        res = score(state.params)
         rec: dict[str, Any] = {"step": step, **to_metrics(res)}
         if lawa is not None:  # eval_lawa/... and eval_ema/... beside the raw model
-            rec.update(lawa.eval_metrics(lambda p: evaluate(p, mcfg, evals, put=put), state.params))
+            rec.update(lawa.eval_metrics(score, state.params))
         writer.write(rec)
         return res
 
