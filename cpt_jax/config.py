@@ -158,6 +158,7 @@ def defaults() -> ConfigDict:
     c.logging = ConfigDict()
     c.logging.tensorboard = True
     return c
+    c.logging.wandb_project = ""  # Weights & Biases project ("" = off; pip install 'cpt-jax[wandb]')
 
 
 # ---------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from cpt_jax.model.checkpoint import config_to_dict
 from cpt_jax.optim import make_optimizer
 from cpt_jax.schedules import make_schedule
 from cpt_jax.run_dir import MODEL, SUMMARY
+from cpt_jax.train import banner
 from cpt_jax.train.checkpoint import RunCheckpoints
 from cpt_jax.train.resume import OpenedRun, open_run, restore_newest
 from cpt_jax.train.metrics import MetricsWriter, Window, flops_per_token, peak_flops
@@ -229,6 +230,7 @@ def _train(cfg: Any, plan: _Plan, opened: OpenedRun, eval_sets: Any, wall0: floa
                            keep_until=resumed)
     train_step = make_train_step(objective, tx, schedule, shard, mesh, m)
     evals = _eval_sets(cfg, domains) if eval_sets is None else eval_sets
+    banner.show(cfg, plan, opened)  # what this run does, before its first step
     token_bytes = token_bytes_for(cfg) if evals else None  # bits per byte beside the loss
     rep = sharding.replicated(mesh)
 

@@ -1,6 +1,14 @@
-"""Run logging: ``RUN/metrics.jsonl``, TensorBoard, the progress line, FLOPs and MFU.
+"""Run logging: ``RUN/metrics.jsonl``, TensorBoard, Weights & Biases, the progress line, FLOPs and MFU.
 
-FLOPs per token (PaLM convention, ../shared/REFERENCE.md section 7)::
+``metrics.jsonl`` keeps the flat keys (``loss``, ``lr``, ``train/<domain>/loss``,
+``eval/<domain>/loss``, ...). TensorBoard and W&B get each value once, grouped by prefix:
+``train/`` (loss, lr, grad_norm, per-domain loss), ``perf/`` (tokens_per_s, mfu, tokens),
+``eval/``, ``eval_lawa/``, ``doremi/`` ...; the run's ``config.json`` is logged once, as text
+(TensorBoard) and as the run config (W&B), when a run starts. W&B is optional
+(``pip install 'cpt-jax[wandb]'``, ``logging.wandb_project``; ``WANDB_MODE=offline`` writes
+under ``RUN/wandb`` without a network).
+
+FLOPs per token (PaLM convention, Chowdhery et al. 2022, appendix B)::
 
     F = 6 * N_matmul + 12 * L * T * d,     N_matmul = all parameters except embed_in
 
@@ -18,6 +26,10 @@ import time
 from typing import Any
 
 import numpy as np
+
+# ungrouped metrics.jsonl keys -> their TensorBoard / W&B tag ("loss" repeats "train/loss")
+TAGS = {"loss": None, "lr": "train/lr", "grad_norm": "train/grad_norm", "tokens": "perf/tokens",
+        "tokens_per_s": "perf/tokens_per_s", "mfu": "perf/mfu"}
 
 # dense bf16 peak TFLOP/s per device, matched by substring of jax's device_kind (lower case)
 PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
@@ -72,14 +84,16 @@ class MetricsWriter:
 
     def __init__(self, run_dir: Any, enabled: bool, tensorboard: bool, progress: bool,
                  keep_until: int | None = None):
-        from cpt_jax.run_dir import METRICS, TENSORBOARD, trim_metrics
+        from cpt_jax.run_dir import CONFIG, METRICS, TENSORBOARD, RunDir, trim_metrics
         from cpt_jax.storage import Mirror
 
         self.enabled = enabled
         self.progress_on = progress and enabled
-        self._mirror = Mirror(run_dir, (METRICS, TENSORBOARD), "logs") if enabled else None
+        self._mirror = Mirror(run_dir, (METRICS, TENSORBOARD, WANDB), "logs") if enabled else None
         self._file = None
         self._tb = None
+        self._wandb = None
+        self._lr: float | None = None
         self._synced = time.monotonic()
         if not enabled:
             return
@@ -87,6 +101,7 @@ class MetricsWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         trim_metrics(self.path, keep_until)
         self._file = open(self.path, "a")
+        config = RunDir(run_dir).read_json(CONFIG) or {}  # written when the run was opened
         if tensorboard:
             try:
                 from tensorboardX import SummaryWriter
@@ -94,6 +109,11 @@ class MetricsWriter:
                 self._tb = SummaryWriter(str(self._mirror.dir / TENSORBOARD))
             except ImportError:
                 print("tensorboardX is not installed: no TensorBoard events", file=sys.stderr)
+        if self._tb is not None and keep_until is None and config:
+            self._tb.add_text("config", config_markdown(config), 0)  # once, when the run starts
+        project = (config.get("logging") or {}).get("wandb_project", "")
+        if project:
+            self._wandb = start_wandb(project, config, self._mirror.dir, str(run_dir))
         self._tty = sys.stderr.isatty()
 
     def write(self, record: dict[str, Any]) -> None:
@@ -103,11 +123,16 @@ class MetricsWriter:
         clean = {k: _jsonable(v) for k, v in record.items()}
         self._file.write(json.dumps(clean) + "\n")
         self._file.flush()
+        step = int(record["step"])
+        scalars = tagged(clean)
         if self._tb is not None:
-            step = int(record["step"])
-            for k, v in clean.items():
-                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
-                    self._tb.add_scalar(k, v, step)
+            for k, v in scalars.items():
+                self._tb.add_scalar(k, v, step)
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=step)
+        if isinstance(clean.get("lr"), float):
+            self._lr = clean["lr"]
+        self._print_eval(step, clean)
         if time.monotonic() - self._synced > self.SYNC_EVERY_S:
             self.sync()
 
@@ -122,24 +147,78 @@ class MetricsWriter:
 
     def progress(self, step: int, total: int, loss: float, tokens_per_s: float, eta_s: float,
                  mfu: float | None) -> None:
-        """``step 120/1000 (12%) | loss 3.2141 | 51.2k tok/s | mfu 31.0% | eta 0:03:12``."""
+        """``step 120/1000 (12%) | loss 3.2141 | lr 2.91e-04 | 51.2k tok/s | mfu 31.0% | eta 0:03:12``
+        (lr: that of the last record written; the rate of the first line leaves out compiling)."""
         if not self.progress_on:
             return
-        text = (f"step {step}/{total} ({100 * step / total:.0f}%) | loss {loss:.4f} | "
-                f"{tokens_per_s / 1e3:.1f}k tok/s" + (f" | mfu {100 * mfu:.1f}%" if mfu else "")
-                + f" | eta {_fmt_time(eta_s)}")
+        rate = f"{tokens_per_s / 1e3:.1f}k tok/s" if math.isfinite(tokens_per_s) else "compiling"
+        lr = f" | lr {self._lr:.2e}" if self._lr is not None else ""
+        text = (f"step {step}/{total} ({100 * step / total:.0f}%) | loss {loss:.4f}{lr} | {rate}"
+                + (f" | mfu {100 * mfu:.1f}%" if mfu else "") + f" | eta {_fmt_time(eta_s)}")
         end = "" if self._tty and step < total else "\n"
         print(("\r\033[K" if self._tty else "") + text, end=end, file=sys.stderr, flush=True)
+
+    def _print_eval(self, step: int, record: dict[str, Any]) -> None:
+        """``eval step 200 | general 3.2141 | mydomain 2.9012 | avg 3.0577`` for an eval record."""
+        if not self.progress_on:
+            return
+        losses = {k.split("/")[1]: v for k, v in record.items()
+                  if k.startswith("eval/") and k.endswith("/loss") and k.count("/") == 2
+                  and isinstance(v, float)}
+        if not losses:
+            return
+        groups = ("avg", "worst", "upstream", "downstream")
+        names = [d for d in losses if d not in groups] + [g for g in groups if g in losses]
+        text = f"eval step {step} | " + " | ".join(f"{d} {losses[d]:.4f}" for d in names)
+        print(("\r\033[K" if self._tty else "") + text, file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
         if self._mirror is not None:
             self._mirror.sync()
         if self.progress_on and self._tty:
             print(file=sys.stderr)
+
+
+WANDB = "wandb"  # W&B's files under the run dir
+
+
+def tagged(record: dict[str, Any]) -> dict[str, float]:
+    """The record's numbers under their TensorBoard / W&B tags, each once (see ``TAGS``)."""
+    out: dict[str, float] = {}
+    for k, v in record.items():
+        if k == "step" or not isinstance(v, (int, float)) or isinstance(v, bool):
+            continue
+        tag = TAGS.get(k, k) if "/" not in k else k
+        if tag is not None:
+            out[tag if "/" in tag else f"train/{tag}"] = v  # objective metrics without a group
+    return out
+
+
+def config_markdown(config: dict[str, Any]) -> str:
+    """The run config as a Markdown code block (TensorBoard's text plugin renders Markdown)."""
+    return "```json\n" + json.dumps(config, indent=2, sort_keys=True) + "\n```"
+
+
+def start_wandb(project: str, config: dict[str, Any], local_dir: Any, run_dir: str) -> Any:
+    """A W&B run for ``run_dir`` (resumed under the same id when the run resumes)."""
+    import hashlib
+
+    try:
+        import wandb
+    except ImportError:
+        from cpt_jax.errors import UserError
+
+        raise UserError("logging.wandb_project needs wandb: pip install 'cpt-jax[wandb]'") from None
+    run_id = hashlib.sha256(run_dir.encode()).hexdigest()[:16]
+    name = run_dir.rstrip("/").rsplit("/", 1)[-1]
+    return wandb.init(project=project, name=name, id=run_id, resume="allow", config=config,
+                      dir=str(local_dir))
 
 
 def _jsonable(v: Any) -> Any:
@@ -158,9 +237,11 @@ class Window:
 
     def __init__(self) -> None:
         self.reset(time.perf_counter())
+        self._first = True
 
     def reset(self, now: float) -> None:
         self.t0 = now
+        self.untimed = 0  # steps of this window before t0 (the first, which compiled)
         self.losses: list[float] = []
         self.grad_norms: list[float] = []
         self.lr = float("nan")
@@ -169,6 +250,8 @@ class Window:
         self.extra: dict[str, Any] = {}
 
     def add(self, m: dict[str, Any]) -> None:
+        if getattr(self, "_first", False):  # the run's first step includes compiling: time from its end
+            self._first, self.t0, self.untimed = False, time.perf_counter(), 1
         self.losses.append(float(m["loss"]))
         self.grad_norms.append(float(m["grad_norm"]))
         self.lr = float(m["lr"])
@@ -185,11 +268,12 @@ class Window:
         """The log line: ``train/loss`` and ``grad_norm`` are means over the window's steps,
         per-domain losses token-weighted over the window, ``lr`` the last step's eta_t."""
         loss = float(np.mean(self.losses))
-        tps = steps_tokens * len(self.losses) / max(elapsed, 1e-9)
+        timed = len(self.losses) - self.untimed
+        tps = steps_tokens * timed / max(elapsed, 1e-9) if timed > 0 else float("nan")
         rec: dict[str, Any] = {"step": step, "train/loss": loss, "loss": loss, "lr": self.lr,
                                "grad_norm": float(np.mean(self.grad_norms)), "tokens": tokens,
                                "tokens_per_s": tps,
-                               "mfu": tps * flops_tok / peak_total if peak_total else None}
+                               "mfu": tps * flops_tok / peak_total if peak_total and timed > 0 else None}
         if self.dom_sum is not None:
             for k, name in enumerate(domains):
                 if self.dom_cnt[k] > 0:

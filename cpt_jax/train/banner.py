@@ -1,0 +1,114 @@
+"""What a training run is about to do, printed once before its first step (process 0, stderr).
+
+::
+
+    run       runs/pythia-410m-mine
+    devices   8 x NVIDIA H100 80GB HBM3 (1 process), mesh data=1 fsdp=8 tensor=1
+    model     L=24 d=1024 H=16 V=50304, 405,334,016 parameters, float32 params / bfloat16 compute
+    weights   train.init_from ckpt/pythia-410m (fresh optimizer state)
+    data      tokenized data/mine: mydomain 1,204,111 tokens, general 9,876,000 tokens
+    mixture   mydomain 95.0%, general 5.0% (replay: 3 of 64 sequences per batch from general)
+    schedule  cosine, 2000 steps: lr 3e-05 -> 0.0003 over 20 warmup steps -> 3e-05 at the end
+    batch     64 x 2048 tokens = 131,072 tokens per step, 262,144,000 tokens in all
+
+The "starting RUN" / "resuming RUN from step N" line comes from ``train.resume``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Any
+
+import jax
+
+from cpt_jax.config import comma_list
+
+
+def lines(cfg: Any, plan: Any, resumed: int | None, run: Any) -> list[str]:
+    """The banner's lines (see the module docstring)."""
+    m, t = plan.mcfg, cfg.train
+    n = sum(math.prod(x.shape) for x in jax.tree.leaves(plan.abstract.params))
+    devices = jax.devices()
+    mesh = " ".join(f"{k}={v}" for k, v in dict(plan.mesh.shape).items())
+    out = [f"run       {run}",
+           f"devices   {len(devices)} x {devices[0].device_kind} ({jax.process_count()} process"
+           f"{'es' if jax.process_count() > 1 else ''}), mesh {mesh}",
+           f"model     L={m.num_layers} d={m.hidden_size} H={m.num_heads} V={m.vocab_size}, {n:,} "
+           f"parameters, {m.param_dtype} params / {m.compute_dtype} compute",
+           f"weights   {_weights(cfg, resumed)}",
+           f"data      {_data(cfg, plan.data)}"]
+    mixture = _mixture(cfg, plan.data)
+    if mixture:
+        out.append(f"mixture   {mixture}")
+    out.append(f"schedule  {schedule_line(cfg, plan.schedule)}")
+    tok = t.batch_size * t.seq_len
+    out.append(f"batch     {t.batch_size} x {t.seq_len} tokens = {tok:,} tokens per step, "
+               f"{tok * t.steps:,} tokens in all")
+    return out
+
+
+def show(cfg: Any, plan: Any, opened: Any) -> None:
+    """Print the banner on process 0 (stderr)."""
+    if jax.process_index() == 0:
+        print("\n".join(lines(cfg, plan, opened.resumed, opened.run)), file=sys.stderr, flush=True)
+
+
+def _weights(cfg: Any, resumed: int | None) -> str:
+    if resumed is not None:
+        return f"the run's checkpoint at step {resumed} (params, optimizer state, data position)"
+    if cfg.train.init_from:
+        return f"train.init_from {cfg.train.init_from} (fresh optimizer state)"
+    return f"Pythia initialisation, seed {cfg.seed}"
+
+
+def _token_counts(cfg: Any) -> dict[str, int]:
+    d = cfg.data
+    if d.source != "tokenized":
+        return {}
+    try:
+        from cpt_jax.data.manifest import load_manifest
+
+        return {n: int(e["train_tokens"]) for n, e in load_manifest(d.dir)["domains"].items()}
+    except Exception:  # a custom data object: counts are optional
+        return {}
+
+
+def _data(cfg: Any, data: Any) -> str:
+    domains = list(getattr(data, "domains", []))
+    counts = _token_counts(cfg)
+    where = f"tokenized {cfg.data.dir}" if cfg.data.source == "tokenized" else "synthetic tokens"
+    if counts:
+        listed = ", ".join(f"{n} {counts[n]:,} tokens" if n in counts else n for n in domains)
+    else:
+        listed = ", ".join(domains)
+    return f"{where}: {listed}" if listed else where
+
+
+def _mixture(cfg: Any, data: Any) -> str:
+    if not hasattr(data, "weights_at"):
+        return ""
+    w = data.weights_at(0)
+    text = ", ".join(f"{n} {100 * float(x):.1f}%" for n, x in zip(data.domains, w) if x > 0)
+    plan = getattr(data, "plan", None)
+    quota, b = getattr(plan, "replay", 0), cfg.train.batch_size
+    if quota:
+        text += (f" (replay: {quota} of {b} sequences per batch from "
+                 f"{', '.join(comma_list(cfg.data.replay_domains))})")
+    if cfg.data.phases:
+        text += f"; phases {cfg.data.phases}"
+    return text
+
+
+def schedule_line(cfg: Any, schedule: Any) -> str:
+    """``cosine, 2000 steps: lr 3e-05 -> 0.0003 over 20 warmup steps -> 3e-05 at the end``."""
+    from cpt_jax.schedules import describe, resolve_phases
+
+    s, total = cfg.schedule, cfg.train.steps
+    phases = resolve_phases(s, cfg.optim.peak_lr, total)
+    lr = lambda k: float(schedule(k))  # noqa: E731
+    warm = getattr(phases[0], "warmup", None)
+    mid = f" -> {cfg.optim.peak_lr:.3g} over {warm} warmup steps" if warm else \
+        f", peak {cfg.optim.peak_lr:.3g}"
+    return (f"{describe(s, cfg.optim.peak_lr, total)}, {total} steps: lr {lr(0):.3g}{mid} -> "
+            f"{lr(total - 1):.3g} at the end")
