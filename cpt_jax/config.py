@@ -157,8 +157,8 @@ def defaults() -> ConfigDict:
 
     c.logging = ConfigDict()
     c.logging.tensorboard = True
-    return c
     c.logging.wandb_project = ""  # Weights & Biases project ("" = off; pip install 'cpt-jax[wandb]')
+    return c
 
 
 # ---------------------------------------------------------------------------------------
