@@ -215,6 +215,7 @@ def _train(cfg: Any, plan: _Plan, opened: OpenedRun, eval_sets: Any, wall0: floa
             opt_state=jax.jit(tx.init, out_shardings=shard.opt_state)(params),
             extras=_place(objective.init_extras(params), shard.extras),
         )
+    banner.show(cfg, plan, opened)  # what this run does, before its first step
     start = int(jax.device_get(state.step))
     lawa = OnlineLawa.from_config(cfg)  # online LAWA window / EMA (docs/lawa.md); None when off
     if lawa is not None and resumed is not None:
@@ -230,7 +231,6 @@ def _train(cfg: Any, plan: _Plan, opened: OpenedRun, eval_sets: Any, wall0: floa
                            keep_until=resumed)
     train_step = make_train_step(objective, tx, schedule, shard, mesh, m)
     evals = _eval_sets(cfg, domains) if eval_sets is None else eval_sets
-    banner.show(cfg, plan, opened)  # what this run does, before its first step
     token_bytes = token_bytes_for(cfg) if evals else None  # bits per byte beside the loss
     rep = sharding.replicated(mesh)
 
