@@ -234,7 +234,13 @@ def _mix(x: np.ndarray, key: np.uint64) -> np.ndarray:
 
 
 def permute(x: np.ndarray, n: int, key: int) -> np.ndarray:
-    """``pi(x)`` for a keyed pseudo-random permutation pi of ``[0, n)`` (vectorised)."""
+    """``pi(x)`` for a keyed pseudo-random permutation pi of ``[0, n)`` (vectorised).
+
+    Why not grain's ``MapDataset.shuffle``: it is random access too, but its order is grain's
+    implementation detail (not promised across grain releases) and is seeded per dataset, while
+    a batch here must stay a pure function of the step -- the same windows after a resume, on
+    another host or after a grain upgrade, keyed by (seed, domain name, epoch) whatever the
+    domain's position in the mixture -- so the few lines of the permutation are kept here."""
     x = np.asarray(x, np.uint64)
     if n <= 1:
         return x.astype(np.int64)

@@ -1,0 +1,343 @@
+"""Bad input through the `cpt-jax` CLI: exit code 2, one line on stderr naming the problem, no
+traceback, and nothing written or deleted. Plus kill -9 during `convert --to` and `average`."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cpt_jax.cli import main
+from conftest import save_word_level_tokenizer, word_level_vocab
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "configs" / "tiny.py")
+
+
+# ---- crafted files ---------------------------------------------------------------------------
+
+def _int(n: int) -> bytes:
+    return b"I" + str(n).encode() + b"\n"
+
+
+def _str(s: str) -> bytes:
+    b = s.encode()
+    return b"X" + struct.pack("<I", len(b)) + b
+
+
+def _tuple(items) -> bytes:
+    return b"(" + b"".join(_int(i) for i in items) + b"t"
+
+
+def craft_pickle(tensors, extra_global: bytes = b"") -> bytes:
+    """A torch.save data.pkl: {name: _rebuild_tensor_v2(storage(key, numel), offset, shape, stride)}."""
+    out = b"\x80\x02}"
+    for name, key, numel, offset, shape, stride in tensors:
+        pid = b"(" + _str("storage") + b"ctorch\nFloatStorage\n" + _str(key) + _str("cpu") + _int(numel) + b"tQ"
+        out += _str(name) + b"ctorch._utils\n_rebuild_tensor_v2\n(" + pid + _int(offset) + _tuple(shape) \
+            + _tuple(stride) + b"\x89}tRs"
+    return out + extra_global + b"."
+
+
+def craft_bin(path: Path, tensors, storages: dict[str, bytes], compress: bool = False,
+              extra_global: bytes = b"") -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED) as z:
+        z.writestr("archive/data.pkl", craft_pickle(tensors, extra_global))
+        z.writestr("archive/byteorder", "little")
+        for key, raw in storages.items():
+            z.writestr(f"archive/data/{key}", raw)
+    return path
+
+
+def craft_safetensors(path: Path, header: dict, data: bytes, n: int | None = None) -> Path:
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    path.write_bytes(struct.pack("<Q", len(h) if n is None else n) + h + data)
+    return path
+
+
+HF_CONFIG = {"architectures": ["GPTNeoXForCausalLM"], "model_type": "gpt_neox", "vocab_size": 64,
+             "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+             "intermediate_size": 64, "rotary_pct": 0.25, "rotary_emb_base": 10000,
+             "max_position_embeddings": 64, "layer_norm_eps": 1e-5, "use_parallel_residual": True,
+             "hidden_act": "gelu", "tie_word_embeddings": False}
+
+
+def hf_dir(root: Path, name: str, config=HF_CONFIG) -> Path:
+    d = root / name
+    d.mkdir()
+    (d / "config.json").write_text(config if isinstance(config, str) else json.dumps(config))
+    return d
+
+
+F4 = np.arange(4, dtype="<f4").tobytes()
+
+
+def make_hf_bin(root: Path, name: str, **kw) -> Path:
+    d = hf_dir(root, name)
+    craft_bin(d / "pytorch_model.bin", **kw)
+    return d
+
+
+def make_hf_st(root: Path, name: str, header, data, n=None) -> Path:
+    d = hf_dir(root, name)
+    craft_safetensors(d / "model.safetensors", header, data, n)
+    return d
+
+
+# ---- the table -------------------------------------------------------------------------------
+
+def cfg_file(root: Path, body: str, name: str = "exp.py") -> str:
+    p = root / name
+    p.write_text("from cpt_jax.config import base\n\n\ndef get_config():\n    c = base()\n"
+                 + "".join(f"    {line}\n" for line in body.splitlines()) + "    return c\n")
+    return str(p)
+
+
+def sched(*overrides: str):
+    return lambda r: ["schedule", "--config", TINY, "--out", str(r / "s.png"),
+                      *[f"--config.{o}" for o in overrides]]
+
+
+def sched_file(body: str):
+    return lambda r: ["schedule", "--config", cfg_file(r, body), "--out", str(r / "s.png")]
+
+
+def tok(make_input, *extra: str):
+    def argv(r: Path):
+        tk = save_word_level_tokenizer(r / "tok.json", word_level_vocab(["hello", "world"]))
+        return ["tokenize", "--input", str(make_input(r)), "--domain", "d", "--out", str(r / "data"),
+                "--tokenizer", str(tk), "--workers", "1", *extra]
+    return argv
+
+
+def write(name: str, data: bytes | str):
+    def make(r: Path) -> Path:
+        p = r / name
+        p.write_bytes(data if isinstance(data, bytes) else data.encode())
+        return p
+    return make
+
+
+def conv(make_src, flag="--from-hf"):
+    return lambda r: ["convert", flag, str(make_src(r)), "--to", str(r / "out")]
+
+
+GZ = gzip.compress(np.random.RandomState(0).bytes(50000))
+ok_tensor = [("gpt_neox.embed_in.weight", "0", 4, 0, (2, 2), (2, 1))]
+
+CASES = {
+    # configs
+    "config file missing": (lambda r: ["schedule", "--config", str(r / "nope.py")], "nope.py"),
+    "config syntax error": (lambda r: ["schedule", "--config", str(write("e.py", "def get_config(:\n")(r))], "syntax"),
+    "config without get_config": (lambda r: ["schedule", "--config", str(write("e.py", "x = 1\n")(r))], "get_config"),
+    "get_config returns None": (lambda r: ["schedule", "--config", str(write("e.py", "def get_config():\n    return None\n")(r))], "NoneType"),
+    "wrong type in config file": (sched_file('c.train.steps = "abc"'), "steps"),
+    "unknown key in config file": (sched_file("c.train.stepz = 3"), "stepz"),
+    "section replaced by a scalar": (sched_file("c.unlock()\nc.train = 3"), "train"),
+    "config file raises": (sched_file("raise RuntimeError('boom')"), "boom"),
+    "unknown override": (sched("train.nope=1"), "train.nope"),
+    "override bad int": (sched("train.steps=ten"), "train.steps"),
+    "override bad bool": (sched("train.progress=maybe"), "train.progress"),
+    "override bad float": (sched("optim.peak_lr=fast"), "optim.peak_lr"),
+    "log_every 0": (sched("train.log_every=0"), "train.log_every"),
+    "steps 0": (sched("train.steps=0"), "train.steps"),
+    "batch not divisible": (sched("train.micro_batches=3"), "micro_batches"),
+    "negative lr": (sched("optim.peak_lr=-1"), "optim.peak_lr"),
+    "nan lr": (sched("optim.peak_lr=nan"), "optim.peak_lr"),
+    "b1 of 1": (sched("optim.b1=1.0"), "optim.b1"),
+    "unknown schedule": (sched("schedule.name=bogus"), "schedule.name"),
+    "warmup_frac 2": (sched("schedule.warmup_frac=2"), "warmup_frac"),
+    "start_lr without warmup": (sched("schedule.start_lr=1e-4"), "start_lr"),
+    "heads do not divide d": (sched("model.num_heads=5"), "num_heads"),
+    "unknown preset": (sched("model.preset=huge"), "model.preset"),
+    "unknown data source": (sched("data.source=web"), "data.source"),
+    "replay fraction 1": (sched("data.replay_fraction=1.0"), "replay_fraction"),
+    "mesh axis 0": (sched("mesh.data=0"), "mesh.data"),
+    "negative workers": (sched("data.workers=-1"), "data.workers"),
+    "negative skip_nonfinite": (sched("optim.skip_nonfinite=-1"), "skip_nonfinite"),
+    "negative eval_every": (sched("train.eval_every=-1"), "eval_every"),
+    "ema of 1": (sched("lawa.ema=1.0"), "lawa.ema"),
+    "rotary_pct 2": (sched("model.rotary_pct=2"), "rotary_pct"),
+    "seq_len over context": (sched("train.seq_len=4096"), "seq_len"),
+    "unknown dtype": (sched("model.param_dtype=float8"), "param_dtype"),
+    "bad schedule phases": (sched("schedule.phases=cosine:x"), "phase"),
+    # data files
+    "input missing": (tok(lambda r: r / "missing.txt"), "missing.txt"),
+    "input of unknown type": (tok(write("a.csv", "x")), "a.csv"),
+    "input dir without text": (tok(lambda r: (r / "empty").mkdir() or r / "empty"), "empty"),
+    "whitespace-only input": (tok(write("a.txt", " \n\n\t\n")), "no non-empty document"),
+    "non-UTF-8 with --strict": (tok(write("a.txt", b"hello \xff world"), "--strict"), "UTF-8"),
+    "truncated .txt.gz": (tok(write("a.txt.gz", GZ[:3000])), "a.txt.gz"),
+    "truncated .jsonl.gz": (tok(write("a.jsonl.gz", GZ[:3000])), "a.jsonl.gz"),
+    "invalid JSON line": (tok(write("a.jsonl", '{oops\n{"text": "hello"}\n')), "a.jsonl:1"),
+    "JSON line without text": (tok(write("a.jsonl", '{"body": "hello"}\n')), "text"),
+    "not a parquet file": (tok(write("a.parquet", "PAR1 nope")), "a.parquet"),
+    "val fraction 1.5": (tok(write("a.txt", "hello"), "--val-fraction", "1.5"), "val_fraction"),
+    "workers 0": (lambda r: tok(write("a.txt", "hello"))(r)[:-2] + ["--workers", "0"], "workers"),
+    "max tokens 0": (tok(write("a.txt", "hello"), "--max-tokens", "0"), "max_tokens"),
+    "bad domain name": (lambda r: [a if a != "d" else "a/b" for a in tok(write("a.txt", "hello"))(r)], "a/b"),
+    "empty doc separator": (tok(write("a.txt", "hello"), "--doc-sep", ""), "doc-sep"),
+    "tokenizer missing": (lambda r: tok(write("a.txt", "hello"))(r)[:-4] + ["--tokenizer", str(r / "t.json"), "--workers", "1"], "t.json"),
+    # Hugging Face folders and checkpoints
+    "hf dir missing": (conv(lambda r: r / "nohf"), "nohf"),
+    "hf dir without config": (conv(lambda r: (r / "hf").mkdir() or r / "hf"), "hf"),
+    "hf config not JSON": (conv(lambda r: hf_dir(r, "hf", "{nope")), "hf"),
+    "hf config not an object": (conv(lambda r: hf_dir(r, "hf", "[1, 2]")), "hf"),
+    "hf dir without weights": (conv(lambda r: hf_dir(r, "hf")), "no weights"),
+    "bin tensor beyond storage": (conv(lambda r: make_hf_bin(r, "hf", tensors=[("w", "0", 4, 0, (1000, 1000), (1000, 1))], storages={"0": F4})), "beyond its storage"),
+    "bin offset beyond storage": (conv(lambda r: make_hf_bin(r, "hf", tensors=[("w", "0", 4, 3, (2,), (1,))], storages={"0": F4})), "beyond its storage"),
+    "bin negative stride": (conv(lambda r: make_hf_bin(r, "hf", tensors=[("w", "0", 4, 3, (4,), (-1,))], storages={"0": F4})), "stride"),
+    "bin negative offset": (conv(lambda r: make_hf_bin(r, "hf", tensors=[("w", "0", 4, -2, (2,), (1,))], storages={"0": F4})), "offset"),
+    "bin huge shape overflow": (conv(lambda r: make_hf_bin(r, "hf", tensors=[("w", "0", 4, 0, (2**62, 2**62), (0, 0))], storages={"0": F4})), "beyond its storage"),
+    "bin storage shorter than numel": (conv(lambda r: make_hf_bin(r, "hf", tensors=ok_tensor, storages={"0": F4[:8]})), "storage 0"),
+    "bin zip bomb": (conv(lambda r: make_hf_bin(r, "hf", tensors=[("w", "0", 2**23, 0, (2**23,), (1,))], storages={"0": bytes(2**25)}, compress=True)), "out of proportion"),
+    "bin storage member missing": (conv(lambda r: make_hf_bin(r, "hf", tensors=ok_tensor, storages={})), "missing"),
+    "bin pickle runs code": (conv(lambda r: make_hf_bin(r, "hf", tensors=[], storages={}, extra_global=b"0cos\nsystem\n(X\x04\x00\x00\x00trueCtR")), "os.system"),
+    "bin not a zip": (conv(lambda r: (lambda d: (d / "pytorch_model.bin").write_bytes(b"\x80\x02}.") and d)(hf_dir(r, "hf"))), "pytorch_model.bin"),
+    "safetensors negative offset": (conv(lambda r: make_hf_st(r, "hf", {"w": {"dtype": "F32", "shape": [2], "data_offsets": [-8, 0]}}, F4)), "model.safetensors"),
+    "safetensors overlapping": (conv(lambda r: make_hf_st(r, "hf", {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "b": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, F4)), "model.safetensors"),
+    "safetensors beyond file": (conv(lambda r: make_hf_st(r, "hf", {"w": {"dtype": "F32", "shape": [8], "data_offsets": [0, 32]}}, F4)), "model.safetensors"),
+    "safetensors header too large": (conv(lambda r: make_hf_st(r, "hf", {"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, F4, n=10**12)), "model.safetensors"),
+    "safetensors shape mismatch": (conv(lambda r: make_hf_st(r, "hf", {"w": {"dtype": "F32", "shape": [3], "data_offsets": [0, 16]}}, F4)), "model.safetensors"),
+    "safetensors unknown dtype": (conv(lambda r: make_hf_st(r, "hf", {"w": {"dtype": "Q7", "shape": [2], "data_offsets": [0, 16]}}, F4)), "model.safetensors"),
+    "shard index not JSON": (conv(lambda r: (lambda d: (d / "model.safetensors.index.json").write_text("{") and d)(hf_dir(r, "hf"))), "index.json"),
+    "shard missing": (conv(lambda r: (lambda d: (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": "s1.safetensors"}})) and d)(hf_dir(r, "hf"))), "s1.safetensors"),
+    "checkpoint missing": (conv(lambda r: r / "ckpt", "--from"), "ckpt"),
+    "checkpoint is a file": (conv(write("ckpt", "x"), "--from"), "ckpt"),
+    "checkpoint dir of nothing": (conv(lambda r: (r / "ckpt").mkdir() or r / "ckpt", "--from"), "ckpt"),
+    "checkpoint model.json garbage": (conv(lambda r: ((r / "ckpt" / "params").mkdir(parents=True), (r / "ckpt" / "model.json").write_text("{x"))[0] or r / "ckpt", "--from"), "model.json"),
+    # command-line arguments
+    "unknown verb": (lambda r: ["fly"], "fly"),
+    "missing required argument": (lambda r: ["convert", "--from-hf", str(r)], "--to"),
+    "both sources": (lambda r: ["convert", "--from-hf", "a", "--from", "b", "--to", "c"], "--from"),
+    "unknown option": (lambda r: ["schedule", "--config", TINY, "--bogus"], "--bogus"),
+    "override on a verb without config": (lambda r: ["convert", "--from-hf", "a", "--to", "b", "--config.x=1"], "--config"),
+    "average missing checkpoint": (lambda r: ["average", "--ckpt", str(r / "c1"), "--out", str(r / "avg")], "c1"),
+    "average into a non-empty dir": (lambda r: (r / "avg").mkdir() or (r / "avg" / "x").write_text("keep") and ["average", "--ckpt", str(r / "c1"), "--out", str(r / "avg")], "avg"),
+    "average out is a file": (lambda r: (r / "avg").write_text("keep") and ["average", "--ckpt", str(r / "c1"), "--out", str(r / "avg")], "avg"),
+    "average run missing": (lambda r: ["average", "--run", str(r / "run"), "--last", "2", "--out", str(r / "avg")], "run"),
+    "average steps not integers": (lambda r: ["average", "--run", str(r), "--steps", "a,b", "--out", str(r / "avg")], "--steps"),
+    "eval without a checkpoint": (lambda r: ["eval"], "--checkpoint"),
+}
+
+
+def _snapshot(root: Path) -> dict[str, tuple]:
+    out = {}
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs:
+            out[os.path.relpath(os.path.join(dirpath, name), root)] = ("dir",)
+        for name in files:
+            st = os.stat(os.path.join(dirpath, name))
+            out[os.path.relpath(os.path.join(dirpath, name), root)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def test_the_table_is_large_enough():
+    assert len(CASES) >= 60
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_line(case, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    make_argv, names = CASES[case]
+    argv = make_argv(tmp_path)
+    before = _snapshot(tmp_path)
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse
+        code = exit_.code
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1, err
+    assert "Traceback" not in err and "error" in lines[0]
+    assert names in lines[0], lines[0]
+    assert _snapshot(tmp_path) == before, "files were written or deleted"
+
+
+# ---- kill -9 during writes -------------------------------------------------------------------
+
+CLI = [sys.executable, "-c", "import sys; from cpt_jax.cli import main; sys.exit(main(sys.argv[1:]))"]
+
+
+def _save(path: Path, seed: int) -> dict:
+    from cpt_jax.model import checkpoint, pythia
+
+    import jax
+
+    mcfg = pythia.PythiaConfig.from_config({"vocab_size": 64, "hidden_size": 32, "num_layers": 2, "num_heads": 2})
+    params = jax.device_get(pythia.init_params(mcfg, jax.random.key(seed)))
+    checkpoint.save_params(path, params, mcfg)
+    return params
+
+
+def _load(path: Path) -> dict:
+    from cpt_jax.model import checkpoint
+
+    import jax
+
+    return jax.device_get(checkpoint.load_params(path)[0])
+
+
+def _same(a: dict, b: dict) -> bool:
+    import jax
+
+    return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def _kill_when(cmd: list[str], marker: Path, timeout: float = 120.0) -> bool:
+    """Run ``cmd``; SIGKILL it as soon as ``marker`` exists. True when it was killed."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    end = time.time() + timeout
+    while proc.poll() is None and time.time() < end:
+        if marker.exists():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.001)
+    proc.wait()
+    return False
+
+
+def test_kill_during_convert_keeps_the_previous_checkpoint(tmp_path):
+    old = _save(tmp_path / "out", 0)
+    new = _save(tmp_path / "src", 1)
+    for marker in (".partial", ".partial/params/_CHECKPOINT_METADATA", ".partial/model.json"):
+        _kill_when(CLI + ["convert", "--from", str(tmp_path / "src"), "--to", str(tmp_path / "out")],
+                   tmp_path / "out" / marker)
+        now = _load(tmp_path / "out")  # the whole old or the whole new checkpoint, never a mix
+        assert _same(now, old) or _same(now, new)
+    subprocess.run(CLI + ["convert", "--from", str(tmp_path / "src"), "--to", str(tmp_path / "out")],
+                   check=True, capture_output=True, cwd=ROOT)
+    assert _same(_load(tmp_path / "out"), new)
+
+
+def test_kill_during_average_leaves_sources_and_then_completes(tmp_path):
+    a, b = _save(tmp_path / "a", 0), _save(tmp_path / "b", 1)
+    (tmp_path / "keep").mkdir()
+    _save(tmp_path / "keep" / "prev", 2)  # an earlier output beside the new one
+    prev = _snapshot(tmp_path / "keep")
+    cmd = CLI + ["average", "--ckpt", str(tmp_path / "a"), "--ckpt", str(tmp_path / "b"), "--out", str(tmp_path / "avg")]
+    _kill_when(cmd, tmp_path / "avg" / ".partial")
+    assert _same(_load(tmp_path / "a"), a) and _same(_load(tmp_path / "b"), b)
+    assert _snapshot(tmp_path / "keep") == prev
+    if not (tmp_path / "avg" / "model.json").exists():  # killed before the swap: run it again
+        done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        assert done.returncode == 0, (done.stderr, sorted(os.listdir(tmp_path / "avg")))
+    import jax
+
+    want = jax.tree.map(lambda x, y: (np.asarray(x, np.float64) + np.asarray(y, np.float64)) / 2, a, b)
+    for x, y in zip(jax.tree.leaves(_load(tmp_path / "avg")), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(x, np.float64), y, rtol=1e-6, atol=1e-7)
