@@ -182,7 +182,10 @@ def _jsonl_documents(path: Path, text_field: str, strict: bool) -> Iterator[str]
 
 
 def _parquet_documents(path: Path, text_field: str) -> Iterator[str]:
-    import pyarrow.parquet as pq
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise UserError(f"{path}: reading parquet needs pyarrow (pip install 'cpt-jax[parquet]')") from None
 
     try:
         pf = pq.ParquetFile(path)
