@@ -133,6 +133,20 @@ def domain_losses(summary: dict) -> dict[str, float]:
     return {d: float(v["loss"]) for d, v in (summary.get("final_eval") or {}).items()}
 
 
+def step0_losses(summary: dict) -> dict[str, float]:
+    """Held-out loss per domain at step 0 of a run (logged when it starts from ``train.init_from``
+    with ``train.eval_every`` > 0); empty when the run has none."""
+    run_dir = summary.get("run_dir")
+    if not run_dir:
+        return {}
+    for rec in RunDir(run_dir).read_metrics():
+        if rec.get("step") == 0:
+            return {k.split("/")[1]: float(v) for k, v in rec.items()
+                    if k.startswith("eval/") and k.endswith("/loss") and k.count("/") == 2
+                    and isinstance(v, (int, float))}
+    return {}
+
+
 def mean_loss(losses: dict[str, float], domains: list[str]) -> float:
     vals = [losses[d] for d in domains if d in losses]
     return sum(vals) / len(vals) if vals else float("nan")
@@ -144,15 +158,22 @@ def learning_forgetting(summaries: dict[str, dict], runs: list[dict], upstream: 
 
     ``forgetting`` = upstream loss after - before (> 0: the model forgot), ``learning`` =
     downstream loss before - after (> 0: the model learned), both means over the named domains.
+    "Before" is the parent run's final eval, or for a run started from a checkpoint outside the
+    experiment (``train.init_from``, with ``train.eval_every`` > 0) its own step-0 eval.
     """
     rows = []
     for run in runs:
-        if not run.get("from"):
-            continue
-        before, after = domain_losses(summaries[run["from"]]), domain_losses(summaries[run["name"]])
+        summary = summaries[run["name"]]
+        if run.get("from"):
+            before, origin = domain_losses(summaries[run["from"]]), run["from"]
+        else:  # started from a checkpoint (e.g. a Hugging Face Pythia): its step-0 eval
+            before, origin = step0_losses(summary), "step 0"
+            if not before:
+                continue
+        after = domain_losses(summary)
         up0, up1 = mean_loss(before, upstream), mean_loss(after, upstream)
         down0, down1 = mean_loss(before, downstream), mean_loss(after, downstream)
-        rows.append({"run": run["name"], "from": run["from"],
+        rows.append({"run": run["name"], "from": origin,
                      "upstream_before": up0, "upstream_after": up1, "forgetting": up1 - up0,
                      "downstream_before": down0, "downstream_after": down1,
                      "learning": down0 - down1})
