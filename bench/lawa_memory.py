@@ -21,7 +21,7 @@ import time
 CHILD = r"""
 import json, sys, time
 import numpy as np
-from cpt_jax import lawa
+from cpt_jax import lawa, tree_io
 run, k = sys.argv[1], int(sys.argv[2])
 steps = lawa.select_steps(lawa.run_steps(run), last=k)
 sources = lawa.run_sources(run, steps)
@@ -29,7 +29,7 @@ def status(key):
     for line in open("/proc/self/status"):
         if line.startswith(key + ":"):
             return int(line.split()[1]) * 1024
-lawa.restore_numpy(sys.argv[3])  # warm orbax / tensorstore on a tiny item
+tree_io.restore_numpy(sys.argv[3])  # warm orbax / tensorstore on a tiny item
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")  # reset the peak-RSS mark (VmHWM) to the current RSS
 before = status("VmRSS")
@@ -37,7 +37,7 @@ t = time.perf_counter()
 avg = lawa.average(sources)
 sec = time.perf_counter() - t
 peak = status("VmHWM")
-nbytes = sum(x.nbytes for x in lawa._flatten(avg).values())
+nbytes = sum(x.nbytes for x in tree_io.flatten(avg).values())
 print(json.dumps({"k": k, "rise": peak - before, "params": nbytes, "seconds": sec}))
 """
 
@@ -65,7 +65,7 @@ def write_run(run_dir: str, n: int, preset: str, seed: int = 0) -> None:
     import numpy as np
     import orbax.checkpoint as ocp
 
-    from cpt_jax.lawa import _unflatten
+    from cpt_jax.tree_io import unflatten
 
     shapes, model = pythia_shapes(preset)
     rng = np.random.default_rng(seed)
@@ -77,7 +77,7 @@ def write_run(run_dir: str, n: int, preset: str, seed: int = 0) -> None:
         options=ocp.CheckpointManagerOptions(max_to_keep=None, enable_async_checkpointing=False),
     )
     for step in range(1, n + 1):
-        params = _unflatten({p: rng.standard_normal(s, np.float32) for p, s in shapes.items()})
+        params = unflatten({p: rng.standard_normal(s, np.float32) for p, s in shapes.items()})
         mngr.save(step, args=ocp.args.Composite(
             params=ocp.args.StandardSave(params),
             opt_state=ocp.args.StandardSave({"count": np.zeros(1, np.int32)}),

@@ -23,6 +23,7 @@ import numpy as np
 
 from cpt_jax import storage
 from cpt_jax.errors import UserError
+from cpt_jax.tree_io import accumulator_dtype, leaf_specs, restore_numpy, unflatten
 from cpt_jax.run_dir import MODEL, PARAMS_ITEM, RunDir
 
 Tree = dict[str, Any]
@@ -139,40 +140,6 @@ def dir_source(path: str) -> Source:
 # streaming average
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """A nested dict as ``{"a/b/c": leaf}`` (params are plain nested dicts)."""
-    if isinstance(tree, dict) or (hasattr(tree, "keys") and hasattr(tree, "__getitem__")):
-        out: dict[str, Any] = {}
-        for key in tree.keys():
-            out.update(_flatten(tree[key], f"{prefix}{key}/"))
-        return out
-    return {prefix[:-1]: tree}
-
-
-def _unflatten(flat: dict[str, Any]) -> Tree:
-    tree: Tree = {}
-    for path, leaf in flat.items():
-        node = tree
-        *parents, name = path.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[name] = leaf
-    return tree
-
-
-def leaf_specs(params_dir: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """``{leaf path: (shape, dtype)}`` of an orbax params item, from metadata only."""
-    import orbax.checkpoint as ocp
-    from etils import epath
-
-    try:
-        meta = ocp.PyTreeCheckpointHandler().metadata(epath.Path(params_dir))
-    except Exception as err:  # orbax raises many types for a missing, partial or corrupt item
-        raise UserError(f"cannot read checkpoint metadata in {params_dir}: {_one_line(err)}") from None
-    tree = getattr(meta, "tree", meta)
-    return {k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in _flatten(tree).items()}
-
-
 def _normal_model(model: dict[str, Any]) -> dict[str, Any]:
     """model.json with PythiaConfig's defaults filled in (so a partial file compares equal)."""
     from cpt_jax.model.checkpoint import config_from_dict
@@ -212,32 +179,6 @@ def check_compatible(sources: list[Source]) -> dict[str, tuple[tuple[int, ...], 
     return ref
 
 
-def restore_numpy(params_dir: str, leaves: list[str] | None = None) -> dict[str, np.ndarray]:
-    """``{leaf path: array}`` of an orbax params item restored onto this host as numpy (any
-    writer's sharding or process count); only the ``leaves`` listed when given."""
-    import orbax.checkpoint as ocp
-    from etils import epath
-
-    path = epath.Path(params_dir)
-    if leaves is None:
-        leaves = list(leaf_specs(params_dir))
-    item = _unflatten({leaf: 0 for leaf in leaves})
-    args = _unflatten({leaf: ocp.RestoreArgs(restore_type=np.ndarray) for leaf in leaves})
-    try:
-        with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
-            tree = ckptr.restore(
-                path, args=ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True)
-            )
-    except Exception as err:  # a corrupt or truncated array file
-        raise UserError(f"cannot restore {params_dir}: {_one_line(err)}") from None
-    return _flatten(tree)
-
-
-def _one_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
-
-
 def leaf_groups(specs: dict[str, tuple[tuple[int, ...], np.dtype]]) -> list[list[str]]:
     """Leaves packed in order into groups no bigger than the largest leaf (fewer restores)."""
     size = {p: int(np.prod(shape)) * dtype.itemsize for p, (shape, dtype) in specs.items()}
@@ -270,10 +211,6 @@ def _return_freed_buffers_to_os() -> None:
         pass
 
 
-def _acc_dtype(dtype: np.dtype) -> np.dtype:
-    return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
-
-
 def average(
     sources: list[Source],
     restore: Callable[[str, list[str]], dict[str, np.ndarray]] = restore_numpy,
@@ -296,7 +233,7 @@ def average(
             for path in group:
                 x = np.asarray(part.pop(path))
                 if path not in acc:
-                    want = _acc_dtype(specs[path][1])
+                    want = accumulator_dtype(specs[path][1])
                     acc[path] = x if x.dtype == want and x.flags.writeable else x.astype(want)
                 else:
                     np.add(acc[path], x, out=acc[path])
@@ -308,7 +245,7 @@ def average(
             dtype = specs[path][1]
             out[path] = summed if summed.dtype == dtype else summed.astype(dtype)
             del summed
-    return _unflatten({path: out[path] for path in specs})
+    return unflatten({path: out[path] for path in specs})
 
 
 def iter_window_averages(

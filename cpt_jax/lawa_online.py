@@ -20,6 +20,7 @@ from typing import Any, Callable
 import numpy as np
 
 from cpt_jax import lawa as offline
+from cpt_jax import tree_io
 from cpt_jax.run_dir import RunDir
 
 Tree = dict[str, Any]
@@ -120,15 +121,15 @@ class OnlineLawa:
             raise ValueError("the LAWA window is empty")
         if self.store == "disk":
             return offline.average([self._source(s) for s in self.steps])
-        flats = [offline._flatten(self.snapshots[s]) for s in self.steps]
+        flats = [tree_io.flatten(self.snapshots[s]) for s in self.steps]
         out = {}
         for path, first in flats[0].items():
-            acc = np.array(first, dtype=offline._acc_dtype(first.dtype))
+            acc = np.array(first, dtype=tree_io.accumulator_dtype(first.dtype))
             for f in flats[1:]:
                 np.add(acc, f[path], out=acc)
             np.divide(acc, len(flats), out=acc)
             out[path] = acc.astype(first.dtype)
-        return offline._unflatten(out)
+        return tree_io.unflatten(out)
 
     def lawa_params(self, like: Tree) -> Tree | None:
         """theta_bar on device like ``like`` when the window is full, else None."""

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from cpt_jax import cli, lawa
+from cpt_jax import cli, lawa, tree_io
 from cpt_jax.errors import UserError
 
 SHAPES = {"embed_in": (64, 16), "layers/qkv/kernel": (2, 16, 48), "layers/qkv/bias": (2, 48), "final_ln/scale": (16,)}
@@ -33,10 +33,10 @@ def write_run(run_dir, steps, shapes=SHAPES, dtype=np.float32, seed=0, model=MOD
     written = {}
     for step in steps:
         flat = {p: rng.standard_normal(s).astype(dtype) for p, s in shapes.items()}
-        params = lawa._unflatten(flat)
+        params = tree_io.unflatten(flat)
         mngr.save(step, args=ocp.args.Composite(
             params=ocp.args.StandardSave(params),
-            opt_state=ocp.args.StandardSave({"mu": lawa._unflatten(dict(flat))}),
+            opt_state=ocp.args.StandardSave({"mu": tree_io.unflatten(dict(flat))}),
             extras=ocp.args.JsonSave({}),
             meta=ocp.args.JsonSave({"step": step}),
         ))
@@ -52,7 +52,7 @@ def restore_independently(step_dir):
 
     with ocp.StandardCheckpointer() as ckptr:
         tree = ckptr.restore(os.path.join(os.path.abspath(step_dir), "params"))
-    return {k: np.asarray(v) for k, v in lawa._flatten(tree).items()}
+    return {k: np.asarray(v) for k, v in tree_io.flatten(tree).items()}
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +147,7 @@ def test_bfloat16_sums_in_fp32(tmp_path):
 
     run_dir = str(tmp_path / "bf")
     written = write_run(run_dir, [1, 2, 3, 4], dtype=ml_dtypes.bfloat16, seed=3)
-    got = lawa._flatten(lawa.average(lawa.run_sources(run_dir, [1, 2, 3, 4])))
+    got = tree_io.flatten(lawa.average(lawa.run_sources(run_dir, [1, 2, 3, 4])))
     for path in SHAPES:
         ref = np.mean([written[s][path].astype(np.float32) for s in (1, 2, 3, 4)], axis=0)
         assert got[path].dtype == ml_dtypes.bfloat16
@@ -265,14 +265,14 @@ def test_to_hf_of_a_pythia_average(tmp_path):
 
     mcfg = pythia.PythiaConfig(vocab_size=64, hidden_size=16, num_layers=2, num_heads=2)
     tree = jax.eval_shape(lambda: pythia.init_params(mcfg, jax.random.key(0)))
-    shapes = {k: v.shape for k, v in lawa._flatten(tree).items()}
+    shapes = {k: v.shape for k, v in tree_io.flatten(tree).items()}
     run_dir = str(tmp_path / "py")
     written = write_run(run_dir, [1, 2, 3], shapes=shapes, model=dataclasses.asdict(mcfg))
     out, out_hf = str(tmp_path / "avg"), str(tmp_path / "hf")
     assert cli.main(["average", "--run", run_dir, "--last", "2", "--out", out, "--to-hf", out_hf]) == 0
     params, config = hf.load_params(out_hf)
     assert config.hidden_size == 16
-    got = {k: np.asarray(v) for k, v in lawa._flatten(params).items()}
+    got = {k: np.asarray(v) for k, v in tree_io.flatten(params).items()}
     for path in shapes:
         np.testing.assert_allclose(got[path], (written[2][path] + written[3][path]) / 2, rtol=1e-6, atol=1e-7)
 

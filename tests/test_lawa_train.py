@@ -10,7 +10,7 @@ import signal
 import numpy as np
 import pytest
 
-from cpt_jax import cli, lawa
+from cpt_jax import cli, lawa, tree_io
 from cpt_jax import config as config_lib
 
 OVERRIDES = [
@@ -79,7 +79,7 @@ def test_online_average_after_resume_equals_uninterrupted(runs):
     sa = RunCheckpoints(a, cfg.checkpoint).restore_host_item(8, "lawa")
     sb = RunCheckpoints(b, cfg.checkpoint).restore_host_item(8, "lawa")
     assert list(sa["steps"]) == list(sb["steps"]) == [4, 6, 8]
-    fa, fb = lawa._flatten(sa), lawa._flatten(sb)
+    fa, fb = tree_io.flatten(sa), tree_io.flatten(sb)
     assert fa.keys() == fb.keys()
     for k in fa:
         np.testing.assert_array_equal(fa[k], fb[k])
@@ -94,10 +94,10 @@ def test_cli_average_of_a_trained_run_equals_numpy_and_online_window(runs, tmp_p
     out = str(tmp_path / "avg")
     assert cli.main(["average", "--run", a, "--last", "3", "--out", out]) == 0
     with ocp.StandardCheckpointer() as ckptr:
-        got = lawa._flatten(ckptr.restore(os.path.join(out, "params")))
-        ck = [lawa._flatten(ckptr.restore(os.path.join(a, "checkpoints", str(s), "params"))) for s in (4, 6, 8)]
+        got = tree_io.flatten(ckptr.restore(os.path.join(out, "params")))
+        ck = [tree_io.flatten(ckptr.restore(os.path.join(a, "checkpoints", str(s), "params"))) for s in (4, 6, 8)]
     online = RunCheckpoints(a, config_lib.load(TINY, OVERRIDES).checkpoint).restore_host_item(8, "lawa")
-    snaps = [lawa._flatten(online["snapshots"][f"step_{s}"]) for s in (4, 6, 8)]
+    snaps = [tree_io.flatten(online["snapshots"][f"step_{s}"]) for s in (4, 6, 8)]
     for k in got:
         want = np.mean(np.stack([np.asarray(c[k], np.float64) for c in ck]), axis=0)
         np.testing.assert_allclose(np.asarray(got[k]), want, rtol=1e-6, atol=1e-7)

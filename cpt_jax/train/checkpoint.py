@@ -25,7 +25,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from cpt_jax import storage
+from cpt_jax import storage, tree_io
 from cpt_jax.errors import UserError
 from cpt_jax.run_dir import RunDir
 from cpt_jax.train.state import TrainState
@@ -117,9 +117,7 @@ class RunCheckpoints:
         item = self.directory / str(step) / name
         if not item.is_dir():
             return None
-        from cpt_jax.lawa import restore_numpy, _unflatten
-
-        return _unflatten(restore_numpy(str(item)))
+        return tree_io.unflatten(tree_io.restore_numpy(str(item)))
 
     def wait(self) -> None:
         """Block until pending asynchronous saves are on disk."""
