@@ -39,6 +39,14 @@ def _loss_axis(ax, log: bool = True) -> None:
         ax.yaxis.set_major_formatter(ScalarFormatter())
         ax.yaxis.set_minor_formatter(NullFormatter())
     ax.grid(True, which="major", alpha=0.3)
+    _step_axis(ax)
+
+
+def _step_axis(ax) -> None:
+    """Optimizer steps on x, ticks at whole steps only."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("optimizer step")
 
 
@@ -154,12 +162,39 @@ def tradeoff(runs: list[Run], path: Path) -> bool:
     return True
 
 
+def _schedule_curve(run: Run):
+    """``(steps, lr)`` at every step 0..T of the run's configured schedule, or None when its
+    config cannot rebuild it (then the logged ``lr`` is drawn)."""
+    import numpy as np
+
+    try:
+        from ml_collections import ConfigDict
+
+        from cpt_jax.schedules import make_schedule
+
+        c = run.config
+        total = int(c["train"]["steps"])
+        fn = make_schedule(ConfigDict(c["schedule"]), float(c["optim"]["peak_lr"]), total)
+        steps = np.arange(total + 1)
+        return steps, np.asarray([float(fn(k)) for k in steps])
+    except Exception:  # an older or partial config.json
+        return None
+
+
 def lr_schedule(runs: list[Run], path: Path) -> bool:
+    """Each run's LR at every step from step 0, its start LR marked (logged points as dots)."""
     fig, ax = _plt().subplots(figsize=(7.5, 3.8))
     n = 0
     for i, run in enumerate(runs):
         s, v = run.series("lr")
-        if len(s):
+        curve = _schedule_curve(run)
+        if curve is not None:
+            ax.plot(*curve, color=_color(i), lw=1.4, label=run.name)
+            ax.plot(s, v, linestyle="none", marker=_style(i, 1)["marker"], ms=3, color=_color(i))
+            ax.annotate(f"start {curve[1][0]:.2g}", (0, curve[1][0]), textcoords="offset points",
+                        xytext=(4, 4 + 9 * i), fontsize=7, color=_color(i))
+            n += 1
+        elif len(s):
             ax.plot(s, v, label=run.name, **_style(i, len(s)))
             n += 1
     if not n:
@@ -167,7 +202,7 @@ def lr_schedule(runs: list[Run], path: Path) -> bool:
         return False
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     ax.grid(True, alpha=0.3)
-    ax.set_xlabel("optimizer step")
+    _step_axis(ax)
     ax.set_ylabel("learning rate")
     ax.set_title("Learning-rate schedule")
     _legend(ax, n)
@@ -187,7 +222,7 @@ def doremi_weights(runs: list[Run], path: Path) -> bool:
             ax.plot(s, v, color=_color(j), lw=1.4, label=d)
         ax.set_ylim(0, max(1e-3, ax.get_ylim()[1]))
         ax.grid(True, alpha=0.3)
-        ax.set_xlabel("optimizer step")
+        _step_axis(ax)
         ax.set_ylabel("domain weight α")
         ax.set_title(run.name)
         _legend(ax, len(names))
