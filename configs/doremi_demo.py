@@ -5,7 +5,7 @@ it is there; otherwise on the three synthetic domains (noise: unlearnable, patte
 trivial: one repeated token), and the command's first line says which. The reference trains
 on the token-proportional mixture and doubles as the baseline (same weights, steps and seed).
 eta = 0.1 rather than the paper's 1: with 16 sequences per step lambda is a noisy estimate
-and eta = 1 swings alpha to near one-hot from step to step (a pitfall REFERENCE.md lists).
+and eta = 1 swings alpha to near one-hot from step to step (a known pitfall).
 
     cpt-jax doremi --config configs/doremi_demo.py
 """

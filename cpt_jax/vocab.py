@@ -1,4 +1,4 @@
-"""Vocabulary expansion with subword-mean initialisation (seed 002; REFERENCE.md section 5).
+"""Vocabulary expansion with subword-mean initialisation.
 
 1. New tokens: a byte-level BPE is trained on the domain corpus with the ``tokenizers`` library
    (same normaliser and pre-tokeniser as the base); its merge results that the base vocabulary

@@ -12,7 +12,7 @@ MAGIC = b"MMIDIDX\x00\x00"
 
 
 def spec_write(prefix, docs, code=8, fmt="H", version=1, magic=MAGIC, doc_idx=None):
-    """Build .idx/.bin byte by byte from REFERENCE.md section 1, independent of the writer."""
+    """Build .idx/.bin byte by byte from Megatron's MMapIndexedDataset layout, independent of the writer."""
     sizes = [len(d) for d in docs]
     pointers, pos = [], 0
     for n in sizes:

@@ -13,7 +13,7 @@ from cpt_jax.model.pythia import PythiaConfig
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
-# REFERENCE.md section 1, the Pythia paper's table of total parameters.
+# The Pythia paper's table of total parameters.
 PAPER_COUNTS = {
     "14m": 14_067_712, "31m": 30_494_720, "70m": 70_426_624, "160m": 162_322_944,
     "410m": 405_334_016, "1b": 1_011_781_632, "1.4b": 1_414_647_808,

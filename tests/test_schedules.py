@@ -95,7 +95,7 @@ def test_cosine_matches_formula(warmup, W, start_lr):
 
 
 def test_pythia_cosine_equals_optax_warmup_cosine():
-    # optax's decay_steps includes the warmup (REFERENCE.md section 2)
+    # optax's decay_steps includes the warmup (optax.warmup_cosine_decay_schedule)
     c = cfg(steps=1000, warmup_frac=0.01, min_lr_ratio=0.1)
     ref = jax.vmap(__import__("optax").warmup_cosine_decay_schedule(0.0, PEAK, 10, 1000, 0.1 * PEAK))
     steps = np.arange(0, 1001, 7)

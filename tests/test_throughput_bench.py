@@ -12,7 +12,7 @@ import memory_estimate  # noqa: E402
 import ours as ours_lib  # noqa: E402
 import throughput  # noqa: E402
 
-# total parameters per Pythia size (../shared/REFERENCE.md section 1 table)
+# total parameters per Pythia size (the Pythia paper's table)
 REFERENCE_N = {"410m": 405_334_016, "1.4b": 1_414_647_808}
 
 

@@ -122,7 +122,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("preset,tok_s,mfu", [("410m", 127.1e3, 0.35), ("1.4b", 47.7e3, 0.44)])
 def test_mfu_convention_reproduces_reference_numbers(preset, tok_s, mfu):
-    """REFERENCE.md section 7: 410m at 127.1k tok/s is 35% MFU, 1.4b at 47.7k is 44% (H100)."""
+    """Measured figures (docs/benchmarks.md): 410m at 127.1k tok/s is 35% MFU, 1.4b at 47.7k is 44% (H100)."""
     mcfg = pythia.PythiaConfig.from_config({"preset": preset})
     f = flops_per_token(mcfg, 2048, pythia.count_params(mcfg))
     n_matmul = pythia.count_params(mcfg) - mcfg.vocab_size * mcfg.hidden_size
