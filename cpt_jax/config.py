@@ -51,8 +51,10 @@ def defaults() -> ConfigDict:
     c.model.max_position_embeddings = 2048  # train.seq_len <= this x rope_scaling (docs/long_context.md)
     c.model.param_dtype = "float32"
     c.model.compute_dtype = "float32"
-    c.model.attention = "auto"  # auto | xla | cudnn | chunked
+    c.model.attention = "auto"  # auto | xla | cudnn | chunked | splash (Pallas TPU kernel)
     c.model.attention_chunk = 512  # query block size for "chunked"
+    c.model.attention_block_q = 512  # splash: query tile (multiple of 128)
+    c.model.attention_block_kv = 512  # splash: key/value tile (multiple of 128)
     c.model.remat = "none"  # none | full | dots (save matmul outputs)
     c.model.scan_layers = True
 
@@ -308,7 +310,7 @@ def validate(cfg: ConfigDict) -> None:
             )
     _choice("model.param_dtype", m.param_dtype, DTYPES)
     _choice("model.compute_dtype", m.compute_dtype, DTYPES)
-    _choice("model.attention", m.attention, ("auto", "xla", "cudnn", "chunked"))
+    _choice("model.attention", m.attention, ("auto", "xla", "cudnn", "chunked", "splash"))
     _choice("model.remat", m.remat, ("none", "full", "dots"))
     _choice("schedule.name", s.name, ("cosine", "constant", "wsd", "infinite"))
     _choice("schedule.decay_shape", s.decay_shape, ("linear", "sqrt", "exp"))
@@ -413,6 +415,9 @@ def _check_context(m: ConfigDict, seq_len: int) -> None:
         raise UserError(f"model.rope_scaling must be a number >= 1 (1 = off), got {m.rope_scaling}")
     _positive("model.max_position_embeddings", m.max_position_embeddings)
     _positive("model.attention_chunk", m.attention_chunk)
+    for name in ("attention_block_q", "attention_block_kv"):
+        if m[name] <= 0 or m[name] % 128:
+            raise UserError(f"model.{name} must be a positive multiple of 128, got {m[name]}")
     context = m.max_position_embeddings * m.rope_scaling
     if seq_len > context:
         shown = f"{context:.0f}" if context == int(context) else f"{context:.1f}"

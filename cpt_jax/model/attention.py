@@ -8,17 +8,28 @@ compute dtype. Implementations:
   block rematerialised in the backward pass, so memory grows linearly in T), for long sequences
   on hosts without a flash kernel (``auto`` picks it when T exceeds the chunk);
 - ``cudnn``: ``jax.nn.dot_product_attention(implementation="cudnn")``, flash attention on NVIDIA
-  GPUs (bf16/fp16 only).
+  GPUs (bf16/fp16 only);
+- ``splash``: the Pallas TPU splash-attention kernel that ships with JAX (a fused flash kernel
+  with a causal block mask: fully masked blocks are skipped). Head sizes are zero-padded to a
+  multiple of the 128-lane width and T to a multiple of 128 (both exact: zero q/k columns add
+  nothing to q.k, zero v columns are sliced off, and causal queries never see padded keys).
+  Off TPU it runs in Pallas interpret mode (slow; for tests). Head sizes under 64, or a JAX
+  without the kernel, fall back to ``chunked`` with one printed line.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = ("auto", "xla", "chunked", "cudnn")
+IMPLEMENTATIONS = ("auto", "xla", "chunked", "cudnn", "splash")
+LANES = 128  # TPU vector lane width: the splash kernel's head-size and block granularity
+_SPLASH_MIN_HEAD = LANES // 2  # below this, padding to 128 lanes more than doubles the work
+_printed: set[str] = set()
 
 
 def rotary_cos_sin(
@@ -77,28 +88,122 @@ def _chunked(q: jax.Array, k: jax.Array, v: jax.Array, chunk: int) -> jax.Array:
     return out.swapaxes(0, 1).reshape(b, t + pad, h, d)[:, :t]
 
 
+def _backend() -> str:
+    return jax.default_backend()
+
+
+def _say_once(line: str) -> None:
+    if line not in _printed:
+        _printed.add(line)
+        print(line, flush=True)
+
+
 def resolve(
     implementation: str, head_dim: int, dtype: jnp.dtype, seq_len: int = 0, chunk: int = 512
 ) -> str:
-    """``auto`` -> ``cudnn`` on GPU for bf16/fp16 and head sizes cuDNN takes; otherwise
-    ``chunked`` when ``seq_len > chunk`` (memory linear in T), else ``xla``."""
+    """``auto`` -> ``splash`` on TPU for head sizes the kernel runs; ``cudnn`` on GPU for
+    bf16/fp16 and head sizes cuDNN takes; otherwise ``chunked`` when ``seq_len > chunk``
+    (memory linear in T), else ``xla``. ``splash`` (asked for, or picked by ``auto`` on TPU)
+    where the kernel cannot run becomes ``chunked`` with one printed line saying why."""
+    backend = _backend()
+    if implementation == "auto" and backend == "tpu":
+        implementation = "splash"
+    if implementation == "splash":
+        why = splash_unsupported(head_dim)
+        if why is None:
+            return "splash"
+        _say_once(f"attention: splash kernel not used ({why}); using chunked")
+        return "chunked"
     if implementation != "auto":
         return implementation
-    on_gpu = jax.default_backend() == "gpu"
     half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-    if on_gpu and half and head_dim % 8 == 0 and head_dim <= 128:
+    if backend == "gpu" and half and head_dim % 8 == 0 and head_dim <= 128:
         return "cudnn"
     return "chunked" if seq_len > chunk else "xla"
 
 
 def causal_attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, implementation: str = "xla", chunk: int = 512
+    q: jax.Array, k: jax.Array, v: jax.Array, implementation: str = "xla", chunk: int = 512,
+    block_q: int = 512, block_kv: int = 512,
 ) -> jax.Array:
-    """Causal softmax attention with scale ``hd**-0.5``; inputs and output ``[B, T, H, hd]``."""
+    """Causal softmax attention with scale ``hd**-0.5``; inputs and output ``[B, T, H, hd]``.
+    ``block_q`` / ``block_kv``: the splash kernel's query / key tiles (multiples of 128)."""
     if implementation == "xla":
         return _scores_softmax_values(q, k, v, 0)
     if implementation == "chunked":
         return _chunked(q, k, v, chunk)
     if implementation == "cudnn":
         return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
+    if implementation == "splash":
+        return splash(q, k, v, block_q, block_kv)
     raise ValueError(f"unknown attention implementation {implementation!r}")
+
+
+# ---------------------------------------------------------------------------------------
+# splash attention (Pallas TPU kernel shipped with JAX)
+
+
+def _splash_lib() -> Any:
+    """The splash-attention module, or None where this JAX has none (the path has moved
+    between releases, so the import is guarded)."""
+    try:
+        from jax.experimental.pallas.ops.tpu import splash_attention as lib
+    except Exception:  # noqa: BLE001 - absent, moved, or failing to import on this platform
+        return None
+    needed = ("make_splash_mha", "BlockSizes", "CausalMask", "MultiHeadMask")
+    return lib if all(hasattr(lib, n) for n in needed) else None
+
+
+def splash_unsupported(head_dim: int) -> str | None:
+    """Why the splash kernel cannot run heads of ``head_dim`` here; None when it can."""
+    if _splash_lib() is None:
+        return f"this JAX ({jax.__version__}) has no Pallas TPU splash-attention kernel"
+    if head_dim < _SPLASH_MIN_HEAD:
+        return (f"head size {head_dim} is under {_SPLASH_MIN_HEAD}: padding it to {LANES} lanes "
+                "would more than double the work")
+    return None
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def splash_block(requested: int, padded_len: int) -> int:
+    """The largest multiple of 128 that is at most ``requested`` and divides ``padded_len``
+    (itself a multiple of 128)."""
+    top = max(LANES, min(requested, padded_len) // LANES * LANES)
+    return next(b for b in range(top, 0, -LANES) if padded_len % b == 0)
+
+
+@functools.lru_cache(maxsize=32)
+def _splash_kernel(heads: int, seq: int, block_q: int, block_kv: int, interpret: bool) -> Any:
+    """A causal multi-head splash kernel for ``[H, seq, hd]`` inputs (cached per shape)."""
+    lib = _splash_lib()
+    mask = lib.MultiHeadMask([lib.CausalMask((seq, seq)) for _ in range(heads)])
+    blocks = dict(block_q=block_q, block_kv=block_kv, block_kv_compute=block_kv,
+                  block_q_dkv=block_q, block_kv_dkv=block_kv, block_kv_dkv_compute=block_kv)
+    try:
+        sizes = lib.BlockSizes(**blocks, block_q_dq=block_q, block_kv_dq=block_kv)
+    except (TypeError, ValueError):  # releases whose backward is one fused kernel
+        sizes = lib.BlockSizes(**blocks, use_fused_bwd_kernel=True)
+    return lib.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
+                               interpret=interpret)
+
+
+def splash(q: jax.Array, k: jax.Array, v: jax.Array, block_q: int = 512, block_kv: int = 512) -> jax.Array:
+    """Causal attention through the splash kernel; ``[B, T, H, hd]`` in and out.
+
+    The kernel takes ``[H, T, hd]`` per batch row (vmapped over B) with q pre-scaled by
+    ``hd**-0.5``; hd is zero-padded to a multiple of 128 and T to a multiple of 128."""
+    b, t, h, d = q.shape
+    tp, dp = _round_up(t, LANES), _round_up(d, LANES)
+    bq, bkv = splash_block(block_q, tp), splash_block(block_kv, tp)
+    kernel = _splash_kernel(h, tp, bq, bkv, _backend() != "tpu")
+
+    def prep(x: jax.Array) -> jax.Array:
+        x = jnp.pad(x, ((0, 0), (0, tp - t), (0, 0), (0, dp - d)))
+        return x.transpose(0, 2, 1, 3)  # [B, H, T, hd]
+
+    scale = jnp.asarray(1.0 / math.sqrt(d), q.dtype)
+    out = jax.vmap(kernel)(prep(q * scale), prep(k), prep(v))
+    return out.transpose(0, 2, 1, 3)[:, :t, :, :d].astype(v.dtype)

@@ -64,6 +64,8 @@ class PythiaConfig:
     compute_dtype: str = "float32"
     attention: str = "auto"
     attention_chunk: int = 512
+    attention_block_q: int = 512  # splash kernel query tile (a multiple of 128)
+    attention_block_kv: int = 512  # splash kernel key/value tile (a multiple of 128)
     remat: str = "none"
     scan_layers: bool = True
 
@@ -78,6 +80,10 @@ class PythiaConfig:
             raise UserError(
                 f"attention '{self.attention}' is not one of {', '.join(attn_lib.IMPLEMENTATIONS)}"
             )
+        for name in ("attention_block_q", "attention_block_kv"):
+            size = getattr(self, name)
+            if not (isinstance(size, int) and size > 0 and size % attn_lib.LANES == 0):
+                raise UserError(f"model.{name} must be a positive multiple of {attn_lib.LANES}, got {size}")
 
     @property
     def head_dim(self) -> int:
@@ -215,7 +221,8 @@ def _attention(x: jax.Array, p: Params, cos: jax.Array, sin: jax.Array, c: Pythi
     qkv = _linear(x, p["qkv"]).reshape(b, t, c.num_heads, 3 * c.head_dim)
     q, k, v = jnp.split(qkv, 3, axis=-1)
     q, k = attn_lib.apply_rotary(q, cos, sin), attn_lib.apply_rotary(k, cos, sin)
-    o = attn_lib.causal_attention(q, k, v, impl, c.attention_chunk)
+    o = attn_lib.causal_attention(q, k, v, impl, c.attention_chunk, c.attention_block_q,
+                                  c.attention_block_kv)
     return _linear(o.reshape(b, t, c.hidden_size), p["out"])
 
 
