@@ -33,8 +33,15 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr (exit 2); sub-parsers inherit it."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cpt-jax", description="Continual pretraining of Pythia models in JAX."
     )
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
@@ -74,10 +81,24 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"'{args.verb}' takes no --config.* overrides")
     try:
         code = args.func(args)
-    except (UserError, FileNotFoundError) as err:
-        print(f"cpt-jax {args.verb}: error: {err}", file=sys.stderr)
+    except (UserError, OSError, EOFError) as err:
+        print(f"cpt-jax {args.verb}: error: {one_line(err)}", file=sys.stderr)
         return 2
     return int(code or 0)
+
+
+def one_line(err: BaseException) -> str:
+    """The error as one line; an OS error (missing file, read-only or full disk, a path that is
+    a file where a directory is needed, a truncated ``.gz``) names its path and cause."""
+    if isinstance(err, OSError) and not isinstance(err, UserError) and err.strerror:
+        where = f"{err.filename}: " if err.filename else ""
+        text = f"{where}{err.strerror}"
+    elif isinstance(err, (UserError, OSError)):
+        text = str(err)
+    else:
+        text = f"{type(err).__name__}: {err}"  # EOFError: a compressed file ends early
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return " ".join(lines) if lines else type(err).__name__
 
 
 if __name__ == "__main__":

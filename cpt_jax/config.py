@@ -80,6 +80,7 @@ def defaults() -> ConfigDict:
     c.optim.eps = 1e-8
     c.optim.weight_decay = 0.1  # matrices only, never biases or LayerNorm
     c.optim.grad_clip = 1.0  # global norm; 0 disables
+    c.optim.skip_nonfinite = 0  # batches with a non-finite loss/gradient skipped before stopping
 
     c.schedule = ConfigDict()
     c.schedule.name = "cosine"  # cosine | constant | wsd | infinite
@@ -178,14 +179,22 @@ def load(path: str, overrides: list[str] | tuple[str, ...] = ()) -> ConfigDict:
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
-    except AttributeError as err:  # an unknown key assigned on a locked ConfigDict
+    except (AttributeError, TypeError, ValueError) as err:  # unknown key / wrong type on a locked ConfigDict
         raise UserError(f"{path}: {_first_line(err)}") from None
+    except SyntaxError as err:
+        raise UserError(f"{path}:{err.lineno}: syntax error: {err.msg}") from None
+    except Exception as err:
+        raise UserError(f"{path}: {type(err).__name__}: {_first_line(err)}") from None
     if not hasattr(module, "get_config"):
         raise UserError(f"{path} defines no get_config()")
     try:
         cfg = module.get_config() if arg is None else module.get_config(arg)
-    except AttributeError as err:
+    except (AttributeError, TypeError, ValueError) as err:
         raise UserError(f"{path}: {_first_line(err)}") from None
+    except Exception as err:
+        raise UserError(f"{path}: get_config() raised {type(err).__name__}: {_first_line(err)}") from None
+    if not isinstance(cfg, ConfigDict):
+        raise UserError(f"{path}: get_config() returned {type(cfg).__name__}, not a ConfigDict")
     apply_overrides(cfg, overrides)
     model_from_checkpoint(cfg)
     validate(cfg)
@@ -301,6 +310,7 @@ def validate(cfg: ConfigDict) -> None:
     """Check keys, types and values against ``defaults()``; raise one ``UserError``."""
     _check_keys(cfg, defaults(), "")
     m, t, o, s = cfg.model, cfg.train, cfg.optim, cfg.schedule
+    _data_source(cfg.data)
     if m.preset:
         from cpt_jax.model.presets import PRESETS
 
@@ -355,6 +365,13 @@ def validate(cfg: ConfigDict) -> None:
     from cpt_jax.schedules import resolve_phases  # checks every phase's keys and step counts
 
     resolve_phases(s, o.peak_lr, t.steps)
+    _check_start_lr(s, o.peak_lr, t.steps)
+    for name in ("log_every", "eval_batches"):
+        _positive(f"train.{name}", t[name])
+    if t.eval_every < 0:
+        raise UserError(f"train.eval_every must be >= 0 (0 = only at the end), got {t.eval_every}")
+    if o.skip_nonfinite < 0:
+        raise UserError(f"optim.skip_nonfinite must be >= 0 (0 = stop at the first), got {o.skip_nonfinite}")
     if not 0.0 <= cfg.data.replay_fraction < 1.0:
         raise UserError(
             f"data.replay_fraction must be in [0, 1), got {cfg.data.replay_fraction}"
@@ -397,6 +414,29 @@ def validate(cfg: ConfigDict) -> None:
 
 
 _WARNED: set[str] = set()
+
+
+def _data_source(d: ConfigDict) -> None:
+    """``data.dir`` means tokenized data: a config that sets it with the default synthetic source
+    trains on ``data.dir`` (a silent synthetic run would be a wrong result)."""
+    if d.dir and d.source == "synthetic":
+        with d.unlocked():
+            d.source = "tokenized"
+
+
+def _check_start_lr(s: ConfigDict, peak_lr: float, steps: int) -> None:
+    """``schedule.start_lr`` only acts through a warmup: refuse it when a phase's warmup rounds
+    to 0 steps (``warmup_frac * steps < 0.5``)."""
+    from cpt_jax.schedules import resolve_phases
+
+    for p in resolve_phases(s, peak_lr, steps):
+        rewarms = p.name != "constant" and (p.name != "infinite" or p.options["rewarm"])
+        if p.options["start_lr"] > 0 and rewarms and p.warmup == 0:
+            raise UserError(
+                f"schedule.start_lr {p.options['start_lr']:g} has no effect: the warmup of "
+                f"'{p.describe()}' is 0 steps ({p.options['warmup_frac']:g} x {p.steps} rounds to 0); "
+                "set schedule.warmup_steps"
+            )
 
 
 def _warn_once(message: str | None) -> None:

@@ -197,3 +197,21 @@ def test_hard_kill_then_resume_logs_each_step_once_and_bitwise(tmp_path):
     assert "is no longer running" in proc.stderr  # the killed run's lease was taken over
     assert _raw_steps(cut) == list(range(1, 9))  # one line per step in the file itself
     assert _losses(cut) == _losses(tmp_path / "full")
+
+
+def test_init_from_another_head_count_is_refused_before_anything_is_written(tmp_path):
+    import dataclasses
+
+    import jax
+
+    from cpt_jax.model import pythia
+    from cpt_jax.model.checkpoint import save_params
+
+    cfg = load_cfg(str(tmp_path / "run"), ["train.steps=2"])
+    mcfg = pythia.PythiaConfig.from_config(cfg.model)
+    other = dataclasses.replace(mcfg, num_heads=mcfg.num_heads * 2)  # same tensor shapes
+    save_params(tmp_path / "ckpt", pythia.init_params(other, jax.random.key(0)), other)
+    cfg = load_cfg(str(tmp_path / "run"), ["train.steps=2", f"train.init_from={tmp_path / 'ckpt'}"])
+    with pytest.raises(UserError, match=rf"model.num_heads is {other.num_heads} there but {mcfg.num_heads}"):
+        loop.run(cfg, eval_sets={})
+    assert not (tmp_path / "run").exists()

@@ -29,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eos-id", type=int, default=None,
                    help="EOS appended to each document (default: the id of <|endoftext|>)")
     p.add_argument("--license", default="unknown", help="licence of the inputs, for the manifest")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse input that is not valid UTF-8 (default: replace and warn)")
     p.set_defaults(func=run)
 
 
@@ -43,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
         args.input, args.domain, args.out, tok, text_field=args.text_field,
         doc_sep=args.doc_sep, val_fraction=args.val_fraction, workers=args.workers,
         max_tokens=args.max_tokens, eos_id=args.eos_id, license=args.license,
+        strict=args.strict,
         tokenizer_name=str(tok) if tok else None,
     )
     print(f"{args.domain}: train {entry['train_tokens']:,} tokens / {entry['train_documents']:,} docs, "

@@ -13,14 +13,16 @@
 
 SIGTERM / SIGHUP / SIGINT (``train.signals``): the current step finishes, a checkpoint is saved,
 the run returns a summary with ``"interrupted"`` set to the signal (the ``train`` verb exits 0
-after SIGTERM, 130 after SIGINT); a second signal exits at once. A non-finite loss stops the run with a ``UserError`` naming the step; nothing is saved
-after it, so the last good checkpoint stays the newest.
+after SIGTERM, 130 after SIGINT); a second signal exits at once. A step with a non-finite
+loss or gradient is never applied (``train.step``); past ``optim.skip_nonfinite`` such steps the
+run stops with a ``UserError`` naming the newest checkpoint, whose params are finite.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
 from typing import Any
 
@@ -35,7 +37,7 @@ from cpt_jax.model import pythia
 from cpt_jax.model.checkpoint import config_to_dict
 from cpt_jax.optim import make_optimizer
 from cpt_jax.schedules import make_schedule
-from cpt_jax.run_dir import MODEL, SUMMARY
+from cpt_jax.run_dir import MODEL, SUMMARY, RunDir
 from cpt_jax.train import banner
 from cpt_jax.train.checkpoint import RunCheckpoints
 from cpt_jax.train.resume import OpenedRun, open_run, restore_newest
@@ -44,8 +46,9 @@ from cpt_jax.train.signals import StopFlag
 from cpt_jax.train.state import TrainState, state_shardings
 from cpt_jax.train.step import NextTokenObjective, Objective, make_train_step
 
-# architecture fields a train.init_from checkpoint must share with cfg.model
-_ARCH_FIELDS = ("use_parallel_residual", "rotary_pct", "hidden_act", "attention_bias")
+# architecture a train.init_from checkpoint must share with cfg.model (num_heads is not implied
+# by any tensor's shape; the context and rotary base may change on purpose)
+_ARCH_FIELDS = ("num_heads", "use_parallel_residual", "rotary_pct", "hidden_act", "attention_bias")
 
 
 def _train_data(cfg: Any) -> Any:
@@ -64,10 +67,10 @@ def _eval_sets(cfg: Any, domains: list[str]) -> dict[str, list[dict]] | None:
     return eval_sets(cfg, domains)
 
 
-def _init_params_from(path: str, abstract: Any, mcfg: pythia.PythiaConfig, shardings: Any) -> Any:
-    """Weights of ``train.init_from``, checked against the configured model before any array
-    is read, then restored straight into ``shardings`` (each process reads its own shards)."""
-    from cpt_jax.model.checkpoint import load_params, source_config
+def _check_init_from(path: str, abstract: Any, mcfg: pythia.PythiaConfig) -> None:
+    """``train.init_from`` must hold the configured architecture (its model.json or HF
+    config.json, then every parameter's shape), checked before anything is read or written."""
+    from cpt_jax.model.checkpoint import source_config
 
     src = source_config(path)
     for f in _ARCH_FIELDS:
@@ -87,6 +90,13 @@ def _init_params_from(path: str, abstract: Any, mcfg: pythia.PythiaConfig, shard
                 f"train.init_from {path}: parameter {name} is {got}, the config's model needs "
                 f"{tuple(leaf.shape)}"
             )
+
+
+def _init_params_from(path: str, abstract: Any, shardings: Any) -> Any:
+    """Weights of ``train.init_from`` (checked by ``_check_init_from``), restored straight into
+    ``shardings`` (each process reads its own shards) and cast to the model's dtypes."""
+    from cpt_jax.model.checkpoint import load_params
+
     params, _ = load_params(path, shardings)
     if not all(isinstance(x, jax.Array) and x.sharding == s for x, s in
                zip(jax.tree.leaves(params), jax.tree.leaves(shardings))):  # a Hugging Face dir
@@ -96,13 +106,26 @@ def _init_params_from(path: str, abstract: Any, mcfg: pythia.PythiaConfig, shard
     return cast(params)
 
 
-def _check_finite(step: int, metrics: dict[str, Any], last_good: int | None) -> None:
-    loss = float(metrics["loss"])
-    if not math.isfinite(loss):
-        where = f"step {last_good}" if last_good is not None else "none was saved"
-        raise UserError(
-            f"loss is {loss} at step {step}: training stopped (last good checkpoint: {where})"
-        )
+def _check_finite(step: int, metrics: dict[str, Any], last_good: int | None, skipped: int,
+                  limit: int) -> int:
+    """The count of skipped steps after ``step``: the jitted step never applies a non-finite
+    update (its ``nonfinite`` metric says so), so a bad batch costs nothing but itself. Up to
+    ``limit`` (``optim.skip_nonfinite``) are skipped with a warning; beyond, the run stops naming
+    the newest checkpoint, whose params are finite."""
+    loss, bad = float(metrics["loss"]), float(metrics.get("nonfinite", 0.0)) > 0
+    if not bad and math.isfinite(loss):
+        return skipped
+    what = f"loss is {loss}" if not math.isfinite(loss) else "gradient or update is not finite"
+    if skipped < limit and bad:
+        print(f"warning: {what} at step {step}: batch skipped without an update "
+              f"({skipped + 1} of optim.skip_nonfinite={limit})", file=sys.stderr)
+        return skipped + 1
+    where = f"step {last_good}" if last_good is not None else "none was saved"
+    raise UserError(
+        f"{what} at step {step}: training stopped (last good checkpoint: {where}) -- the update "
+        f"was not applied, every checkpoint holds finite params; {skipped} batches skipped before "
+        f"(optim.skip_nonfinite={limit})"
+    )
 
 
 def _place(tree: Any, shardings: Any) -> Any:
@@ -180,6 +203,8 @@ def _plan(cfg: Any, objective: Objective | None, trainable: Any, data: Any) -> _
         extras=jax.eval_shape(objective.init_extras, abstract_params),
     )
     shard = state_shardings(abstract, mesh)  # UserError for indivisible dims, before compiling
+    if cfg.train.init_from and RunDir(cfg.run_dir).latest_step() is None:  # not a resume
+        _check_init_from(cfg.train.init_from, abstract_params, mcfg)
     return _Plan(mesh, mcfg, data, objective, schedule, tx, abstract, shard)
 
 
@@ -204,7 +229,7 @@ def _train(cfg: Any, plan: _Plan, opened: OpenedRun, eval_sets: Any, wall0: floa
             state = state.replace(extras=extras)
     else:
         if cfg.train.init_from:
-            params = _init_params_from(cfg.train.init_from, abstract_params, mcfg, shard.params)
+            params = _init_params_from(cfg.train.init_from, abstract_params, shard.params)
         else:
             params = jax.jit(lambda k: pythia.init_params(mcfg, k), out_shardings=shard.params)(
                 jax.random.key(cfg.seed)
@@ -258,15 +283,22 @@ def _train(cfg: Any, plan: _Plan, opened: OpenedRun, eval_sets: Any, wall0: floa
     done = start
     tok_step = b * t
 
+    skipped = 0  # batches skipped for a non-finite gradient (optim.skip_nonfinite)
+
     def drain(keep: int) -> None:
-        """Fetch metrics of finished steps (all but the newest ``keep``), check them."""
-        nonlocal last_loss
+        """Fetch metrics of finished steps (all but the newest ``keep``), check them; a skipped
+        step counts in ``train/skipped_steps`` and not in the window's means."""
+        nonlocal last_loss, skipped
         while len(pending) > keep:
             s, dev = pending.pop(0)
             host = jax.device_get(dev)
-            _check_finite(s, host, last_good)
-            window.add(host)
-            last_loss = float(host["loss"])
+            skipped = _check_finite(s, host, last_good, skipped, cfg.optim.skip_nonfinite)
+            bad = float(host.pop("nonfinite", 0.0)) > 0
+            if skipped:
+                window.extra["train/skipped_steps"] = float(skipped)
+            if not bad:
+                window.add(host)
+                last_loss = float(host["loss"])
 
     def save(step: int) -> None:
         nonlocal last_good, last_saved
