@@ -121,3 +121,107 @@ def report(presets: list[str], configs: list[pythia.PythiaConfig], batches: list
                   f"(arguments {m.get('argument', 0) / GIB:.2f}, temporaries {m.get('temp', 0) / GIB:.2f})")
         rows.append(row)
     return rows
+
+
+# ---------------------------------------------------------------------------------------
+# Cloud TPU plan: per chip, for a slice of chips and a (fsdp x tensor) mesh
+
+# HBM per chip (GiB) and the smallest slices one can create, in chips, with their names
+TPU_HBM_GIB = {"v4": 32.0, "v5e": 16.0, "v5p": 95.0}
+TPU_SLICES = {
+    "v4": [4, 8, 16, 32, 64, 128, 256],      # v4-8 = 4 chips (the name counts TensorCores)
+    "v5e": [1, 4, 8, 16, 32, 64, 128, 256],  # v5litepod-8 = 8 chips (the name counts chips)
+    "v5p": [4, 8, 16, 32, 64, 128, 256],     # v5p-8 = 4 chips (the name counts TensorCores)
+}
+USABLE = 0.9  # share of HBM the plan fills (XLA's runtime, fragmentation and temporaries keep the rest)
+REMAT_ORDER = ("none", "dots", "full")  # least recompute first
+TENSOR_SIZES = (1, 2, 4, 8)
+
+
+def slice_name(gen: str, chips: int) -> str:
+    """Cloud TPU accelerator type of a slice of ``chips`` chips (v4 / v5p count TensorCores)."""
+    return f"v5litepod-{chips}" if gen == "v5e" else f"{gen}-{2 * chips}"
+
+
+def per_chip(c: pythia.PythiaConfig, rows: int, seq: int, fsdp: int, tensor: int,
+             vocab_chunk: int = 512, attention: str = "splash") -> dict[str, float]:
+    """Bytes on one chip of a ``fsdp x tensor`` mesh; ``rows`` sequences per fsdp shard per
+    micro-step (the rest of a global batch comes from train.micro_batches).
+
+    state and the compute-dtype weight copy divide by fsdp * tensor; two layers' gathered
+    weights are in flight (b * 12 d^2 / tensor each); of the saved activations the residual
+    stream (1 of s units) is whole on every tensor shard and the rest divides by tensor; so does
+    39/40 of the layer work and the logits' vocabulary."""
+    e = analytic(c, rows, seq, vocab_chunk, attention)
+    shards = fsdp * tensor
+    b = np.dtype(c.compute_dtype).itemsize
+    s = _SAVED_PER_LAYER[c.remat]
+    out = {
+        "state": (e["params"] + e["opt_state"] + e["grads"]) / shards,
+        "weights": e["weights_copy"] / shards + 2 * b * 12 * c.hidden_size ** 2 / tensor,
+        "saved_activations": e["saved_activations"] * (1 + (s - 1) / tensor) / s,
+        "layer_work": e["layer_work"] * (1 + (_LAYER_WORK - 1) / tensor) / _LAYER_WORK,
+        "attention_scores": e["attention_scores"] / tensor,
+        "logits": e["logits"] / tensor,
+    }
+    out["total"] = sum(out.values())
+    return out
+
+
+def _mesh_ok(c: pythia.PythiaConfig, chips: int, tensor: int) -> bool:
+    """fsdp must divide d (params' embed axis); tensor must divide heads, ffn and vocab."""
+    fsdp = chips // tensor
+    return (chips % tensor == 0 and c.hidden_size % fsdp == 0 and c.num_heads % tensor == 0
+            and c.ffn_size % tensor == 0 and c.vocab_size % tensor == 0)
+
+
+def tpu_plan(c: pythia.PythiaConfig, gen: str, seq: int = 2048, rows: int = 1,
+             vocab_chunk: int = 512) -> dict[str, Any] | None:
+    """The smallest slice of ``gen`` (then least remat, then smallest tensor axis) whose chips
+    hold the full AdamW train state and a step of ``rows`` sequences per fsdp shard; None if
+    none of :data:`TPU_SLICES` does."""
+    import dataclasses
+
+    budget = TPU_HBM_GIB[gen] * GIB * USABLE
+    for chips in TPU_SLICES[gen]:
+        for remat in REMAT_ORDER:
+            cr = dataclasses.replace(c, remat=remat)
+            for tensor in TENSOR_SIZES:
+                if not _mesh_ok(c, chips, tensor):
+                    continue
+                e = per_chip(cr, rows, seq, chips // tensor, tensor, vocab_chunk)
+                if e["total"] <= budget:
+                    return {"gen": gen, "slice": slice_name(gen, chips), "chips": chips,
+                            "fsdp": chips // tensor, "tensor": tensor, "remat": remat,
+                            "bytes": e}
+    return None
+
+
+def tpu_table(presets: list[str], seq: int = 2048, rows: int = 1, vocab_chunk: int = 512) -> str:
+    """A markdown table of :func:`tpu_plan` for each preset and TPU generation."""
+    import ours as ours_lib_
+
+    lines = ["| preset | " + " | ".join(f"{g} ({TPU_HBM_GIB[g]:.0f} GiB)" for g in TPU_HBM_GIB) + " |",
+             "|---|" + "---|" * len(TPU_HBM_GIB)]
+    for name in presets:
+        c = ours_lib_.model_config(name, compute_dtype="bfloat16")
+        cells = []
+        for gen in TPU_HBM_GIB:
+            p = tpu_plan(c, gen, seq, rows, vocab_chunk)
+            cells.append("does not fit" if p is None else
+                         f"{p['slice']}: fsdp {p['fsdp']} x tensor {p['tensor']}, remat {p['remat']}, "
+                         f"{p['bytes']['total'] / GIB:.1f} GiB/chip")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Cloud TPU memory plan (estimated) per Pythia preset")
+    ap.add_argument("--seq", type=int, default=2048)
+    ap.add_argument("--rows", type=int, default=1, help="sequences per fsdp shard per micro-step")
+    ap.add_argument("--vocab-chunk", type=int, default=512)
+    ap.add_argument("--presets", default="70m,160m,410m,1b,1.4b,2.8b,6.9b,12b")
+    a = ap.parse_args()
+    print(tpu_table(a.presets.split(","), a.seq, a.rows, a.vocab_chunk))
