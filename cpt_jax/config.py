@@ -173,18 +173,7 @@ def load(path: str, overrides: list[str] | tuple[str, ...] = ()) -> ConfigDict:
 
     ``path`` may be ``FILE:ARG`` (ml-collections' config string): ``get_config(ARG)`` is called."""
     path, arg = split_spec(path)
-    if not os.path.isfile(path):
-        raise UserError(f"config file not found: {path}")
-    spec = importlib.util.spec_from_file_location("_cpt_jax_experiment", path)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except (AttributeError, TypeError, ValueError) as err:  # unknown key / wrong type on a locked ConfigDict
-        raise UserError(f"{path}: {_first_line(err)}") from None
-    except SyntaxError as err:
-        raise UserError(f"{path}:{err.lineno}: syntax error: {err.msg}") from None
-    except Exception as err:
-        raise UserError(f"{path}: {type(err).__name__}: {_first_line(err)}") from None
+    module = load_module(path)
     if not hasattr(module, "get_config"):
         raise UserError(f"{path} defines no get_config()")
     try:
@@ -199,6 +188,24 @@ def load(path: str, overrides: list[str] | tuple[str, ...] = ()) -> ConfigDict:
     model_from_checkpoint(cfg)
     validate(cfg)
     return cfg
+
+
+def load_module(path: str) -> Any:
+    """The Python module of an experiment file (``FILE`` or ``FILE:ARG``); errors in one line."""
+    path, _ = split_spec(path)
+    if not os.path.isfile(path):
+        raise UserError(f"config file not found: {path}")
+    spec = importlib.util.spec_from_file_location("_cpt_jax_experiment", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except (AttributeError, TypeError, ValueError) as err:  # unknown key / wrong type on a locked ConfigDict
+        raise UserError(f"{path}: {_first_line(err)}") from None
+    except SyntaxError as err:
+        raise UserError(f"{path}:{err.lineno}: syntax error: {err.msg}") from None
+    except Exception as err:
+        raise UserError(f"{path}: {type(err).__name__}: {_first_line(err)}") from None
+    return module
 
 
 def split_spec(text: str) -> tuple[str, str | None]:

@@ -18,7 +18,6 @@ downstream domains (learning) and on the upstream ones (forgetting) against its 
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import os
 from typing import Any, Callable
@@ -36,9 +35,7 @@ RunFn = Callable[[ConfigDict], dict]
 def load_experiment(path: str, overrides: list[str] | tuple[str, ...] = ()) -> tuple[ConfigDict, list[dict]]:
     """The shared config (overrides applied, validated) and the list of runs of an experiment file."""
     shared = config_lib.load(path, overrides)
-    spec = importlib.util.spec_from_file_location("_cpt_jax_experiment_runs", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = config_lib.load_module(path)
     if not hasattr(module, "get_runs"):
         raise UserError(f"{path} defines no get_runs(cfg): it is a single-run config, use `cpt-jax train`")
     runs = module.get_runs(shared)

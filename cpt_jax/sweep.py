@@ -19,7 +19,6 @@ whose general loss is the pre-CPT loss L_g0 that ``dcpt ratio`` keeps within a t
 from __future__ import annotations
 
 import csv
-import importlib.util
 import itertools
 import os
 import shlex
@@ -38,9 +37,7 @@ def load_sweep(path: str, overrides: list[str] | tuple[str, ...] = ()) -> tuple[
     """The shared config and the sweep's runs (``{"name", "set", "point"[, "from"]}``), bases
     (``"point": None``) first, of a sweep file."""
     shared = config_lib.load(path, overrides)
-    spec = importlib.util.spec_from_file_location("_cpt_jax_sweep", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = config_lib.load_module(path)
     for name in ("get_grid", "apply"):
         if not hasattr(module, name):
             raise UserError(f"{path} defines no {name}(): not a sweep file")

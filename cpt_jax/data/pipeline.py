@@ -15,7 +15,11 @@ windows spread evenly over its held-out ``val`` split (synthetic data: a disjoin
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -199,7 +203,8 @@ class TrainData:
                 flags.FLAGS.mark_as_parsed()
             it = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=d.prefetch))
             it = it.mp_prefetch(
-                grain.MultiprocessingOptions(num_workers=d.workers, per_worker_buffer_size=d.prefetch)
+                grain.MultiprocessingOptions(num_workers=d.workers, per_worker_buffer_size=d.prefetch),
+                worker_init_fn=functools.partial(_die_with, os.getpid()),
             )
         else:
             it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=d.prefetch))
@@ -240,6 +245,23 @@ def process_rows(cfg: Any, process_index: int = 0, process_count: int = 1) -> np
         raise UserError(f"train.batch_size {b} is not divisible by the {process_count} processes")
     per = b // process_count
     return np.arange(process_index * per, (process_index + 1) * per)
+
+
+def _die_with(trainer_pid: int, worker_index: int = 0, worker_count: int = 0) -> None:
+    """In each grain worker: exit as soon as the training process is gone (killed with -9, it
+    cannot stop its workers itself; whatever process started them, they must not outlive it)."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            try:
+                os.kill(trainer_pid, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:  # the pid now belongs to another user's process
+                os._exit(1)
+
+    threading.Thread(target=watch, name="cpt-jax-die-with-trainer", daemon=True).start()
 
 
 class _BatchFn:
