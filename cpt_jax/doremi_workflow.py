@@ -139,23 +139,22 @@ def run_proxy(cfg: Any, k: int, reference: str, log: Log) -> dict[str, dict[str,
             attention_chunk=mcfg.attention_chunk, remat=mcfg.remat),
     )
     _train(pc, f"round {k} proxy (DoReMi, eta={d.eta}, c={d.c}, {d.normalization})", log, objective)
-    weights = final_weights(Path(pc.run_dir), domains, pc.train.steps)
+    weights = final_weights(pc.run_dir, domains, pc.train.steps)
     out.write_text(json.dumps(weights, indent=2) + "\n")
     return weights
 
 
 def final_weights(run_dir: Any, domains: list[str], steps: int) -> dict[str, dict[str, float]]:
-    """alpha_bar and alpha_T from the proxy's last metrics line (exact: the step's values)."""
-    last = None
-    for rec in RunDir(run_dir).read_metrics():
-        if f"doremi/alpha_avg/{domains[0]}" in rec:
-            last = rec
-    if last is None or last["step"] != steps:
-        raise UserError(f"{run_dir}/metrics.jsonl has no DoReMi weights of step {steps}")
-    return {
-        "average": {n: float(last[f"doremi/alpha_avg/{n}"]) for n in domains},
-        "final": {n: float(last[f"doremi/alpha/{n}"]) for n in domains},
-    }
+    """alpha_bar and alpha_T from the proxy's DoReMi state as saved at ``steps`` (only the
+    ``doremi/...`` leaves of the checkpoint's extras are read, not the reference params)."""
+    from cpt_jax import doremi, tree_io
+
+    item = RunDir(run_dir).step_dir(steps) / "extras"
+    if not item.is_dir():
+        raise UserError(f"{run_dir} holds no DoReMi state at step {steps} (no checkpoints/{steps}/extras)")
+    leaves = [k for k in tree_io.leaf_specs(item) if k.startswith("doremi/")]
+    state = tree_io.unflatten(tree_io.restore_numpy(item, leaves))["doremi"]
+    return doremi.weights_json(state, domains)
 
 
 def max_change(a: dict[str, float], b: dict[str, float]) -> float:
