@@ -24,18 +24,18 @@ tokens per step are 8 per chip on a v4-8 (about 12 GiB of 32) and 4 per chip on 
 replay (as in configs/cpt_pythia.py).
 """
 
-from cpt_jax.config import base
-from cpt_jax.model.presets import PRESETS
+import os
+
+from cpt_jax.config import load_module
 
 
 def tpu_cpt(size: str, remat: str, batch: int):
-    """The shared TPU continual-pretraining settings for Pythia ``size``."""
-    peak = PRESETS[size].peak_lr
-    c = base()
+    """configs/cpt_pythia.py's recipe for Pythia ``size``, laid out for a TPU slice."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    c = load_module(os.path.join(here, "cpt_pythia.py")).get_config(size)
     c.run_dir = f"runs/tpu_pythia_{size}"  # placeholder: use a gs:// path on a multi-host slice
+    c.model.from_checkpoint = ""  # the shape is the preset's, so the config loads without one
     c.model.preset = size
-    c.model.param_dtype = "float32"
-    c.model.compute_dtype = "bfloat16"
     c.model.attention = "splash"  # falls back to chunked, with one line, where it cannot run
     c.model.attention_block_q = 512
     c.model.attention_block_kv = 512
@@ -44,22 +44,9 @@ def tpu_cpt(size: str, remat: str, batch: int):
     c.mesh.fsdp = -1  # every chip of the slice
     c.mesh.tensor = 1
     c.train.init_from = ""  # placeholder: the converted Pythia checkpoint (see the docstring)
-    c.train.steps = 2000
     c.train.batch_size = batch
-    c.train.seq_len = 2048
     c.train.vocab_chunk = 512  # loss over blocks of 512 positions: no full [B, T, V] logits
-    c.train.log_every = 10
-    c.train.eval_every = 200
-    c.train.eval_batches = 8
-    c.optim.peak_lr = peak
-    c.schedule.name = "cosine"
-    c.schedule.start_lr = 0.1 * peak  # where Pythia's own schedule ended
-    c.schedule.warmup_frac = 0.01
-    c.schedule.min_lr_ratio = 0.1
-    c.data.source = "tokenized"
     c.data.dir = ""  # placeholder: the `cpt-jax tokenize` output (see the docstring)
-    c.data.replay_fraction = 0.05
-    c.checkpoint.every = 500
     return c
 
 

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cpt_jax.run_dir import RunDir
+
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 12
 COMMON = [f"train.steps={STEPS}", "train.batch_size=8", "train.log_every=1", "train.progress=false",
@@ -80,13 +82,8 @@ def run_all(cmds: list[list[str]], envs: list[dict], logs: list[Path], timeout: 
 
 
 def step_losses(run_dir: Path) -> dict[int, float]:
-    """``{step: train/loss}`` from metrics.jsonl (the last line wins for a repeated step)."""
-    out = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if "train/loss" in rec:
-            out[rec["step"]] = rec["train/loss"]
-    return out
+    """``{step: train/loss}`` from metrics.jsonl (one record per step, as readers see it)."""
+    return {r["step"]: r["train/loss"] for r in RunDir(run_dir).read_metrics() if "train/loss" in r}
 
 
 def same_losses(got: dict[int, float], ref: dict[int, float], steps=range(1, STEPS + 1)) -> None:

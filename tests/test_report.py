@@ -11,7 +11,7 @@ import pytest
 
 from cpt_jax import cli
 from cpt_jax.errors import UserError
-from cpt_jax.eval import report
+from cpt_jax.eval import report, runs
 
 DOMAINS = ("books", "legal", "code")
 
@@ -90,7 +90,7 @@ def test_report_without_optional_keys_and_bad_dirs(tmp_path):
     assert (tmp_path / "out" / "train_loss.png").is_file() and not (tmp_path / "out" / "lawa.png").exists()
     assert "| plain | 1 | 3.0000 |" in path.read_text()
     with pytest.raises(UserError, match="no metrics.jsonl"):
-        report.load_run(tmp_path / "out")
+        runs.load_run(tmp_path / "out")
 
 
 def test_report_bits_per_byte_and_accuracy_stderr(tmp_path):

@@ -2,7 +2,7 @@
 
 from cpt_jax import config as config_lib
 from cpt_jax.eval import report_plots
-from cpt_jax.eval.report import Run
+from cpt_jax.eval.runs import Run
 
 
 def test_lr_curve_starts_at_the_start_lr(tmp_path):

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cpt_jax.run_dir import RunDir
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "train_worker.py"
 STEPS = 20
@@ -34,13 +36,8 @@ def worker(devices: int, jobs: list[dict]) -> list:
 
 
 def step_losses(run_dir: Path) -> dict[int, float]:
-    """``{step: train/loss}`` from metrics.jsonl (the last line wins for a repeated step)."""
-    out = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if "train/loss" in rec:
-            out[rec["step"]] = rec["train/loss"]
-    return out
+    """``{step: train/loss}`` from metrics.jsonl (one record per step, as readers see it)."""
+    return {r["step"]: r["train/loss"] for r in RunDir(run_dir).read_metrics() if "train/loss" in r}
 
 
 @pytest.fixture(scope="module")

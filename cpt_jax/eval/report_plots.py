@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from cpt_jax.eval.report import Run
+from cpt_jax.eval.runs import Run
 
 DPI = 130
 
