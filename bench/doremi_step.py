@@ -26,7 +26,7 @@ from cpt_jax import doremi, sharding
 from cpt_jax.model import pythia
 from cpt_jax.optim import make_optimizer
 from cpt_jax.schedules import make_schedule
-from cpt_jax.train.state import TrainState, state_shardings
+from cpt_jax.train.state import abstract_state, fresh_state, state_shardings
 from cpt_jax.train.step import NextTokenObjective, make_train_step
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -38,15 +38,8 @@ def build(c: pythia.PythiaConfig, objective, batch: int, micro: int, steps: int)
     mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
     o = opt_config(OptSettings())
     tx, schedule = make_optimizer(o, steps), make_schedule(o.schedule, 3e-4, steps)
-    params = jax.eval_shape(lambda: pythia.init_params(c, jax.random.key(0)))
-    abstract = TrainState(step=jax.ShapeDtypeStruct((), np.int32), params=params,
-                          opt_state=jax.eval_shape(tx.init, params),
-                          extras=jax.eval_shape(objective.init_extras, params))
-    shard = state_shardings(abstract, mesh)
-    params = jax.jit(lambda k: pythia.init_params(c, k), out_shardings=shard.params)(jax.random.key(0))
-    state = TrainState(step=jax.device_put(np.int32(0), shard.step), params=params,
-                       opt_state=jax.jit(tx.init, out_shardings=shard.opt_state)(params),
-                       extras=jax.jit(objective.init_extras, out_shardings=shard.extras)(params))
+    shard = state_shardings(abstract_state(c, tx, objective), mesh)
+    state = fresh_state(c, tx, shard, 0, objective=objective)
     step = make_train_step(objective, tx, schedule, shard, mesh, micro)
     return state, step, mesh
 
@@ -66,12 +59,12 @@ def main() -> None:
     args = ap.parse_args()
     c = model_config(args.preset, compute_dtype=args.dtype, attention=args.attention, remat=args.remat)
     m = args.micro_batches
-    reference = pythia.init_params(c, jax.random.key(1))
+    reference = lambda: pythia.init_params(c, jax.random.key(1))  # noqa: E731 (the step donates it)
     objectives = {"plain": NextTokenObjective(c, args.domains)}
-    objectives["doremi"] = doremi.DoReMiObjective(c, args.domains, reference, micro_batches=m)
+    objectives["doremi"] = doremi.DoReMiObjective(c, args.domains, reference(), micro_batches=m)
     if m == 1:  # the same step recomputing the proxy forward (what micro-batching forces)
         objectives["doremi_recompute"] = doremi.DoReMiObjective(
-            c, args.domains, reference, micro_batches=m, reuse_forward=False)
+            c, args.domains, reference(), micro_batches=m, reuse_forward=False)
     host = random_batches(1, args.batch, args.seq, c.vocab_size)[0]
     host["domain"] = (np.arange(args.batch) % args.domains).astype(np.int32)
     runs, state, times = {}, {}, {}

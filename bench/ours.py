@@ -19,7 +19,7 @@ from cpt_jax.model import pythia
 from cpt_jax.model.presets import PRESETS
 from cpt_jax.optim import make_optimizer
 from cpt_jax.schedules import make_schedule
-from cpt_jax.train.state import TrainState, state_shardings
+from cpt_jax.train.state import TrainState, abstract_state, fresh_state, state_shardings
 from cpt_jax.train.step import NextTokenObjective, make_train_step
 
 # bench-only shape for CPU smoke runs (not a Pythia size)
@@ -113,28 +113,12 @@ def build(c: pythia.PythiaConfig, o: OptSettings, batch_size: int, total_steps: 
     cfg = opt_config(o)
     schedule = make_schedule(cfg.schedule, o.lr, total_steps)
     tx = make_optimizer(cfg, total_steps)
-    abstract = abstract_state(c, tx)
-    shard = state_shardings(abstract, mesh)
-    if params is None:
-        params = jax.jit(lambda k: pythia.init_params(c, k), out_shardings=shard.params)(
-            jax.random.key(seed))
-    else:
+    shard = state_shardings(abstract_state(c, tx), mesh)
+    if params is not None:
         params = sharding.put_global(jax.tree.map(np.asarray, params), shard.params)
-    state = TrainState(
-        step=jax.device_put(np.int32(0), shard.step),
-        params=params,
-        opt_state=jax.jit(tx.init, out_shardings=shard.opt_state)(params),
-        extras={},
-    )
+    state = fresh_state(c, tx, shard, seed, params)
     step = make_train_step(objective, tx, schedule, shard, mesh, micro_batches)
     return Ours(state=state, step=step, mesh=mesh, batch_size=batch_size)
-
-
-def abstract_state(c: pythia.PythiaConfig, tx: Any) -> TrainState:
-    """ShapeDtypeStructs of the whole train state (nothing allocated)."""
-    params = jax.eval_shape(lambda: pythia.init_params(c, jax.random.key(0)))
-    return TrainState(step=jax.ShapeDtypeStruct((), np.int32), params=params,
-                      opt_state=jax.eval_shape(tx.init, params), extras={})
 
 
 def tree_bytes(tree: Any) -> int:

@@ -40,10 +40,11 @@ from cpt_jax.schedules import make_schedule
 from cpt_jax.run_dir import MODEL, SUMMARY, RunDir
 from cpt_jax.train import banner
 from cpt_jax.train.checkpoint import RunCheckpoints
+from cpt_jax.train.source import TrainSource, as_source
 from cpt_jax.train.resume import OpenedRun, open_run, restore_newest
 from cpt_jax.train.metrics import MetricsWriter, Window, flops_per_token, peak_flops
 from cpt_jax.train.signals import StopFlag
-from cpt_jax.train.state import TrainState, state_shardings
+from cpt_jax.train.state import TrainState, abstract_state, fresh_state, state_shardings
 from cpt_jax.train.step import NextTokenObjective, Objective, make_train_step
 
 # architecture a train.init_from checkpoint must share with cfg.model (num_heads is not implied
@@ -128,12 +129,6 @@ def _check_finite(step: int, metrics: dict[str, Any], last_good: int | None, ski
     )
 
 
-def _place(tree: Any, shardings: Any) -> Any:
-    """Put an objective's initial extras on the mesh eagerly (a jitted init would bake large
-    captured arrays, such as DoReMi's reference weights, into the program as constants)."""
-    return jax.device_put(tree, shardings)
-
-
 def run(
     cfg: Any,
     objective: Objective | None = None,
@@ -146,7 +141,8 @@ def run(
 
     ``objective`` defaults to next-token cross-entropy; ``trainable`` is the optimizer's
     trainable mask (see ``cpt_jax.optim``); ``data`` / ``eval_sets`` replace the configured
-    pipeline (an object with ``.domains`` and ``.batch(step)``, and ``{domain: [batch]}``).
+    pipeline (a ``TrainSource``, or anything with ``.domains`` and ``.batch(step)``; and
+    ``{domain: [batch]}``).
     """
     sharding.maybe_initialize_distributed(cfg)
     wall0 = time.time()
@@ -166,7 +162,7 @@ class _Plan:
 
     mesh: Any
     mcfg: pythia.PythiaConfig
-    data: Any
+    data: TrainSource
     objective: Objective
     schedule: Any
     tx: Any
@@ -181,7 +177,7 @@ def _plan(cfg: Any, objective: Objective | None, trainable: Any, data: Any) -> _
     sharding.check_batch(mesh, b, m)
     mcfg = pythia.PythiaConfig.from_config(cfg.model)
 
-    data = _train_data(cfg) if data is None else data
+    data = as_source(_train_data(cfg) if data is None else data)
     domains = list(data.domains)
     if objective is None:
         objective = NextTokenObjective(mcfg, len(domains), cfg.train.vocab_chunk)
@@ -196,12 +192,7 @@ def _plan(cfg: Any, objective: Objective | None, trainable: Any, data: Any) -> _
                             f"model.vocab_size = {mcfg.vocab_size}")
         trainable = vocab.embedding_only_mask(abstract_params, rows)
     tx = make_optimizer(cfg, total, trainable)
-    abstract = TrainState(
-        step=jax.ShapeDtypeStruct((), np.int32),
-        params=abstract_params,
-        opt_state=jax.eval_shape(tx.init, abstract_params),
-        extras=jax.eval_shape(objective.init_extras, abstract_params),
-    )
+    abstract = abstract_state(mcfg, tx, objective)
     shard = state_shardings(abstract, mesh)  # UserError for indivisible dims, before compiling
     if cfg.train.init_from and RunDir(cfg.run_dir).latest_step() is None:  # not a resume
         _check_init_from(cfg.train.init_from, abstract_params, mcfg)
@@ -222,24 +213,15 @@ def _train(cfg: Any, plan: _Plan, opened: OpenedRun, eval_sets: Any, wall0: floa
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shard
         )
         state, meta, resumed = restore_newest(ckpts, run, resumed, target)
-        if hasattr(data, "resume_step") and isinstance(meta.get("data"), dict) and "domains" in meta["data"]:
+        if isinstance(meta.get("data"), dict) and "domains" in meta["data"]:
             data.resume_step(meta["data"])  # refuses a checkpoint whose domain ids differ
         if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(state.extras)):
-            extras = _place(objective.init_extras(state.params), shard.extras)
+            extras = jax.device_put(objective.init_extras(state.params), shard.extras)
             state = state.replace(extras=extras)
     else:
-        if cfg.train.init_from:
-            params = _init_params_from(cfg.train.init_from, abstract_params, shard.params)
-        else:
-            params = jax.jit(lambda k: pythia.init_params(mcfg, k), out_shardings=shard.params)(
-                jax.random.key(cfg.seed)
-            )
-        state = TrainState(
-            step=jax.device_put(np.int32(0), shard.step),
-            params=params,
-            opt_state=jax.jit(tx.init, out_shardings=shard.opt_state)(params),
-            extras=_place(objective.init_extras(params), shard.extras),
-        )
+        init = cfg.train.init_from
+        params = _init_params_from(init, abstract_params, shard.params) if init else None
+        state = fresh_state(mcfg, tx, shard, cfg.seed, params, objective)
     banner.show(cfg, plan, opened)  # what this run does, before its first step
     start = int(jax.device_get(state.step))
     lawa = OnlineLawa.from_config(cfg)  # online LAWA window / EMA (docs/lawa.md); None when off
@@ -302,7 +284,7 @@ def _train(cfg: Any, plan: _Plan, opened: OpenedRun, eval_sets: Any, wall0: floa
 
     def save(step: int) -> None:
         nonlocal last_good, last_saved
-        data_state = data.state(step) if hasattr(data, "state") else {"step": step}
+        data_state = data.state(step)
         meta = {"step": step, "data": data_state, "tokens": step * tok_step,
                 "wall_time_s": time.time() - wall0, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         ckpts.save(state, meta, host_items={"lawa": lawa.state()} if lawa is not None else None)
@@ -311,7 +293,7 @@ def _train(cfg: Any, plan: _Plan, opened: OpenedRun, eval_sets: Any, wall0: floa
 
     if resumed is None and cfg.train.init_from and cfg.train.eval_every > 0:
         run_eval(0)  # the starting point of a continuation: learning and forgetting start here
-    source = data.iterator(start, total) if hasattr(data, "iterator") else (data.batch(s) for s in range(start, total))
+    source = data.iterator(start, total)
     try:
         for s in range(start, total):
             batch = sharding.global_batch(next(source), mesh, b)
