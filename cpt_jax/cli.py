@@ -8,29 +8,30 @@ or None). Heavy imports (jax, torch) happen inside those callables so `--help` s
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
+from cpt_jax.commands import (
+    assets,
+    average,
+    convert,
+    corpus,
+    dcpt,
+    doremi,
+    experiment,
+    model_info,
+    report,
+    schedule,
+    sweep,
+    tokenize,
+    train,
+    vocab,
+)
+from cpt_jax.commands import eval as eval_verb  # the module name shadows a builtin
 from cpt_jax.errors import UserError
 
-# verb module names under cpt_jax.commands, in the order `--help` lists them
-COMMAND_MODULES: tuple[str, ...] = (
-    "model_info",
-    "assets",
-    "tokenize",
-    "convert",
-    "schedule",
-    "average",
-    "corpus",
-    "train",
-    "eval",
-    "experiment",
-    "sweep",
-    "report",
-    "dcpt",
-    "doremi",
-    "vocab",
-)
+# the verbs, in the order `--help` lists them
+COMMANDS = (model_info, assets, tokenize, convert, schedule, average, corpus, train, eval_verb,
+            experiment, sweep, report, dcpt, doremi, vocab)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,8 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     sub.required = True
-    for name in COMMAND_MODULES:
-        importlib.import_module(f"cpt_jax.commands.{name}").register(sub)
+    for command in COMMANDS:
+        command.register(sub)
     return parser
 
 
