@@ -432,13 +432,16 @@ def _data_source(d: ConfigDict) -> None:
 
 
 def _check_start_lr(s: ConfigDict, peak_lr: float, steps: int) -> None:
-    """``schedule.start_lr`` only acts through a warmup: refuse it when a phase's warmup rounds
-    to 0 steps (``warmup_frac * steps < 0.5``)."""
+    """``schedule.start_lr`` only acts through a warmup: refuse it when a phase asked for a
+    warmup that rounds to 0 steps (``warmup_frac * steps < 0.5``). An explicit zero warmup
+    (jump straight to the peak) is a choice, not a mistake."""
     from cpt_jax.schedules import resolve_phases
 
     for p in resolve_phases(s, peak_lr, steps):
-        rewarms = p.name != "constant" and (p.name != "infinite" or p.options["rewarm"])
-        if p.options["start_lr"] > 0 and rewarms and p.warmup == 0:
+        o = p.options
+        rewarms = p.name != "constant" and (p.name != "infinite" or o["rewarm"])
+        asked = o["warmup_steps"] > 0 or (o["warmup_steps"] < 0 and o["warmup_frac"] > 0)
+        if o["start_lr"] > 0 and rewarms and asked and p.warmup == 0:
             raise UserError(
                 f"schedule.start_lr {p.options['start_lr']:g} has no effect: the warmup of "
                 f"'{p.describe()}' is 0 steps ({p.options['warmup_frac']:g} x {p.steps} rounds to 0); "
