@@ -3,7 +3,8 @@
 Writes N checkpoints of random fp32 params with a Pythia preset's shapes in the training-run layout
 (``RUN/checkpoints/<step>/{params,opt_state,extras,meta}``), then runs ``lawa.average`` over the
 last k in a fresh subprocess per k and reports the rise of the process's peak RSS
-(``VmHWM``, reset through ``/proc/self/clear_refs`` just before averaging) over the RSS then. Streaming means the rise is about two
+(``VmHWM``, reset through ``/proc/self/clear_refs`` just before averaging) over the RSS then.
+Streaming means the rise is about two
 copies of the params (running sum + one restored checkpoint) whatever k is.
 
     .venv/bin/python bench/lawa_memory.py [--preset 14m] [--ks 2,8] [--dir /tmp/lawa_bench]
@@ -118,7 +119,8 @@ def main() -> None:
     for k in ks:
         r = measure(run_dir, k)
         mb = 2**20
-        print(f"| {k} | {r['params'] / mb:.1f} | {r['rise'] / mb:.1f} | {r['rise'] / r['params']:.2f} | {r['seconds']:.2f} |")
+        print(f"| {k} | {r['params'] / mb:.1f} | {r['rise'] / mb:.1f} | {r['rise'] / r['params']:.2f} "
+              f"| {r['seconds']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -90,7 +90,8 @@ def parity(steps: int = 100, batch: int = 4, seq: int = 64, seed: int = 0,
     return {
         "steps": steps, "batch": batch, "seq": seq, "model": {k: getattr(c, k) for k in
                                                               ("vocab_size", "hidden_size", "num_layers", "num_heads")},
-        "opt": vars(o) if not hasattr(o, "__dataclass_fields__") else {k: getattr(o, k) for k in o.__dataclass_fields__},
+        "opt": (vars(o) if not hasattr(o, "__dataclass_fields__")
+                else {k: getattr(o, k) for k in o.__dataclass_fields__}),
         "ours_loss": ours_loss, "peer_loss": peer_loss, "ours_grad_norm": ours_norm,
         "peer_grad_norm": peer_norm, "lr": lrs.tolist(),
         "max_rel_loss_diff": float(rel.max()), "max_rel_loss_diff_first10": float(rel[:10].max()),

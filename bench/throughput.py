@@ -203,7 +203,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     import memory_estimate
     import ours as ours_lib
-    from cpt_jax.model import pythia
     from cpt_jax.train.metrics import flops_per_token, peak_flops
 
     presets = [p.strip() for p in args.presets.split(",") if p.strip()]

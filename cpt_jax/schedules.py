@@ -292,7 +292,8 @@ def _check_phase(p: Phase) -> None:
         _need(0.0 <= o[key] <= 1.0, f"{where}: {key} must be in [0, 1], got {o[key]}")
     _need(0.0 < o["const_lr_ratio"] <= 1.0, f"{where}: const_lr_ratio must be in (0, 1], got {o['const_lr_ratio']}")
     _need(o["start_lr"] >= 0 and math.isfinite(o["start_lr"]), f"{where}: start_lr must be >= 0, got {o['start_lr']}")
-    _need(o["decay_shape"] in DECAY_SHAPES, f"{where}: decay_shape '{o['decay_shape']}' is not one of {', '.join(DECAY_SHAPES)}")
+    _need(o["decay_shape"] in DECAY_SHAPES,
+          f"{where}: decay_shape '{o['decay_shape']}' is not one of {', '.join(DECAY_SHAPES)}")
     _need(o["cooldown_shape"] in COOLDOWN_SHAPES,
           f"{where}: cooldown_shape '{o['cooldown_shape']}' is not one of {', '.join(COOLDOWN_SHAPES)}")
     _need(o["rewarm"] or p.name == "infinite", f"{where}: rewarm=false applies to the infinite schedule only")

@@ -53,7 +53,7 @@ def test_cli_end_to_end_with_both_conventions(tmp_path, capsys):
     reference = pythia.PythiaConfig.from_config(
         config_lib.load(f"{f}:128", ["--config.model.num_layers=3"]).model)
     assert reference.hidden_size == 128 and reference.num_layers == 3
-    assert f"L=3 d=128 " in out and f"params={pythia.count_params(reference):,}" in out
+    assert "L=3 d=128 " in out and f"params={pythia.count_params(reference):,}" in out
 
 
 def test_typo_suggests_the_nearest_key():

@@ -94,7 +94,7 @@ def test_writer_bytes_match_spec(tmp_path, dtype, code):
 
 
 def test_writer_empty_dataset_roundtrips(tmp_path):
-    with IndexedDatasetWriter(tmp_path / "e") as w:
+    with IndexedDatasetWriter(tmp_path / "e"):
         pass
     ds = IndexedDataset(tmp_path / "e")
     assert len(ds) == 0 and ds.num_tokens == 0 and ds.flat_tokens().size == 0

@@ -64,7 +64,8 @@ def test_resume_from_state_continues_the_same_averages(store, tmp_path):
     assert resumed.steps == [2, 4, 6]
     feed(resumed, thetas, range(8, 15))
     assert resumed.steps == full.steps == [10, 12, 14]
-    for a, b in ((full.lawa_params(like), resumed.lawa_params(like)), (full.ema_params(like), resumed.ema_params(like))):
+    pairs = ((full.lawa_params(like), resumed.lawa_params(like)), (full.ema_params(like), resumed.ema_params(like)))
+    for a, b in pairs:
         for k in SHAPES:
             np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]))
 

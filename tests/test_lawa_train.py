@@ -10,7 +10,7 @@ import signal
 import numpy as np
 import pytest
 
-from cpt_jax import cli, lawa, tree_io
+from cpt_jax import cli, tree_io
 from cpt_jax import config as config_lib
 
 OVERRIDES = [

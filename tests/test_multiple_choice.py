@@ -50,7 +50,8 @@ def test_loglikelihoods_match_transformers():
 
     rng = np.random.default_rng(0)
     pairs = []
-    for n_ctx, n_cont in [(1, 1), (5, 3), (12, 9), (3, 20), (30, 2), (45, 6), (7, 70), (20, 1), (2, 13), (33, 33), (9, 4)]:
+    sizes = [(1, 1), (5, 3), (12, 9), (3, 20), (30, 2), (45, 6), (7, 70), (20, 1), (2, 13), (33, 33), (9, 4)]
+    for n_ctx, n_cont in sizes:
         pairs.append((rng.integers(0, V, n_ctx).tolist(), rng.integers(0, V, n_cont).tolist()))
     ours = mc.loglikelihoods(params, cfg, pairs, batch_size=3, max_len=max_len)
 
@@ -97,7 +98,8 @@ def test_forced_two_choice_task_scores_100_percent(tmp_path):
             good, bad = (" sat on mat", " flew to moon away fast") if i % 2 else (" ran far", " flew away")
             label = int(rng.integers(0, 2))
             choices = [good, bad] if label == 0 else [bad, good]
-            f.write(json.dumps({"context": "the cat" if i % 3 else "the dog", "choices": choices, "label": label}) + "\n")
+            row = {"context": "the cat" if i % 3 else "the dog", "choices": choices, "label": label}
+            f.write(json.dumps(row) + "\n")
     task = tasks_lib.load_task(str(path))
     assert task.name == "forced" and len(task.examples) == 12
     res = mc.evaluate_tasks(params, cfg, [task], tok, batch_size=4)["forced"]

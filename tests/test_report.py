@@ -45,7 +45,8 @@ def fake_run(path, peak: float, seed: int, doremi: bool = False, lawa: bool = Fa
             lines.append(ev)
     lines.append({"step": steps, "eval/books/ppl": 20.0})  # a later record without losses
     (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
-    (path / "summary.json").write_text(json.dumps({"steps": steps, "final_train_loss": [r for r in lines if "train/loss" in r][-1]["train/loss"]}))
+    final = [r for r in lines if "train/loss" in r][-1]["train/loss"]
+    (path / "summary.json").write_text(json.dumps({"steps": steps, "final_train_loss": final}))
     if eval_json:
         (path / "eval.json").write_text(json.dumps({"tasks": {
             "piqa": {"acc": 0.5312, "acc_norm": 0.5204, "n": 1838, "chance": 0.5},
@@ -56,11 +57,13 @@ def fake_run(path, peak: float, seed: int, doremi: bool = False, lawa: bool = Fa
 def test_report_tables_equal_last_values_and_plots_exist(tmp_path):
     arms = {"const": (1e-4, {}), "rewarm_3e-4": (3e-4, {"lawa": True, "eval_json": True}),
             "rewarm_6e-4": (6e-4, {"doremi": True})}
-    logs = {name: fake_run(tmp_path / "runs" / name, peak, i, **kw) for i, (name, (peak, kw)) in enumerate(arms.items())}
+    logs = {name: fake_run(tmp_path / "runs" / name, peak, i, **kw)
+            for i, (name, (peak, kw)) in enumerate(arms.items())}
     out = tmp_path / "report"
     assert cli.main(["report", *[str(tmp_path / "runs" / n) for n in arms], "--out", str(out)]) == 0
     text = (out / "report.md").read_text()
-    for png in ("train_loss.png", "eval_loss.png", "tradeoff.png", "forgetting_learning.png", "lr.png", "doremi_weights.png", "lawa.png"):
+    for png in ("train_loss.png", "eval_loss.png", "tradeoff.png", "forgetting_learning.png", "lr.png",
+                "doremi_weights.png", "lawa.png"):
         assert (out / png).stat().st_size > 10_000 and f"]({png})" in text
 
     final = text.split("## Final validation loss")[1].split("\n## ")[0]
@@ -79,7 +82,8 @@ def test_report_tables_equal_last_values_and_plots_exist(tmp_path):
         worst = DOMAINS[int(np.argmax(losses))]
         assert cells["worst"] == f"{worst} ({max(losses):.4f})"
     assert re.search(r"\| rewarm_3e-4 \| 0\.5312 / 0\.5204 \(n=1838\) \| 0\.2711 / 0\.2622 \(n=570\) \|", text)
-    assert dict(zip(header, rows["rewarm_3e-4"]))["LAWA avg"] == f"{np.mean([logs['rewarm_3e-4'][-2][f'eval_lawa/{d}/loss'] for d in DOMAINS]):.4f}"
+    lawa_avg = np.mean([logs["rewarm_3e-4"][-2][f"eval_lawa/{d}/loss"] for d in DOMAINS])
+    assert dict(zip(header, rows["rewarm_3e-4"]))["LAWA avg"] == f"{lawa_avg:.4f}"
 
 
 def test_report_without_optional_keys_and_bad_dirs(tmp_path):

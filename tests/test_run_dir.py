@@ -138,7 +138,7 @@ def test_second_run_refused_config_change_refused_schedule_change_recorded(tmp_p
     assert not (run / "lease.json").exists()
 
     bigger = load_cfg(str(run), ["train.steps=8", "checkpoint.every=2", "train.batch_size=4", "seed=3"])
-    with pytest.raises(UserError, match=r"train.batch_size: 8 -> 4; .*seed: 0 -> 3|seed: 0 -> 3; train.batch_size: 8 -> 4"):
+    with pytest.raises(UserError, match=r"seed: 0 -> 3; train.batch_size: 8 -> 4"):
         loop.run(bigger, eval_sets={})
     assert json.loads((run / "config.json").read_text())["train"]["batch_size"] == 8  # untouched
 

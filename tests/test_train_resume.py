@@ -33,7 +33,9 @@ def test_sigterm_then_resume_is_bitwise_identical(tmp_path):
     assert cli["code"] == 0 and cli["summary"]["steps"] == 2 * n
     assert cut["interrupted"] == "SIGTERM" and cut["steps"] == n + 1 and cut["last_checkpoint"] == n + 1
     assert resumed["resumed_from"] == n + 1 and resumed["steps"] == 2 * n
-    read = lambda d: [(r["step"], r["train/loss"]) for r in map(json.loads, (tmp_path / d / "metrics.jsonl").read_text().splitlines()) if "train/loss" in r]  # noqa: E731
+    def read(d: str) -> list[tuple[int, float]]:
+        lines = (tmp_path / d / "metrics.jsonl").read_text().splitlines()
+        return [(r["step"], r["train/loss"]) for r in map(json.loads, lines) if "train/loss" in r]
     full, cut_lines = read("full"), read("cut")
     assert [s for s, _ in full] == list(range(1, 2 * n + 1))
     assert cut_lines == full  # same steps, bit-identical float losses

@@ -5,7 +5,8 @@
 Set ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` in the environment. Runs the jobs in
 order and prints one line ``RESULT [...]`` (one result per job). Modes: ``train`` (a run of
 configs/tiny.py with the overrides), ``sigterm`` (the same, but the process sends itself SIGTERM
-while batch ``stop_at`` is read; ``sigkill``: SIGKILL instead), ``bytes`` (per-device parameter bytes under the mesh), ``cli`` (``cpt-jax train``).
+while batch ``stop_at`` is read; ``sigkill``: SIGKILL instead), ``bytes`` (per-device parameter
+bytes under the mesh), ``cli`` (``cpt-jax train``).
 """
 
 from __future__ import annotations

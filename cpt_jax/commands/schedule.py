@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.1e}" if v else "0"))
     ax.grid(True, alpha=0.3)
     name = Path(args.config).stem
-    ax.set_title(f"{name}: {title}   (peak_lr {peak:g} dashed, {total} steps)", fontsize=10, pad=26 if len(phases) > 1 else 8)
+    ax.set_title(f"{name}: {title}   (peak_lr {peak:g} dashed, {total} steps)", fontsize=10,
+                 pad=26 if len(phases) > 1 else 8)
     fig.tight_layout()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

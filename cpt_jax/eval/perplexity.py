@@ -152,8 +152,9 @@ def summarize(
     """Average and worst domain (DoReMi), plus the upstream / downstream group averages.
 
     ``avg``: mean over domains of ``L_k`` (``ppl`` = mean of ``exp(L_k)``, ``bpb`` = mean of
-    ``bpb_k`` when every domain has it); ``worst``: the domain with the largest ``L_k``; ``upstream`` / ``downstream`` (comma string or list of domains):
-    the same average restricted to that group, present only when the group is named.
+    ``bpb_k`` when every domain has it); ``worst``: the domain with the largest ``L_k``;
+    ``upstream`` / ``downstream`` (comma string or list of domains): the same average restricted
+    to that group, present only when the group is named.
     """
     if not results:
         raise UserError("no eval results to summarize")

@@ -82,7 +82,8 @@ class TensorRef:
     def read(self) -> np.ndarray:
         """The tensor as a C-contiguous numpy array (little-endian, the storage dtype)."""
         raw = self.archive.read(self.member)
-        flat = np.frombuffer(raw, dtype=self.dtype.newbyteorder(">") if self.big_endian and self.dtype.itemsize > 1 else self.dtype)
+        swap = self.big_endian and self.dtype.itemsize > 1
+        flat = np.frombuffer(raw, dtype=self.dtype.newbyteorder(">") if swap else self.dtype)
         if flat.size < self.storage.numel:
             raise UserError(f"{self.archive.filename}: storage {self.storage.key} is truncated")
         item = flat.itemsize
