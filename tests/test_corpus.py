@@ -19,8 +19,8 @@ import zlib
 import pytest
 from conftest import save_word_level_tokenizer, word_level_vocab
 
-from cpt_jax.data import corpus, corpus_sources as cs, packages
-from cpt_jax.data.corpus_text import (RFormatError, chunk_text, headword_line, html_to_text,
+from cpt_jax.corpus import build as corpus, packages, sources as cs
+from cpt_jax.corpus.text import (RFormatError, chunk_text, headword_line, html_to_text,
                                       r_strings, roff_to_text)
 from cpt_jax.data.indexed import IndexedDataset
 from cpt_jax.data.manifest import load_manifest

@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cpt_jax.data.corpus import build_corpus, format_table, parse_domains
+    from cpt_jax.corpus.build import build_corpus, format_table, parse_domains
 
     reports = build_corpus(args.out, parse_domains(args.domains), size=args.size,
                            val_fraction=args.val_fraction, workers=args.workers,

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from cpt_jax.data.corpus_text import (RFormatError, chunk_text, headword_line, html_to_text,
+from cpt_jax.corpus.text import (RFormatError, chunk_text, headword_line, html_to_text,
                                       r_strings, roff_to_text)
-from cpt_jax.data.packages import Unavailable, deb_extract, deb_files, decode
+from cpt_jax.corpus.packages import Unavailable, deb_extract, deb_files, decode
 
 Docs = Iterator[tuple[str, str]]
 

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Callable
 
 from cpt_jax.config import comma_list
-from cpt_jax.data.corpus_sources import DOMAINS, Source, sources_of, unique
-from cpt_jax.data.packages import Unavailable, apt_download, pip_download
+from cpt_jax.corpus.sources import DOMAINS, Source, sources_of, unique
+from cpt_jax.corpus.packages import Unavailable, apt_download, pip_download
 from cpt_jax.errors import UserError
 
 SIZES = {"small": 1_000_000, "full": None}  # token cap per domain (train + val)
