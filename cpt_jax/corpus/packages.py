@@ -49,8 +49,9 @@ def pip_download(requirement: str, dest: Path) -> Path:
 _apt_updated = False
 
 
-def apt_download(package: str, dest: Path) -> Path:
-    """``apt-get download PKG`` into ``dest`` (once); ``apt-get update`` first only if needed."""
+def apt_download(package: str, dest: Path, update: bool = False) -> Path:
+    """``apt-get download PKG`` into ``dest`` (once); with ``update``, ``apt-get update`` once
+    when the download fails (the system's package lists are never refreshed unasked)."""
     global _apt_updated
     dest.mkdir(parents=True, exist_ok=True)
     found = sorted(dest.glob(f"{package}_*.deb"))
@@ -64,7 +65,7 @@ def apt_download(package: str, dest: Path) -> Path:
         found = sorted(dest.glob(f"{package}_*.deb"))
         if proc.returncode == 0 and found:
             return found[-1]
-        if attempt == 0 and not _apt_updated:
+        if update and attempt == 0 and not _apt_updated:
             _apt_updated = True
             upd = subprocess.run(["apt-get", "update", "-q"], capture_output=True, text=True)
             if upd.returncode == 0:
