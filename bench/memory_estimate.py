@@ -60,8 +60,10 @@ def analytic(c: pythia.PythiaConfig, batch: int, seq: int, vocab_chunk: int = 0,
 
 def _tx(o: ours_lib.OptSettings) -> Any:
     from cpt_jax.optim import make_optimizer
+    from cpt_jax.schedules import make_schedule
 
-    return make_optimizer(ours_lib.opt_config(o), 100)
+    c = ours_lib.opt_config(o)
+    return make_optimizer(c.optim, make_schedule(c.schedule, c.optim.peak_lr, 100))
 
 
 def compiled(c: pythia.PythiaConfig, batch: int, seq: int, vocab_chunk: int = 0) -> dict[str, float]:

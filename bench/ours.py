@@ -112,7 +112,7 @@ def build(c: pythia.PythiaConfig, o: OptSettings, batch_size: int, total_steps: 
     objective = NextTokenObjective(c, 1, vocab_chunk=vocab_chunk)
     cfg = opt_config(o)
     schedule = make_schedule(cfg.schedule, o.lr, total_steps)
-    tx = make_optimizer(cfg, total_steps)
+    tx = make_optimizer(cfg.optim, schedule)
     shard = state_shardings(abstract_state(c, tx), mesh)
     if params is not None:
         params = sharding.put_global(jax.tree.map(np.asarray, params), shard.params)

@@ -29,7 +29,6 @@ import numpy as np
 import optax
 
 from cpt_jax.errors import UserError
-from cpt_jax.schedules import make_schedule
 
 Params = dict[str, Any]
 
@@ -105,15 +104,14 @@ def _apply_trainable(trainable: Params) -> optax.GradientTransformation:
 
 
 def make_optimizer(
-    cfg: Any, total_steps: int, trainable: Params | None = None
+    o: Any, schedule: optax.Schedule, trainable: Params | None = None
 ) -> optax.GradientTransformation:
-    """AdamW from ``cfg.optim`` with the learning rate of ``cfg.schedule`` over ``total_steps``.
+    """AdamW from the ``optim`` config section ``o`` with learning rate ``schedule`` (eta_t,
+    from ``cpt_jax.schedules.make_schedule``: built once, also what the loop logs).
 
     Chain: [trainable mask] -> clip_by_global_norm(grad_clip) (skipped when 0) -> Adam (b1, b2,
     eps; fp32 moments) -> + lambda * theta on ``decay_mask`` leaves -> * eta_t -> [trainable mask].
     """
-    o = cfg.optim
-    schedule = make_schedule(cfg.schedule, o.peak_lr, total_steps)
     parts: list[optax.GradientTransformation] = []
     if trainable is not None:
         parts.append(_apply_trainable(trainable))

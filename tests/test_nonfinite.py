@@ -51,12 +51,13 @@ def test_a_nonfinite_step_keeps_params_and_optimizer_state(tmp_path):
     cfg = load_cfg(str(tmp_path), [])
     mesh = sharding.make_mesh(cfg.mesh)
     mcfg = pythia.PythiaConfig.from_config(cfg.model)
-    tx = make_optimizer(cfg, cfg.train.steps)
+    schedule = make_schedule(cfg.schedule, cfg.optim.peak_lr, cfg.train.steps)
+    tx = make_optimizer(cfg.optim, schedule)
     obj = NanAt(mcfg, 3, bad=[2])
     params = pythia.init_params(mcfg, jax.random.key(0))
     state = TrainState(jnp.int32(0), params, tx.init(params), obj.init_extras(params))
     shard = state_shardings(state, mesh)
-    step = make_train_step(obj, tx, make_schedule(cfg.schedule, cfg.optim.peak_lr, 20), shard, mesh)
+    step = make_train_step(obj, tx, schedule, shard, mesh)
     rng = np.random.RandomState(0)
     batch = sharding.global_batch(
         {"tokens": rng.randint(0, mcfg.vocab_size, (8, 33)).astype(np.int32),

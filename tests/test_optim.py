@@ -9,6 +9,7 @@ import pytest
 from cpt_jax import config as config_lib
 from cpt_jax.model import pythia
 from cpt_jax.optim import decay_mask, make_optimizer
+from cpt_jax.schedules import make_schedule
 
 MODEL = pythia.PythiaConfig(vocab_size=32, hidden_size=8, num_layers=2, num_heads=2)
 
@@ -19,6 +20,11 @@ def _cfg(**optim):
     for k, v in optim.items():
         cfg.optim[k] = v
     return cfg
+
+
+def _tx(cfg, trainable=None):
+    """The optimizer of ``cfg`` over 10 steps."""
+    return make_optimizer(cfg.optim, make_schedule(cfg.schedule, cfg.optim.peak_lr, 10), trainable)
 
 
 def _flat(tree):
@@ -61,7 +67,7 @@ def test_adamw_matches_numpy(clip):
     rng = np.random.RandomState(0)
     grads = [jax.tree.map(lambda p: rng.randn(*p.shape).astype(np.float32), params) for _ in range(3)]
     cfg = _cfg(peak_lr=0.01, weight_decay=0.1, grad_clip=clip)
-    tx = make_optimizer(cfg, total_steps=10)
+    tx = _tx(cfg)
     state, p = tx.init(params), params
     for g in grads:
         updates, state = tx.update(g, state, p)
@@ -74,7 +80,7 @@ def test_adamw_matches_numpy(clip):
 
 def test_bf16_params_keep_fp32_moments():
     params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), pythia.init_params(MODEL, jax.random.key(0)))
-    state = make_optimizer(_cfg(), total_steps=10).init(params)
+    state = _tx(_cfg()).init(params)
     floats = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.floating)]
     assert floats and all(x.dtype == jnp.float32 for x in floats)
 
@@ -86,7 +92,7 @@ def test_trainable_mask_freezes_leaves_and_rows():
     trainable = jax.tree.map(lambda _: False, params)
     trainable["embed_in"] = rows
     trainable["final_ln"]["bias"] = True
-    tx = make_optimizer(_cfg(peak_lr=0.1, grad_clip=1.0), total_steps=10, trainable=trainable)
+    tx = _tx(_cfg(peak_lr=0.1, grad_clip=1.0), trainable)
     grads = jax.tree.map(jnp.ones_like, params)
     updates, _ = tx.update(grads, tx.init(params), params)
     u = _flat(updates)
@@ -108,6 +114,6 @@ def test_trainable_mask_shape_errors_are_one_line():
     bad = jax.tree.map(lambda _: True, params)
     bad["embed_in"] = np.ones((3, 1), bool)
     with pytest.raises(UserError, match=r"trainable mask for embed_in has shape \(3, 1\), not broadcastable"):
-        make_optimizer(_cfg(), 10, trainable=bad).init(params)
+        _tx(_cfg(), trainable=bad).init(params)
     with pytest.raises(UserError, match="trainable mask does not match the params tree"):
-        make_optimizer(_cfg(), 10, trainable={"embed_in": True}).init(params)
+        _tx(_cfg(), trainable={"embed_in": True}).init(params)

@@ -28,7 +28,7 @@ from train_worker import load_cfg
 def _setup(cfg):
     mesh = sharding.make_mesh(cfg.mesh)
     mcfg = pythia.PythiaConfig.from_config(cfg.model)
-    tx = make_optimizer(cfg, cfg.train.steps)
+    tx = make_optimizer(cfg.optim, make_schedule(cfg.schedule, cfg.optim.peak_lr, cfg.train.steps))
     params = pythia.init_params(mcfg, jax.random.key(0))
     state = TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params), extras={})
     shard = state_shardings(state, mesh)

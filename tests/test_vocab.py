@@ -133,11 +133,13 @@ def test_logits_unchanged_on_text_without_new_tokens(base, ext40, tiny_params):
 
 def test_embedding_only_mask_trains_only_new_rows():
     from cpt_jax.optim import make_optimizer
+    from cpt_jax.schedules import make_schedule
 
     params = random_params(V=64)
     rows = [50 % 64, 60]
     cfg = config_lib.defaults()
-    tx = make_optimizer(cfg, 10, vocab.embedding_only_mask(params, rows))
+    schedule = make_schedule(cfg.schedule, cfg.optim.peak_lr, 10)
+    tx = make_optimizer(cfg.optim, schedule, vocab.embedding_only_mask(params, rows))
     grads = jax.tree.map(lambda p: np.ones_like(p), params)
     updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
     masked = vocab.mask_embedding_rows(grads, rows)

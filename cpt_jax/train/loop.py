@@ -191,7 +191,7 @@ def _plan(cfg: Any, objective: Objective | None, trainable: Any, data: Any) -> _
             raise UserError(f"train.train_only_new_rows: row {max(rows)} is outside "
                             f"model.vocab_size = {mcfg.vocab_size}")
         trainable = vocab.embedding_only_mask(abstract_params, rows)
-    tx = make_optimizer(cfg, total, trainable)
+    tx = make_optimizer(cfg.optim, schedule, trainable)
     abstract = abstract_state(mcfg, tx, objective)
     shard = state_shardings(abstract, mesh)  # UserError for indivisible dims, before compiling
     if cfg.train.init_from and RunDir(cfg.run_dir).latest_step() is None:  # not a resume
