@@ -11,6 +11,8 @@ a stale lease cannot both take it.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import socket
@@ -18,7 +20,7 @@ import sys
 import threading
 import time
 import uuid
-from typing import Any
+from typing import Any, Iterator
 
 from cpt_jax import storage
 from cpt_jax.errors import UserError
@@ -29,10 +31,20 @@ class LeaseLost(Exception):
 
 
 class _LocalStore:
-    """Compare-and-swap on a local file; the token is its content."""
+    """Compare-and-swap on a local file; the token is its content. Compare and swap happen
+    under an ``flock`` of a sidecar file, so no other run's write falls between them."""
 
     def __init__(self, file: Any) -> None:
         self.file = os.fspath(file)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with open(f"{self.file}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def create(self, data: bytes) -> Any:
         try:
@@ -52,19 +64,21 @@ class _LocalStore:
         return data, data
 
     def replace(self, data: bytes, token: Any) -> Any:
-        now = self.read()
-        if now is None or now[1] != token:
-            return None
-        tmp = f"{self.file}.{uuid.uuid4().hex}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, self.file)
+        with self._locked():
+            now = self.read()
+            if now is None or now[1] != token:
+                return None
+            tmp = f"{self.file}.{uuid.uuid4().hex}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, self.file)
         return data
 
     def delete(self, token: Any) -> None:
-        now = self.read()
-        if now is not None and now[1] == token:
-            os.remove(self.file)
+        with self._locked():
+            now = self.read()
+            if now is not None and now[1] == token:
+                os.remove(self.file)
 
 
 _BOUNDARY = "cpt-jax-lease"
