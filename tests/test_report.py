@@ -121,3 +121,18 @@ def test_report_bits_per_byte_and_accuracy_stderr(tmp_path):
     assert f"| a | 1.2700 | 1.0200 | 0.8800 | {want_avg:.4f} |" in section
     assert "| b | 1.4000 | – | 0.9500 | – |" in section  # avg only over complete rows
     assert f"| b | 0.5300 ± {se:.4f} / 0.5300 ± {se:.4f} (n=1838) |" in text
+
+
+def test_continuations_are_drawn_after_the_run_they_start_from(tmp_path):
+    base = tmp_path / "pretrain"
+    fake_run(base, 3e-4, 0, steps=200)
+    arm = tmp_path / "arm"
+    fake_run(arm, 1e-4, 1, steps=100)
+    cfg = json.loads((arm / "config.json").read_text())
+    cfg["train"] = {"init_from": str(base)}
+    (arm / "config.json").write_text(json.dumps(cfg))
+    loaded = {r.name: r for r in runs.load_runs([str(base), str(arm)])}
+    assert loaded["pretrain"].step_offset == 0 and loaded["arm"].step_offset == 200
+    steps, _ = loaded["arm"].series("train/loss")
+    assert list(steps) == [200 + s for s in range(10, 101, 10)]
+    assert runs.load_runs([str(arm)])[0].step_offset == 0  # its start is not in this report

@@ -176,7 +176,7 @@ def _schedule_curve(run: Run):
         total = int(c["train"]["steps"])
         fn = make_schedule(ConfigDict(c["schedule"]), float(c["optim"]["peak_lr"]), total)
         steps = np.arange(total + 1)
-        return steps, np.asarray([float(fn(k)) for k in steps])
+        return steps + run.step_offset, np.asarray([float(fn(k)) for k in steps])
     except Exception:  # an older or partial config.json
         return None
 
@@ -191,7 +191,7 @@ def lr_schedule(runs: list[Run], path: Path) -> bool:
         if curve is not None:
             ax.plot(*curve, color=_color(i), lw=1.4, label=run.name)
             ax.plot(s, v, linestyle="none", marker=_style(i, 1)["marker"], ms=3, color=_color(i))
-            ax.annotate(f"start {curve[1][0]:.2g}", (0, curve[1][0]), textcoords="offset points",
+            ax.annotate(f"start {curve[1][0]:.2g}", (curve[0][0], curve[1][0]), textcoords="offset points",
                         xytext=(4, 4 + 9 * i), fontsize=7, color=_color(i))
             n += 1
         elif len(s):

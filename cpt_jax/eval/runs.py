@@ -31,10 +31,12 @@ class Run:
     records: list[dict[str, Any]]
     summary: dict[str, Any] = field(default_factory=dict)
     eval: dict[str, Any] = field(default_factory=dict)
+    step_offset: int = 0  # steps of the runs it continues (one global step axis in plots)
 
     def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
-        """``(steps, values)`` of every record that logged a finite ``key``."""
-        pts = [(r["step"], float(r[key])) for r in self.records
+        """``(steps, values)`` of every record that logged a finite ``key``; steps on the global
+        axis (``step_offset`` + the run's own step)."""
+        pts = [(r["step"] + self.step_offset, float(r[key])) for r in self.records
                if isinstance(r.get(key), (int, float)) and math.isfinite(float(r[key]))]
         if not pts:
             return np.zeros(0), np.zeros(0)
@@ -100,4 +102,23 @@ def load_runs(paths: list[str]) -> list[Run]:
     resolved = [storage.path(p) for p in paths]
     names = [p.name for p in resolved]
     names = [f"{p.parent.name}/{p.name}" if names.count(p.name) > 1 else p.name for p in resolved]
-    return [load_run(p, n) for p, n in zip(resolved, names)]
+    runs = [load_run(p, n) for p, n in zip(resolved, names)]
+    _chain_offsets(runs)
+    return runs
+
+
+def _chain_offsets(runs: list[Run]) -> None:
+    """A run whose ``train.init_from`` is another run of the report starts where that one
+    ended: continuation arms are drawn after the pretraining steps, on one step axis."""
+    by_path = {os.fspath(run.path): run for run in runs}
+
+    def offset(run: Run, seen: frozenset) -> int:
+        init = (run.config.get("train") or {}).get("init_from") or ""
+        parent = by_path.get(os.fspath(storage.path(init))) if init else None
+        if parent is None or parent.name in seen:
+            return 0
+        end = int(parent.summary.get("steps") or max((r["step"] for r in parent.records), default=0))
+        return offset(parent, seen | {run.name}) + end
+
+    for run in runs:
+        run.step_offset = offset(run, frozenset())
