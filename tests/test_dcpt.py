@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from cpt_jax import cli, dcpt
+from cpt_jax import cli, dcpt, dcpt_ratio
 from cpt_jax.errors import UserError
 
 TRUE = {
@@ -103,18 +103,18 @@ def true_max_ratio(N, tol, L0, D=None, D_dom=None):
 @pytest.mark.parametrize("tol", [0.03, 0.05])
 def test_ratio_recovered(fitted, tol):
     _, _, fit = fitted
-    L0 = dcpt.pre_cpt_general_loss(fit, 3e8)
+    L0 = dcpt_ratio.pre_cpt_general_loss(fit, 3e8)
     assert L0 == L_G0
-    r_fixed = dcpt.max_domain_ratio(fit, 3e8, tol, L0, D=1e9)
+    r_fixed = dcpt_ratio.max_domain_ratio(fit, 3e8, tol, L0, D=1e9)
     r_true = true_max_ratio(3e8, tol, L0, D=1e9)
     assert 0.2 < r_true < 0.99 and abs(r_fixed - r_true) < 0.01, (r_fixed, r_true)
     # at r* the predicted general loss sits on the limit
-    g = dcpt.predicted(fit, "general", 3e8, 1e9, r_fixed)
+    g = dcpt_ratio.predicted(fit, "general", 3e8, 1e9, r_fixed)
     assert g == pytest.approx((1 + tol) * L0, rel=1e-9)
-    r_lim = dcpt.max_domain_ratio(fit, 3e8, tol, L0, domain_tokens=2e8)
+    r_lim = dcpt_ratio.max_domain_ratio(fit, 3e8, tol, L0, domain_tokens=2e8)
     r_lim_true = true_max_ratio(3e8, tol, L0, D_dom=2e8)
     assert abs(r_lim - r_lim_true) < 0.01, (r_lim, r_lim_true)
-    assert dcpt.max_domain_ratio(fit, 3e8, tol, 1.0, D=1e9) is None  # unreachable limit
+    assert dcpt_ratio.max_domain_ratio(fit, 3e8, tol, 1.0, D=1e9) is None  # unreachable limit
 
 
 def test_cli_fit_and_ratio(fitted, tmp_path, capsys):
@@ -187,7 +187,7 @@ def brute_force(params, N, tol, L0, D=None, D_dom=None):
 ])
 def test_best_ratio_is_the_constrained_argmin(params, tol, D, D_dom):
     fit = fit_json_of(params)
-    c = dcpt.best_domain_ratio(fit, 3e8, tol, L_G0, D=D, domain_tokens=D_dom)
+    c = dcpt_ratio.best_domain_ratio(fit, 3e8, tol, L_G0, D=D, domain_tokens=D_dom)
     r_star, r_max = brute_force(params, 3e8, tol, L_G0, D=D, D_dom=D_dom)
     assert c.r == pytest.approx(r_star, abs=2e-6) and c.r_max == pytest.approx(r_max, abs=2e-6)
     d = D if D is not None else D_dom / c.r
@@ -197,7 +197,7 @@ def test_best_ratio_is_the_constrained_argmin(params, tol, D, D_dom):
     assert c.general <= (1 + tol) * L_G0 + 1e-12
     if D is None or params is PLANTED:
         assert r_max - r_star > 0.4  # the planted cases really differ from the old rule
-    assert dcpt.best_domain_ratio(fit, 3e8, tol, 1.0, D=1e9) is None  # unreachable limit
+    assert dcpt_ratio.best_domain_ratio(fit, 3e8, tol, 1.0, D=1e9) is None  # unreachable limit
 
 
 def test_cli_ratio_prints_argmin_and_largest_feasible(tmp_path, capsys):

@@ -53,7 +53,7 @@ def _positive(name: str, value: float | None) -> None:
 
 
 def run_fit(args: argparse.Namespace) -> int:
-    from cpt_jax import dcpt
+    from cpt_jax import dcpt, dcpt_plots
 
     _positive("--eps", args.eps)
     results = dcpt.read_results(args.results)
@@ -89,7 +89,7 @@ def run_fit(args: argparse.Namespace) -> int:
         print(f"pre-CPT general loss (D=0 rows): {pre}")
     print(f"wrote {out}")
     if args.plot:
-        dcpt.plot_fit(fit, results, args.plot)
+        dcpt_plots.plot_fit(fit, results, args.plot)
         print(f"wrote {args.plot}")
     return 0
 
@@ -127,9 +127,9 @@ def _cases(args: argparse.Namespace) -> dict[str, tuple[float | None, float | No
     if args.D is not None:
         cases["fixed D"] = (args.D, None)
     if args.compute is not None:
-        from cpt_jax import dcpt
+        from cpt_jax import dcpt_ratio
 
-        cases[f"compute {args.compute:.3g} FLOPs"] = (dcpt.allocate_compute(args.compute, args.N),
+        cases[f"compute {args.compute:.3g} FLOPs"] = (dcpt_ratio.allocate_compute(args.compute, args.N),
                                                      None)
     if args.domain_tokens is not None:
         cases["limited domain data"] = (None, args.domain_tokens)
@@ -140,7 +140,7 @@ def _cases(args: argparse.Namespace) -> dict[str, tuple[float | None, float | No
 
 
 def run_ratio(args: argparse.Namespace) -> int:
-    from cpt_jax import dcpt
+    from cpt_jax import dcpt_plots, dcpt_ratio
 
     for name in ("N", "D", "compute", "domain_tokens", "pre_cpt_loss"):
         _positive("--" + name.replace("_", "-"), getattr(args, name))
@@ -148,7 +148,7 @@ def run_ratio(args: argparse.Namespace) -> int:
         raise UserError(f"--tolerance must be >= 0, got {args.tolerance}")
     cases = _cases(args)
     fit = _load_fit(args.fit)
-    L_g0 = args.pre_cpt_loss or dcpt.pre_cpt_general_loss(fit, args.N)
+    L_g0 = args.pre_cpt_loss or dcpt_ratio.pre_cpt_general_loss(fit, args.N)
     if L_g0 is None:
         raise UserError(f"no pre-CPT general loss for N={args.N:g}: pass --pre-cpt-loss or add a "
                         "D=0 row for this N to the results CSV")
@@ -156,16 +156,16 @@ def run_ratio(args: argparse.Namespace) -> int:
     print(f"N={args.N:.4g}  L_g0={L_g0:.4f}  limit (1+T)*L_g0 = {limit:.4f}  (T={args.tolerance})")
     chosen = {}
     for label, (D, D_dom) in cases.items():
-        c = dcpt.best_domain_ratio(fit, args.N, args.tolerance, L_g0, D=D, domain_tokens=D_dom)
+        c = dcpt_ratio.best_domain_ratio(fit, args.N, args.tolerance, L_g0, D=D, domain_tokens=D_dom)
         chosen[label] = (D, D_dom, c)
         if c is None:
             print(f"{label}: no domain ratio keeps the predicted general loss within {limit:.4f}")
             continue
-        g_max, m_max = (float(v) for v in dcpt.curves(fit, args.N, c.r_max, D, D_dom))
+        g_max, m_max = (float(v) for v in dcpt_ratio.curves(fit, args.N, c.r_max, D, D_dom))
         print(f"{label}: r* = {c.r:.4f}  D = {c.D:.4g}  predicted general {c.general:.4f}  "
               f"domain {c.domain:.4f}  (largest feasible r = {c.r_max:.4f}: general {g_max:.4f}  "
               f"domain {m_max:.4f})")
     if args.out:
-        dcpt.plot_ratio(fit, args.N, L_g0, args.tolerance, chosen, args.out)
+        dcpt_plots.plot_ratio(fit, args.N, L_g0, args.tolerance, chosen, args.out)
         print(f"wrote {args.out}")
     return 0
