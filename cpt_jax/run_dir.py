@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from cpt_jax import storage
 from cpt_jax.errors import UserError
@@ -130,17 +130,21 @@ class RunDir:
         return summary if not need_checkpoint or self.latest_step() == steps else None
 
 
-def parse_jsonl(text: str) -> list[dict[str, Any]]:
-    """Records with a ``step`` of a JSON-lines text; a torn last line (hard kill) is skipped."""
-    out = []
+def _lines_with_records(text: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(line, record)`` for each line of a JSON-lines text holding an object with a ``step``;
+    a torn line (hard kill) is skipped."""
     for line in text.splitlines():
         try:
             rec = json.loads(line)
         except ValueError:
             continue
         if isinstance(rec, dict) and "step" in rec:
-            out.append(rec)
-    return out
+            yield line, rec
+
+
+def parse_jsonl(text: str) -> list[dict[str, Any]]:
+    """Records with a ``step`` of a JSON-lines text; a torn last line (hard kill) is skipped."""
+    return [rec for _, rec in _lines_with_records(text)]
 
 
 def merge_by_step(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -156,15 +160,10 @@ def trim_metrics(file: Path, last_step: int | None) -> int:
     many lines were dropped."""
     if not file.is_file():
         return 0
-    lines = file.read_text().splitlines()
-    keep = []
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue  # a torn line
-        if isinstance(rec, dict) and last_step is not None and int(rec.get("step", -1)) <= last_step:
-            keep.append(line)
+    text = file.read_text()
+    lines = text.splitlines()
+    keep = [line for line, rec in _lines_with_records(text)
+            if last_step is not None and int(rec["step"]) <= last_step]
     if len(keep) != len(lines):
         storage.write_text(file, "".join(f"{line}\n" for line in keep))
     return len(lines) - len(keep)
@@ -202,23 +201,31 @@ def config_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
     return refused, allowed
 
 
+def check_config(run: RunDir, current: dict, resumed: int | None,
+                 allow_change: bool) -> tuple[dict | None, list[str]]:
+    """The stored config and every change of ``current`` against it (``(None, [])`` for a fresh
+    start); a change of a ``MEANING_KEYS`` key is refused in one line listing each difference,
+    unless ``allow_change``."""
+    saved = run.read_json(CONFIG) if resumed is not None else None
+    if not isinstance(saved, dict):
+        return None, []
+    refused, allowed = config_changes(saved, current)
+    if refused and not allow_change:
+        raise UserError(
+            f"resuming {run} from step {resumed} would change what its checkpoint means: "
+            + "; ".join(refused) + " (use a new run_dir, or set train.allow_config_change=True)")
+    return saved, refused + allowed
+
+
 def record_config(run: RunDir, current: dict, resumed: int | None, allow_change: bool,
                   log: Any = print) -> None:
-    """Write ``config.json`` for a run starting or resuming at ``resumed``.
-
-    A resume whose config differs from the stored one: keys in ``MEANING_KEYS`` are refused in
-    one line listing each difference (unless ``allow_change``); other changes are printed.
-    Either way the previous config is kept as ``config.<resumed>.json``.
-    """
-    saved = run.read_json(CONFIG) if resumed is not None else None
-    if isinstance(saved, dict):
-        refused, allowed = config_changes(saved, current)
-        if refused and not allow_change:
-            raise UserError(
-                f"resuming {run} from step {resumed} would change what its checkpoint means: "
-                + "; ".join(refused) + " (use a new run_dir, or set train.allow_config_change=True)")
-        if refused or allowed:
+    """Write ``config.json`` for a run starting or resuming at ``resumed`` (``check_config``
+    first); when a resume changed it, the previous config is kept as ``config.<resumed>.json``
+    and the changes are printed."""
+    saved, changes = check_config(run, current, resumed, allow_change)
+    if saved is not None:
+        if changes:
             log(f"config changed at step {resumed} (previous config kept as config.{resumed}.json): "
-                + "; ".join(refused + allowed))
+                + "; ".join(changes))
             run.write_json(f"config.{resumed}.json", saved)
     run.write_json(CONFIG, current)

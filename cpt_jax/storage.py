@@ -146,7 +146,7 @@ def download_dir(remote: Any, dest: Path) -> None:
     remote = path(remote)
     if not remote.is_dir():
         raise UserError(f"{remote} does not exist or is not a folder")
-    for src in _files(remote):
+    for src in files(remote):
         rel = os.fspath(src)[len(os.fspath(remote)):].lstrip("/")
         out = dest / rel
         if out.is_file() and out.stat().st_size == src.stat().length:
@@ -158,11 +158,12 @@ def download_dir(remote: Any, dest: Path) -> None:
         os.replace(tmp, out)
 
 
-def _files(folder: Any) -> Iterator[Any]:
-    """Every file below ``folder`` (recursively), as paths of the same kind."""
+def files(folder: Any) -> Iterator[Any]:
+    """Every file below ``folder`` (recursively), as paths of the same kind (local or ``gs://``;
+    epath's own ``walk`` yields ``gs://`` roots without their scheme)."""
     for child in folder.iterdir():
         if child.is_dir():
-            yield from _files(child)
+            yield from files(child)
         else:
             yield child
 
@@ -170,13 +171,17 @@ def _files(folder: Any) -> Iterator[Any]:
 def upload_dir(local_dir: Path, remote: Any) -> None:
     """Copy a local folder tree to a remote folder (overwriting objects of the same name)."""
     remote = path(remote)
-    for root, _dirs, files in os.walk(local_dir):
-        for name in files:
+    for root, _dirs, names in os.walk(local_dir):
+        for name in names:
             src = Path(root) / name
-            dst = remote / os.path.relpath(src, local_dir)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            with open(src, "rb") as fin, dst.open("wb") as fout:
-                shutil.copyfileobj(fin, fout, 16 << 20)
+            upload_file(src, remote / os.path.relpath(src, local_dir))
+
+
+def upload_file(src: Path, dst: Any) -> None:
+    """Copy one local file to ``dst`` (local or remote), streamed."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with open(src, "rb") as fin, dst.open("wb") as fout:
+        shutil.copyfileobj(fin, fout, 16 << 20)
 
 
 def readable_dir(p: Any, kind: str, log: Any = None) -> Path:
@@ -233,14 +238,12 @@ class Mirror:
         """Upload the files that changed (no-op for a local target)."""
         if not self.remote:
             return
-        for root, _dirs, files in os.walk(self.dir):
-            for name in files:
+        for root, _dirs, names in os.walk(self.dir):
+            for name in names:
                 src = Path(root) / name
                 st = src.stat()
                 key = os.path.relpath(src, self.dir)
                 if self._sent.get(key) == (st.st_size, st.st_mtime_ns):
                     continue
-                dst = self.target / key
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                dst.write_bytes(src.read_bytes())
+                upload_file(src, self.target / key)
                 self._sent[key] = (st.st_size, st.st_mtime_ns)

@@ -136,20 +136,12 @@ def _replace_remote(staging: Any, path: Any) -> None:
     target = path / PARAMS_ITEM
     if target.exists():
         target.rmtree()
-    for src in _remote_files(staging / PARAMS_ITEM):
+    for src in storage.files(staging / PARAMS_ITEM):
         dst = target / os.fspath(src)[len(os.fspath(staging / PARAMS_ITEM)) + 1:]
         dst.parent.mkdir(parents=True, exist_ok=True)
         src.copy(dst, overwrite=True)
     storage.write_text(path / MODEL_JSON, (staging / MODEL_JSON).read_text())
     staging.rmtree()
-
-
-def _remote_files(folder: Any) -> Iterator[Any]:
-    for child in folder.iterdir():
-        if child.is_dir():
-            yield from _remote_files(child)
-        else:
-            yield child
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ import numpy as np
 from cpt_jax.config import to_dict
 from cpt_jax.errors import UserError
 from cpt_jax.lease import Lease
-from cpt_jax.run_dir import CONFIG, SUMMARY, RunDir, config_changes, record_config
+from cpt_jax.run_dir import SUMMARY, RunDir, check_config, record_config
 
 Log = Callable[[str], None]
 
@@ -113,22 +113,12 @@ def _record(run: RunDir, current: dict, opened: OpenedRun, total: int, allow: bo
     """Process 0: the start/resume line and the config record (or the finished line)."""
     opened.finished = run.finished_summary(total)
     if opened.finished is not None:
-        record_config_check_only(run, current, opened.resumed, allow)
+        check_config(run, current, opened.resumed, allow)  # refused changes are refused here too
         log(f"{run} finished at step {total} earlier ({SUMMARY} is there): nothing to do")
         return
     record_config(run, current, opened.resumed, allow, log)
     log(f"resuming {run} from step {opened.resumed}" if opened.resumed is not None
         else f"starting {run}")
-
-
-def record_config_check_only(run: RunDir, current: dict, step: int | None, allow: bool) -> None:
-    """Refuse a meaning-changing config on a finished run too, without writing anything."""
-    saved = run.read_json(CONFIG)
-    if isinstance(saved, dict) and not allow:
-        refused, _ = config_changes(saved, current)
-        if refused:
-            raise UserError(f"{run} finished with a different config: " + "; ".join(refused)
-                            + " (use a new run_dir)")
 
 
 def restore_newest(ckpts: Any, run: RunDir, newest: int, target: Any, log: Log = _stderr
