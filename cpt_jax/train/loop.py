@@ -30,6 +30,7 @@ import jax
 import numpy as np
 
 from cpt_jax import sharding
+from cpt_jax.config import to_dict
 from cpt_jax.errors import UserError
 from cpt_jax.eval.perplexity import token_bytes_for
 from cpt_jax.lawa_online import OnlineLawa
@@ -235,7 +236,7 @@ def _train(cfg: Any, plan: _Plan, opened: OpenedRun, eval_sets: Any, wall0: floa
     peak = peak_flops(jax.devices()[0])
     peak_total = peak * jax.device_count() if peak else None
     writer = MetricsWriter(run.root, main, cfg.logging.tensorboard, cfg.train.progress,
-                           keep_until=resumed)
+                           keep_until=resumed, config=to_dict(cfg))
     train_step = make_train_step(objective, tx, schedule, shard, mesh, m)
     evals = _eval_sets(cfg, domains) if eval_sets is None else eval_sets
     token_bytes = token_bytes_for(cfg) if evals else None  # bits per byte beside the loss

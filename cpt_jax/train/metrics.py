@@ -83,8 +83,8 @@ class MetricsWriter:
     SYNC_EVERY_S = 60.0
 
     def __init__(self, run_dir: Any, enabled: bool, tensorboard: bool, progress: bool,
-                 keep_until: int | None = None):
-        from cpt_jax.run_dir import CONFIG, METRICS, TENSORBOARD, RunDir, trim_metrics
+                 keep_until: int | None = None, config: dict | None = None):
+        from cpt_jax.run_dir import METRICS, TENSORBOARD, trim_metrics
         from cpt_jax.storage import Mirror
 
         self.enabled = enabled
@@ -101,7 +101,7 @@ class MetricsWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         trim_metrics(self.path, keep_until)
         self._file = open(self.path, "a")
-        config = RunDir(run_dir).read_json(CONFIG) or {}  # written when the run was opened
+        config = config or {}  # the run's resolved config (what config.json holds)
         if tensorboard:
             try:
                 from tensorboardX import SummaryWriter
