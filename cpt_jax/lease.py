@@ -124,6 +124,8 @@ class _GcsStore:
         return self._upload(data, token)
 
     def delete(self, token: Any) -> None:
+        # the generation precondition alone decides on real Cloud Storage; the read first keeps
+        # a lease that is no longer ours on emulators that ignore preconditions on DELETE
         now = self.read()
         if now is None or now[1] != token:
             return
