@@ -70,6 +70,7 @@ def defaults() -> ConfigDict:
     c.train.lease_timeout_s = 300.0  # a run dir's lease is taken over after this long without heartbeat
     c.train.log_every = 10
     c.train.eval_every = 0  # 0: evaluate only at the end
+    c.train.eval_steps = ""  # extra eval steps, comma-separated (e.g. dense early: "5,10,20,40")
     c.train.eval_batches = 4
     c.train.progress = True
 
@@ -162,6 +163,19 @@ def defaults() -> ConfigDict:
     c.logging.tensorboard = True
     c.logging.wandb_project = ""  # Weights & Biases project ("" = off; pip install 'cpt-jax[wandb]')
     return c
+
+
+def eval_steps(train: ConfigDict) -> frozenset[int]:
+    """The steps of ``train.eval_steps`` (each in 1 .. train.steps); one line when malformed."""
+    text = str(train.eval_steps).strip()
+    try:
+        steps = frozenset(int(x) for x in text.split(",")) if text else frozenset()
+    except ValueError:
+        raise UserError(f"train.eval_steps must be comma-separated step numbers, got {text!r}") from None
+    outside = sorted(x for x in steps if not 0 < x <= train.steps)
+    if outside:
+        raise UserError(f"train.eval_steps: step {outside[0]} is outside 1..train.steps ({train.steps})")
+    return steps
 
 
 # ---------------------------------------------------------------------------------------
@@ -377,6 +391,7 @@ def validate(cfg: ConfigDict) -> None:
         _positive(f"train.{name}", t[name])
     if t.eval_every < 0:
         raise UserError(f"train.eval_every must be >= 0 (0 = only at the end), got {t.eval_every}")
+    eval_steps(t)
     if o.skip_nonfinite < 0:
         raise UserError(f"optim.skip_nonfinite must be >= 0 (0 = stop at the first), got {o.skip_nonfinite}")
     if not 0.0 <= cfg.data.replay_fraction < 1.0:

@@ -184,3 +184,17 @@ def test_train_only_new_rows_moves_nothing_else(tmp_path):
             assert moved.tolist() == [5, 7] and change.max() > 1e-4, path
         else:
             assert change.max() < 1e-6, path
+
+
+def test_eval_steps_add_evals_where_listed_and_bad_lists_are_one_line(tmp_path):
+    base = str(tmp_path / "base")
+    loop.run(load_cfg(base, ["train.steps=2"]))
+    cont = str(tmp_path / "cont")
+    loop.run(load_cfg(cont, ["train.steps=6", "train.eval_every=4", "train.eval_steps=1,2",
+                             f"train.init_from={base}"]))
+    evals = sorted(_logged(cont, "eval/avg/loss"))
+    assert evals == [0, 1, 2, 4, 6]  # step 0 (a continuation), the listed steps, every 4, the end
+    with pytest.raises(UserError, match="train.eval_steps must be comma-separated"):
+        load_cfg(cont, ["train.eval_steps=1;2"])
+    with pytest.raises(UserError, match="step 9 is outside 1..train.steps"):
+        load_cfg(cont, ["train.steps=6", "train.eval_steps=9"])

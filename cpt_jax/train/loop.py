@@ -30,7 +30,7 @@ import jax
 import numpy as np
 
 from cpt_jax import sharding
-from cpt_jax.config import to_dict
+from cpt_jax.config import eval_steps, to_dict
 from cpt_jax.errors import UserError
 from cpt_jax.eval.perplexity import token_bytes_for
 from cpt_jax.lawa_online import OnlineLawa
@@ -292,7 +292,8 @@ def _train(cfg: Any, plan: _Plan, opened: OpenedRun, eval_sets: Any, wall0: floa
         writer.sync()
         last_good = last_saved = step
 
-    if resumed is None and cfg.train.init_from and cfg.train.eval_every > 0:
+    extra_evals = eval_steps(cfg.train)
+    if resumed is None and cfg.train.init_from and (cfg.train.eval_every > 0 or extra_evals):
         run_eval(0)  # the starting point of a continuation: learning and forgetting start here
     source = data.iterator(start, total)
     try:
@@ -305,7 +306,8 @@ def _train(cfg: Any, plan: _Plan, opened: OpenedRun, eval_sets: Any, wall0: floa
             pending.append((done, metrics))
             drain(1)  # one step behind: the host never waits on the step it just dispatched
             log = done % cfg.train.log_every == 0 or done == total
-            do_eval = cfg.train.eval_every > 0 and done % cfg.train.eval_every == 0 and done < total
+            do_eval = done < total and ((cfg.train.eval_every > 0 and done % cfg.train.eval_every == 0)
+                                        or done in extra_evals)
             do_ckpt = (cfg.checkpoint.every > 0 and done % cfg.checkpoint.every == 0) or done == total
             interrupted = stop.should_stop(log or do_eval or do_ckpt)
             if log or do_eval or do_ckpt or interrupted:
