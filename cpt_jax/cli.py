@@ -20,6 +20,7 @@ from cpt_jax.commands import (
     experiment,
     model_info,
     report,
+    reproduce,
     schedule,
     sweep,
     tokenize,
@@ -31,7 +32,7 @@ from cpt_jax.errors import UserError
 
 # the verbs, in the order `--help` lists them
 COMMANDS = (model_info, assets, tokenize, convert, schedule, average, corpus, train, eval_verb,
-            experiment, sweep, report, dcpt, doremi, vocab)
+            experiment, sweep, report, dcpt, doremi, vocab, reproduce)
 
 
 class _Parser(argparse.ArgumentParser):
