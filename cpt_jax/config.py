@@ -121,7 +121,7 @@ def defaults() -> ConfigDict:
     c.data.weights = "proportional"  # proportional | uniform | "a=0.5,b=0.5" | path.json
     c.data.phases = ""  # "STEP:a=0.7,b=0.3;STEP:..." weights from STEP on
     c.data.replay_domains = ""  # comma-separated old-data domains
-    c.data.replay_fraction = 0.0  # per-batch quota of replayed sequences
+    c.data.replay_fraction = 0.0  # share of replayed sequences (a quota exact over steps)
     c.data.upstream = ""  # domains whose loss measures forgetting
     c.data.downstream = ""  # domains whose loss measures learning
     c.data.workers = 0  # grain worker processes (0: threads in this process)

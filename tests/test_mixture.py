@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -64,10 +65,55 @@ def test_parse_phases():
 
 
 def test_replay_quota():
-    assert [replay_quota(f, 16) for f in (0.0, 0.05, 0.25, 0.5)] == [0, 1, 4, 8]
-    assert replay_quota(0.25, 10) == 3  # floor(2.5 + 0.5)
-    with pytest.raises(UserError, match="rounds to 0"):
-        replay_quota(0.01, 16)
+    assert [replay_quota(f, 16) for f in (0.0, 0.05, 0.25, 0.5)] == [0, Fraction(4, 5), 4, 8]
+    assert replay_quota(0.01, 8) == Fraction(2, 25)  # no longer refused: exact over steps
+    assert replay_quota(0.1, 3) == Fraction(3, 10)  # f read as written, not as its binary float
+    with pytest.raises(UserError, match="replay all 8"):
+        replay_quota(0.9, 8)  # q = 7.2 > B - 1: some batch would hold no new data
+    assert replay_quota(0.875, 8) == 7
+    for bad in (1.0, -0.1, float("nan")):
+        with pytest.raises(UserError, match=r"\[0, 1\)"):
+            replay_quota(bad, 8)
+
+
+@pytest.mark.parametrize("f, batch", [(0.01, 8), (0.05, 8), (0.25, 10), (0.1, 5), (0.3, 7), (0.875, 8), (0.001, 64)])
+def test_replay_counts_follow_the_formula_over_many_steps(f, batch):
+    """R_t = floor(f B (t + 1) + 1/2) - floor(f B t + 1/2), computed here in plain Python."""
+    plan = MixturePlan(NAMES, [(0, np.array([0.5, 0.5, 0, 0]))], batch, seed=2,
+                       replay_weights=np.array([0, 0, 0, 1.0]), replay=replay_quota(f, batch))
+    q = Fraction(str(f)) * batch
+    steps, total = 2000, 0
+    for t in range(steps):
+        want = math.floor(q * (t + 1) + Fraction(1, 2)) - math.floor(q * t + Fraction(1, 2))
+        dom = plan.layout(t)[0]
+        assert (dom == 3).sum() == want == plan.replay_count(t), t
+        assert want in (math.floor(q), math.ceil(q))
+        total += want
+        assert abs(total - q * (t + 1)) <= Fraction(1, 2)  # never more than half a sequence off
+        assert plan.replayed_before(t + 1) == total
+    assert abs(total / (steps * batch) - f) <= 0.5 / (steps * batch)  # the share is f
+    if (f, batch) == (0.01, 8):  # 1% at batch 8: one sequence every 12.5 steps
+        gaps = np.diff([t for t in range(steps) if plan.replay_count(t)])
+        assert set(gaps.tolist()) == {12, 13} and total == 160
+
+
+def test_fractional_replay_draws_consecutive_and_resumable():
+    phases = [(0, np.array([1.0, 0, 0, 0])), (9, np.array([0.5, 0.5, 0, 0])), (31, np.array([0.2, 0.3, 0.5, 0]))]
+    make = lambda: MixturePlan(NAMES, phases, 8, seed=5, replay_weights=np.array([0.25, 0, 0, 0.75]),  # noqa: E731
+                               replay=replay_quota(0.13, 8))
+    plan = make()
+    seen = {i: [] for i in range(4)}
+    for k in range(60):
+        dom, draw = plan.layout(k)
+        for d, j in zip(dom, draw):
+            seen[int(d)].append(int(j))
+    for i, draws in seen.items():
+        assert sorted(draws) == list(range(len(draws))), NAMES[i]  # each draw exactly once
+    assert plan.draws_before(60).tolist() == [len(seen[i]) for i in range(4)]
+    fresh = make()  # a resumed run computes batch k from k alone
+    for k in (59, 31, 30, 9, 8, 0):
+        assert all(np.array_equal(x, y) for x, y in zip(fresh.layout(k), plan.layout(k)))
+    np.testing.assert_allclose(plan.weights_at(40), [0.2 * 0.87 + 0.25 * 0.13, 0.3 * 0.87, 0.5 * 0.87, 0.75 * 0.13])
 
 
 def test_bitrev_matches_string_reversal():

@@ -5,9 +5,11 @@ tokens), ``uniform``, ``"a=0.5,b=0.3"``, a JSON file (DoReMi's ``{"average": {..
 {...}}``, whose ``average`` alpha-bar is used, or a flat ``{domain: w}``), or a mapping.
 Phases (``data.phases = "0:a=1.0;500:a=0.7,b=0.3"``) replace the main weights from each step on.
 
-Replay (Ibrahim et al. 2024): each global batch of B sequences holds exactly
-``R = floor(replay_fraction * B + 0.5)`` sequences from the replay domains (by their own weights)
-and B - R from the main mixture: compute-equivalent replay.
+Replay (Ibrahim et al. 2024), compute-equivalent and exact over steps: with q = f B (f =
+``replay_fraction`` as written, an exact rational), global batch t holds
+``R_t = floor(q (t + 1) + 1/2) - floor(q t + 1/2)`` sequences from the replay domains (by their
+own weights) and B - R_t from the main mixture. R_t is floor(q) or ceil(q), a pure function of t,
+and the replayed total before step t, floor(q t + 1/2), never differs from f B t by more than 1/2.
 
 Allocation (stratified, deterministic): the g-th slot of a sub-mixture (counted from its phase's
 start) goes to the domain whose cumulative-weight interval holds ``(vdc(g) + U) mod 1``, with vdc
@@ -25,6 +27,7 @@ import json
 import math
 import os
 from collections.abc import Mapping
+from fractions import Fraction
 
 import numpy as np
 
@@ -126,15 +129,25 @@ def parse_phases(text: str, what: str = "data.phases") -> list[tuple[int, str]]:
     return out
 
 
-def replay_quota(replay_fraction: float, batch: int) -> int:
-    """R = round-half-up(fraction * B), refused when it rounds to 0 or to B."""
-    r = int(math.floor(replay_fraction * batch + 0.5))
-    if replay_fraction > 0 and not 0 < r < batch:
+def replay_quota(replay_fraction: float, batch: int) -> Fraction:
+    """q = f * B, the mean replayed sequences per batch, exact (f read as its shortest decimal).
+
+    Refused when some batch would replay all B sequences (q > B - 1) or f is outside [0, 1)."""
+    if not (math.isfinite(replay_fraction) and 0 <= replay_fraction < 1):
+        raise UserError(f"data.replay_fraction must be in [0, 1), got {replay_fraction}")
+    q = Fraction(repr(float(replay_fraction))) * int(batch)
+    if q > batch - 1:
         raise UserError(
-            f"data.replay_fraction {replay_fraction} x batch {batch} rounds to {r} replayed "
-            f"sequences; it must leave between 1 and {batch - 1}"
+            f"data.replay_fraction {replay_fraction} x batch {batch} = {float(q):g} replayed sequences "
+            f"per batch: some batches would replay all {batch}; it must be at most {batch - 1}"
         )
-    return r
+    return q
+
+
+def replayed_before(quota: Fraction | int, step: int) -> int:
+    """Replayed sequences in batches 0 .. step - 1: floor(q * step + 1/2), in exact integers."""
+    q = Fraction(quota)
+    return (2 * q.numerator * int(step) + q.denominator) // (2 * q.denominator)
 
 
 # ----------------------------------------------------------------------------------------
@@ -199,10 +212,12 @@ class Stratified:
 
 
 class MixturePlan:
-    """Phased main mixture plus a replay quota over domains ``names`` (ids = list index).
+    """Phased main mixture plus replay over domains ``names`` (ids = list index).
 
-    ``layout(k)`` -> (domain[B], draw[B]): the domain of each slot of global batch k and the
-    index j of that draw within the domain (j counts all earlier draws of that domain).
+    ``replay`` = q = f B, the mean replayed sequences per batch (batch t holds R_t of them, see
+    ``replayed_before``). ``layout(k)`` -> (domain[B], draw[B]): the domain of each slot of
+    global batch k and the index j of that draw within the domain (j counts all earlier draws
+    of that domain).
     """
 
     def __init__(
@@ -212,12 +227,14 @@ class MixturePlan:
         batch: int,
         seed: int,
         replay_weights: np.ndarray | None = None,
-        replay: int = 0,
+        replay: Fraction | int = 0,
     ):
         if not phases or phases[0][0] != 0:
             raise UserError("the first mixture phase must start at step 0")
-        self.names, self.batch, self.replay = list(names), int(batch), int(replay)
-        self.main = self.batch - self.replay
+        self.names, self.batch, self.quota = list(names), int(batch), Fraction(replay)
+        if not 0 <= self.quota <= self.batch - 1:
+            raise UserError(f"replayed sequences per batch must be in [0, {self.batch - 1}], got {replay}")
+        self.replay = float(self.quota)  # mean replayed sequences per batch
         self.starts = [int(s) for s, _ in phases]
         self.weights = [np.asarray(w, np.float64) for _, w in phases]
         self.allocs = [
@@ -225,25 +242,36 @@ class MixturePlan:
         ]
         self.replay_weights = replay_weights
         self.replay_alloc = (
-            Stratified(replay_weights, derive_key(seed, "replay")) if self.replay else None
+            Stratified(replay_weights, derive_key(seed, "replay")) if self.quota else None
         )
         # draws of each domain made by the main mixture before each phase starts
         self.before = [np.zeros(len(names), np.int64)]
         for p in range(len(phases) - 1):
-            span = (self.starts[p + 1] - self.starts[p]) * self.main
+            span = self.main_before(self.starts[p + 1]) - self.main_before(self.starts[p])
             self.before.append(self.before[-1] + self.allocs[p].counts(span))
-        # where replayed sequences sit in the batch: evenly spread
-        self.replay_rows = np.floor((np.arange(self.replay) + 0.5) * self.batch / max(self.replay, 1)).astype(np.int64)
-        self.main_rows = np.setdiff1d(np.arange(self.batch), self.replay_rows)
+
+    def replayed_before(self, step: int) -> int:
+        """Replayed sequences in batches 0 .. step - 1."""
+        return replayed_before(self.quota, step) if self.quota else 0
+
+    def main_before(self, step: int) -> int:
+        """Main-mixture sequences in batches 0 .. step - 1."""
+        return self.batch * int(step) - self.replayed_before(step)
+
+    def replay_count(self, step: int) -> int:
+        """R_t: replayed sequences in batch ``step``."""
+        return self.replayed_before(step + 1) - self.replayed_before(step)
 
     def phase(self, step: int) -> int:
         return int(np.searchsorted(self.starts, step, side="right")) - 1
 
     def weights_at(self, step: int) -> np.ndarray:
-        """Effective per-sequence domain shares of step ``step`` (main and replay combined)."""
-        w = self.weights[self.phase(step)] * self.main / self.batch
-        if self.replay:
-            w = w + self.replay_weights * self.replay / self.batch
+        """Expected per-sequence domain shares of step ``step`` (main and replay combined; the
+        replay share is f = q / B, which the replayed counts track within half a sequence)."""
+        f = float(self.quota / self.batch)
+        w = self.weights[self.phase(step)] * (1 - f)
+        if self.quota:
+            w = w + self.replay_weights * f
         return w
 
     def draws_before(self, step: int) -> np.ndarray:
@@ -251,24 +279,30 @@ class MixturePlan:
         if step < 0:
             raise UserError(f"data step must be >= 0, got {step}")
         p = self.phase(step)
-        done = self.before[p] + self.allocs[p].counts((step - self.starts[p]) * self.main)
-        if self.replay:
-            done = done + self.replay_alloc.counts(step * self.replay)
+        done = self.before[p] + self.allocs[p].counts(self.main_before(step) - self.main_before(self.starts[p]))
+        if self.quota:
+            done = done + self.replay_alloc.counts(self.replayed_before(step))
         return done
 
     def layout(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         done = self.draws_before(step)
         p = self.phase(step)
-        main_dom = self.allocs[p].domains((step - self.starts[p]) * self.main, self.main)
-        if self.replay:
-            rep_dom = self.replay_alloc.domains(step * self.replay, self.replay)
+        r = self.replay_count(step)
+        main = self.batch - r
+        g0 = self.main_before(step) - self.main_before(self.starts[p])
+        main_dom = self.allocs[p].domains(g0, main)
+        if r:
+            rep_dom = self.replay_alloc.domains(self.replayed_before(step), r)
         else:
             rep_dom = np.zeros(0, np.int64)
         dom = np.concatenate([main_dom, rep_dom])
         draw = done[dom] + _ranks(dom)  # main slots first, then replay, per domain
+        # where replayed sequences sit in the batch: evenly spread
+        replay_rows = np.floor((np.arange(r) + 0.5) * self.batch / max(r, 1)).astype(np.int64)
+        main_rows = np.setdiff1d(np.arange(self.batch), replay_rows)
         out_dom, out_draw = np.empty(self.batch, np.int64), np.empty(self.batch, np.int64)
-        out_dom[self.main_rows], out_draw[self.main_rows] = dom[: self.main], draw[: self.main]
-        out_dom[self.replay_rows], out_draw[self.replay_rows] = dom[self.main :], draw[self.main :]
+        out_dom[main_rows], out_draw[main_rows] = dom[:main], draw[:main]
+        out_dom[replay_rows], out_draw[replay_rows] = dom[main:], draw[main:]
         return out_dom, out_draw
 
 

@@ -7,7 +7,7 @@
     model     L=24 d=1024 H=16 V=50304, 405,334,016 parameters, float32 params / bfloat16 compute
     weights   train.init_from ckpt/pythia-410m (fresh optimizer state)
     data      tokenized data/mine: mydomain 1,204,111 tokens, general 9,876,000 tokens
-    mixture   mydomain 95.0%, general 5.0% (replay: 3 of 64 sequences per batch from general)
+    mixture   mydomain 95.0%, general 5.0% (replay: 3.2 of 64 sequences per batch from general)
     schedule  cosine, 2000 steps: lr 3e-05 -> 0.0003 over 20 warmup steps -> 3e-05 at the end
     batch     64 x 2048 tokens = 131,072 tokens per step, 262,144,000 tokens in all
 
@@ -93,7 +93,7 @@ def _mixture(cfg: Any, data: Any) -> str:
     plan = getattr(data, "plan", None)
     quota, b = getattr(plan, "replay", 0), cfg.train.batch_size
     if quota:
-        text += (f" (replay: {quota} of {b} sequences per batch from "
+        text += (f" (replay: {quota:g} of {b} sequences per batch from "
                  f"{', '.join(comma_list(cfg.data.replay_domains))})")
     if cfg.data.phases:
         text += f"; phases {cfg.data.phases}"
