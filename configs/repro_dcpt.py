@@ -1,0 +1,82 @@
+"""D-CPT law reproduction (Que et al. 2024): fit on two model sizes, predict a larger one.
+
+For each width d a base model is pretrained on the general mixture (the five upstream domains,
+equal shares, Pythia's cosine); from it, continual pretraining runs mix Python code (the domain)
+at ratio r with the general data (``(1 - r)`` split equally) for ``CPT_STEPS`` steps at a
+constant learning rate after a short re-warm, evaluated at ``CPT_EVALS`` and at the end: each
+evaluation is one ``(N, D, r)`` point of the law (D = steps x batch x seq_len CPT tokens).
+``cpt_jax.repro.dcpt`` fits the law on the ``FIT`` widths, predicts the ``HELD`` width, and adds
+runs at the held-out width at the ratio the law chooses (``extra_runs``).
+
+    cpt-jax experiment --config configs/repro_dcpt.py:full   # (or :tiny)
+"""
+
+from cpt_jax.repro import settings
+
+WIDTHS = {"full": {"fit": (32, 64), "held": 96}, "tiny": {"fit": (16, 32), "held": 48}}
+RATIOS = {"full": (0.2, 0.5, 0.8), "tiny": (0.5,)}
+BASE_STEPS = {"full": 100, "tiny": 4}
+CPT_STEPS = {"full": 24, "tiny": 4}
+CPT_EVALS = {"full": "12", "tiny": "1,2,3"}
+CPT_LR = 1e-3  # eta_max of the continuations (re-warmed from FINAL_LR over CPT_WARMUP steps)
+CPT_WARMUP = {"full": 4, "tiny": 1}
+
+
+def get_config(size="full"):
+    c = settings.base_config(size, "runs/repro/dcpt")
+    c.model.num_heads = 4 if size == "full" else 2
+    c.train.steps = settings.steps(size, BASE_STEPS["full"], BASE_STEPS["tiny"])
+    c.train.eval_every = 0  # the final evaluation only (bases); continuations add CPT_EVALS
+    c.data.domains = ",".join(settings.UPSTREAM)
+    c.data.weights = settings.uniform(settings.UPSTREAM)
+    c.data.upstream = ",".join(settings.UPSTREAM)  # the general loss
+    c.data.downstream = settings.DOMAIN_A  # the domain loss
+    return c
+
+
+def size_of(c):
+    """``full`` or ``tiny`` from the shared config (its batch)."""
+    return "full" if int(c.train.batch_size) == 8 else "tiny"
+
+
+def widths(c):
+    w = WIDTHS[size_of(c)]
+    return (*w["fit"], w["held"])
+
+
+def weights(r):
+    """``data.weights``: the domain at ratio r, the general domains sharing 1 - r equally."""
+    general = ",".join(f"{d}={(1 - r) / len(settings.UPSTREAM):.6f}" for d in settings.UPSTREAM)
+    return f"{settings.DOMAIN_A}={r:.6f},{general}"
+
+
+def base_name(d):
+    return f"base_d{d}"
+
+
+def cpt_name(d, r, seed=0):
+    return f"cpt_d{d}_r{r:.2f}" + (f"_s{seed}" if seed else "")
+
+
+def cpt_run(c, d, r, seed=0):
+    """One continuation of the width-d base at domain ratio r."""
+    size = size_of(c)
+    return {"name": cpt_name(d, r, seed), "from": base_name(d), "set": {
+        "model.hidden_size": d, "seed": seed,
+        "train.steps": CPT_STEPS[size], "train.eval_steps": CPT_EVALS[size],
+        "data.domains": ",".join((settings.DOMAIN_A, *settings.UPSTREAM)),
+        "data.weights": weights(r),
+        "optim.peak_lr": CPT_LR, "schedule.name": "wsd", "schedule.decay_frac": 0.0,
+        "schedule.warmup_steps": CPT_WARMUP[size], "schedule.start_lr": settings.FINAL_LR}}
+
+
+def get_runs(c):
+    runs = [{"name": base_name(d), "set": {"model.hidden_size": d}} for d in widths(c)]
+    runs += [cpt_run(c, d, r) for d in widths(c) for r in RATIOS[size_of(c)]]
+    return runs
+
+
+def extra_runs(c, ratios, seeds=(0,)):
+    """Continuations of the held-out width at ``ratios`` (the law's choice), one per seed."""
+    held = WIDTHS[size_of(c)]["held"]
+    return [cpt_run(c, held, r, s) for r in ratios for s in seeds]
