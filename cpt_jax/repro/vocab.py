@@ -1,0 +1,221 @@
+"""Vocabulary expansion: bits per byte on a domain's held-out text with Pythia's tokenizer and
+with domain tokens added (``cpt-jax vocab extend``, subword-mean initialisation of the new rows).
+
+1. The extension learns ``NEW_TOKENS`` BPE tokens from the domain's *training* documents only and
+   resizes the shared pretraining's embeddings.
+2. The domain is re-tokenized with the extended tokenizer into ``runs/repro/vocab/data``; the
+   held-out split is by document index (``is_val_document``), so both tokenizations hold the same
+   training and validation documents (checked: same counts, same decoded validation text).
+3. Two continuations per seed, same steps x batch x T: ``base`` (Pythia's tokenizer) and
+   ``extended``. Held-out bits per byte ``bpb = sum_t l_t / (B ln 2)`` over the whole validation
+   text (B its UTF-8 bytes) compare the two tokenizers; tokens per byte measure compression.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+
+from cpt_jax.data import readers
+from cpt_jax.data.indexed import IndexedDataset
+from cpt_jax.data.manifest import load_manifest, local_data_dir
+from cpt_jax.data.tokenize import is_val_document, load_token_bytes, tokenize_domain
+from cpt_jax.errors import UserError
+from cpt_jax.repro import common, settings, vocab_eval
+from cpt_jax.repro.common import Context, Section, md_table, mean_sd
+
+PART = "vocab"
+NEW_TOKENS = {"full": 1000, "tiny": 40}
+SEEDS = (0, 1)
+VAL_FRACTIONS = (0.05, 0.2, 0.1, 0.02, 0.01, 0.03, 0.15, 0.25)  # corpus default first
+
+
+def _val_fraction(domain: str, n_docs: int, n_val: int) -> float:
+    """The hold-out fraction that puts ``n_val`` of documents ``0..n_docs-1`` in ``val``."""
+    for f in VAL_FRACTIONS:
+        picked = sum(is_val_document(i, domain, f) for i in range(n_docs))
+        if picked == n_val or (picked == 0 and n_val == 1):
+            return f
+    raise UserError(f"{domain}: no known val fraction puts {n_val} of {n_docs} documents in val")
+
+
+def _write_jsonl(path: Path, docs: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with gzip.open(tmp, "wt", encoding="utf-8") as f:
+        f.writelines(json.dumps({"text": d}) + "\n" for d in docs)
+    tmp.replace(path)
+
+
+def prepare(ctx: Context, domain: str, pretrained: str) -> dict:
+    """Extend the tokenizer on the domain's training documents, re-tokenize the domain, check
+    that both tokenizations split the same documents. Returns paths and counts."""
+    from cpt_jax.cli import main
+    from cpt_jax.data.tokenizer import PYTHIA_TOKENIZER_NAME, fetch_assets, file_sha256
+
+    work = ctx.part_dir(PART)
+    manifest = load_manifest(ctx.data_dir)
+    entry = manifest["domains"][domain]
+    name = manifest["tokenizer"]["name"]
+    base_tok = Path(name) if Path(name).is_file() else None
+    if base_tok is None and name == PYTHIA_TOKENIZER_NAME:
+        base_tok = fetch_assets(log=ctx.log).tokenizer
+    if base_tok is None or file_sha256(base_tok) != manifest["tokenizer"]["sha256"]:
+        raise UserError(f"{ctx.data_dir}: the tokenizer {name} is not available with the manifest's sha256")
+    n_docs, n_val = entry["train_documents"] + entry["val_documents"], entry["val_documents"]
+    frac = _val_fraction(domain, n_docs, n_val)
+    raw = local_data_dir(ctx.data_dir) / "_cache" / "raw" / f"{domain}.jsonl.gz"
+    all_file, train_file = work / "raw" / f"{domain}.jsonl.gz", work / "raw" / "train_only.jsonl.gz"
+    if not (all_file.is_file() and train_file.is_file()):
+        docs = []
+        for doc in readers.iter_documents(readers.expand_inputs([raw])):
+            docs.append(doc)
+            if len(docs) == n_docs:
+                break
+        _write_jsonl(train_file, [d for i, d in enumerate(docs) if not is_val_document(i, domain, frac)])
+        _write_jsonl(all_file, docs)
+    ext = work / "extend"
+    if not (ext / "vocab.json").is_file():
+        code = main(["vocab", "extend", "--base-tokenizer", str(base_tok), "--corpus", str(train_file),
+                     "--new-tokens", str(NEW_TOKENS[ctx.size]), "--checkpoint", pretrained, "--out", str(ext)])
+        if code != 0:
+            raise UserError("cpt-jax vocab extend failed")
+    data = work / "data"
+    new = tokenize_domain([all_file], domain, data, ext / "tokenizer.json", val_fraction=frac,
+                          workers=1, progress=False, log=ctx.log)
+    for key in ("train_documents", "val_documents"):
+        if new[key] != entry[key]:
+            raise UserError(f"re-tokenized {domain}: {key} {new[key]} != {entry[key]} of the base data")
+    base_val = vocab_eval.val_text(ctx.data_dir, domain, base_tok)
+    ext_val = vocab_eval.val_text(str(data), domain, ext / "tokenizer.json")
+    if base_val != ext_val:
+        raise UserError(f"re-tokenized {domain}: the validation documents differ from the base data's")
+    info = json.loads((ext / "vocab.json").read_text())
+    return {"ext": str(ext), "data": str(data), "val_fraction": frac, "val_documents": n_val,
+            "val_bytes": sum(len(t.encode("utf-8")) for t in base_val),
+            "added": len(info["new_rows"]), "vocab_size": info["vocab_size"],
+            "tpb_train": info["tokens_per_byte"], "examples": [t["text"] for t in info["new_tokens"][:12]]}
+
+
+def tokens_per_byte(data_dir: str, domain: str) -> float:
+    """Validation tokens (EOS excluded) per UTF-8 byte of the validation text."""
+    ds = IndexedDataset(local_data_dir(data_dir) / domain / "val")
+    tb = load_token_bytes(local_data_dir(data_dir))
+    toks = np.concatenate([np.asarray(ds[i]) for i in range(len(ds))])
+    nbytes = int(tb[toks].sum())
+    return float(np.count_nonzero(tb[toks])) / nbytes if nbytes else float("nan")
+
+
+def run(ctx: Context) -> Section:
+    pretrained = ctx.pretrained("cosine")
+    shared = ctx.load(PART)
+    domain = shared.data.domains
+    prep = prepare(ctx, domain, pretrained)
+    ext_ctx = dataclasses.replace(ctx, data_dir=prep["data"])
+    base_runs = [f"base_s{s}" for s in SEEDS]
+    ext_runs = [f"extended_s{s}" for s in SEEDS]
+    ctx.experiment(PART, extra=[f"train.init_from={pretrained}"], only=base_runs)
+    ext_ctx.experiment(PART, extra=[f"train.init_from={prep['ext']}"], only=ext_runs)
+    root = ctx.part_dir(PART)
+    seq = int(shared.train.seq_len)
+    cache = root / "heldout"
+    bpb = {name: vocab_eval.heldout_bpb(str(root / name), data, domain, seq, cache)
+           for names, data in ((base_runs, ctx.data_dir), (ext_runs, prep["data"])) for name in names}
+    start = {"base": vocab_eval.heldout_bpb(pretrained, ctx.data_dir, domain, seq, cache, "pretrained"),
+             "extended": vocab_eval.heldout_bpb(prep["ext"], prep["data"], domain, seq, cache, "extended_init")}
+    tpb = {"base": tokens_per_byte(ctx.data_dir, domain), "extended": tokens_per_byte(prep["data"], domain)}
+    return _section(ctx, shared, domain, prep, bpb, start, tpb, base_runs, ext_runs)
+
+
+def _section(ctx, shared, domain, prep, bpb, start, tpb, base_runs, ext_runs) -> Section:
+    base = [bpb[r] for r in base_runs]
+    ext = [bpb[r] for r in ext_runs]
+    (mb, sb), (me, se) = mean_sd(base), mean_sd(ext)
+    noise = float(np.sqrt(sb ** 2 / len(base) + se ** 2 / len(ext)))  # SE of the difference of means
+    diff = me - mb  # > 0: the extended tokenizer is worse
+    compressed = tpb["extended"] < tpb["base"]
+    if not compressed or diff > 2 * noise:
+        verdict = "not reproduced"
+    else:
+        verdict = "reproduced"
+    steps, batch, seq = int(shared.train.steps), int(shared.train.batch_size), int(shared.train.seq_len)
+    tokens = steps * batch * seq
+    rows = [
+        ["base", f"{tpb['base']:.4f}", f"{start['base']:.4f}", common.pm(base, 4),
+         f"{tokens / tpb['base']:,.0f}"],
+        [f"extended (+{prep['added']} {domain} tokens)", f"{tpb['extended']:.4f}", f"{start['extended']:.4f}",
+         common.pm(ext, 4), f"{tokens / tpb['extended']:,.0f}"],
+    ]
+    table = md_table(["tokenizer", "tokens / byte (held-out)", "bpb at step 0", f"bpb after {steps} steps",
+                      "bytes of text trained on"], rows)
+    change = 100 * (tpb["extended"] / tpb["base"] - 1)
+    why = (f"Tokens per byte on the held-out math text: {tpb['base']:.4f} -> {tpb['extended']:.4f} "
+           f"({change:+.1f}%). Held-out bits per byte after {steps} steps: base {mb:.4f} ± {sb:.4f}, "
+           f"extended {me:.4f} ± {se:.4f} (mean ± sd over seeds {', '.join(map(str, SEEDS))}); "
+           f"extended - base = {diff:+.4f}, noise (standard error of the difference) {noise:.4f}. "
+           "Rule: reproduced when tokens per byte fall and the extended model's bpb is no worse than "
+           "the base model's by more than 2 x noise (matches or beats); not reproduced otherwise. "
+           f"At step 0 (new rows = mean of their pieces' rows) extended - base = "
+           f"{start['extended'] - start['base']:+.4f} bpb.")
+    image = _plot(ctx, domain, base_runs, ext_runs, tpb, prep["added"])
+    general = [tokens_per_byte(ctx.data_dir, d) for d in settings.UPSTREAM]
+    examples = ", ".join(f"`{t.strip()}`" for t in prep["examples"] if t.strip() and "\ufffd" not in t)
+    pre_steps = int(ctx.load("pretrain").train.steps)
+    setting = (f"The shared pretraining (`cosine`, {pre_steps} steps on the five general domains) continued "
+               f"on `{domain}` ({tpb['base']:.2f} tokens per byte under the base tokenizer, against "
+               f"{min(general):.2f}-{max(general):.2f} for the general domains) for {steps} steps of "
+               f"{batch} x {seq} tokens, peak LR "
+               f"{shared.optim.peak_lr:g} re-warmed from {shared.schedule.start_lr:g}, seeds "
+               f"{', '.join(map(str, SEEDS))}: once with the base tokenizer and once with "
+               f"`cpt-jax vocab extend` adding {prep['added']} tokens learnt on math's training "
+               f"documents only (vocabulary rows {prep['vocab_size']}; new rows of `embed_in` and "
+               f"`embed_out` = mean of their old pieces' rows; first tokens: "
+               f"{examples}). Both "
+               f"tokenizations hold the same {prep['val_documents']} held-out documents "
+               f"({prep['val_bytes']:,} bytes, checked text for text); bits per byte are over all of them. "
+               "Same tokens per step in both arms, so the extended arm reads more text.")
+    return Section(
+        part=PART, title="Vocabulary expansion: compression and bits per byte",
+        claim=("Adding domain tokens (initialised as the mean of their subword pieces) makes the "
+               "domain's text shorter in tokens, so training and inference are cheaper, and after "
+               "continued pretraining the model matches or beats the base tokenizer in bits per "
+               "byte; with little training the new embeddings can lag."),
+        source=("practice of vocabulary expansion for continual pretraining (e.g. Chinese LLaMA, "
+                "Cui et al. 2023; subword-mean initialisation)"),
+        setting=setting, table=table, verdict=verdict, why=why, images=[str(image)],
+        numbers={"tokens_per_byte": tpb, "bpb_before": start, "bpb_after": bpb,
+                 "diff": diff, "noise": noise, "added": prep["added"]})
+
+
+def _plot(ctx: Context, domain: str, base_runs, ext_runs, tpb, added) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    root = ctx.part_dir(PART)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [2.2, 1]})
+    for names, color, label in ((base_runs, "tab:blue", "base tokenizer"),
+                                (ext_runs, "tab:orange", f"+{added} {domain} tokens")):
+        for i, name in enumerate(names):
+            curve = common.eval_curve(root / name, f"eval/{domain}/bpb")
+            ax.plot(list(curve), list(curve.values()), color=color, marker="o", ms=3,
+                    ls="-" if i == 0 else "--", label=f"{label}, seed {SEEDS[i]}")
+    ax.set_xlabel("continued-pretraining step")
+    ax.set_ylabel(f"held-out {domain} bits per byte (engine eval)")
+    ax.set_title("bits per byte during the continuation")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    bars = bx.bar(["base", f"+{added}"], [tpb["base"], tpb["extended"]], color=["tab:blue", "tab:orange"])
+    bx.bar_label(bars, fmt="%.3f")
+    bx.set_ylabel(f"tokens per byte, held-out {domain}")
+    bx.set_title("compression")
+    fig.tight_layout()
+    path = ctx.image(PART, "bpb")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
