@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -35,11 +35,32 @@ from cpt_jax.data.sources import (
     derive_key,
 )
 from cpt_jax.config import comma_list
+from cpt_jax import checks
 from cpt_jax.errors import UserError
 
 log = logging.getLogger(__name__)
 Batch = dict[str, np.ndarray]
 _FAR = 1 << 40  # "no end" for the grain step range
+
+
+DataSource = Literal["synthetic", "tokenized"]
+SOURCES: tuple[str, ...] = get_args(DataSource)
+
+
+def check_section(data_cfg: Any) -> None:
+    """The ``data`` section. ``data.dir`` means tokenized data: a config that sets it with the
+    default synthetic source trains on ``data.dir`` (a silent synthetic run would be a wrong
+    result), so the source is set to ``tokenized`` here."""
+    if data_cfg.dir and data_cfg.source == "synthetic":
+        with data_cfg.unlocked():
+            data_cfg.source = "tokenized"
+    checks.choice("data.source", data_cfg.source, SOURCES)
+    checks.unit_interval("data.replay_fraction", data_cfg.replay_fraction, closed_top=False)
+    for name in ("workers", "long_threshold"):
+        checks.at_least_zero(f"data.{name}", data_cfg[name])
+    checks.positive("data.prefetch", data_cfg.prefetch)
+    checks.positive("data.synthetic_tokens", data_cfg.synthetic_tokens)
+    checks.unit_interval("data.long_keep", data_cfg.long_keep)
 
 
 def model_vocab(cfg: Any) -> int:

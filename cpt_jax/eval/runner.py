@@ -16,11 +16,17 @@ import time
 from typing import Any
 
 from cpt_jax.config import comma_list
-from cpt_jax import storage
+from cpt_jax import checks, storage
 from cpt_jax.errors import UserError
 from cpt_jax.run_dir import CONFIG, EVAL, RunDir
 
 RESULT_NAME = EVAL
+
+
+def check_section(eval_cfg: Any) -> None:
+    """The ``eval`` section (zero-shot tasks): batch size > 0, limit >= 0."""
+    checks.positive("eval.batch_size", eval_cfg.batch_size)
+    checks.at_least_zero("eval.limit", eval_cfg.limit, "0 = all")
 
 
 def config_from_json(path: str | os.PathLike) -> Any:

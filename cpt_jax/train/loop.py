@@ -29,8 +29,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from cpt_jax import sharding
-from cpt_jax.config import eval_steps, to_dict
+from cpt_jax import checks, sharding
+from cpt_jax.config import to_dict
 from cpt_jax.errors import UserError
 from cpt_jax.eval.perplexity import token_bytes_for
 from cpt_jax.lawa_online import OnlineLawa
@@ -51,6 +51,33 @@ from cpt_jax.train.step import NextTokenObjective, Objective, make_train_step
 # architecture a train.init_from checkpoint must share with cfg.model (num_heads is not implied
 # by any tensor's shape; the context and rotary base may change on purpose)
 _ARCH_FIELDS = ("num_heads", "use_parallel_residual", "rotary_pct", "hidden_act", "attention_bias")
+
+
+def check_section(train: Any) -> None:
+    """The ``train`` section: sizes, the micro-batch split, the log/eval cadence; one ``UserError``."""
+    for name in ("steps", "batch_size", "seq_len", "micro_batches", "log_every", "eval_batches"):
+        checks.positive(f"train.{name}", train[name])
+    if train.batch_size % train.micro_batches:
+        raise UserError(
+            f"train.batch_size {train.batch_size} is not divisible by train.micro_batches {train.micro_batches}")
+    checks.at_least_zero("train.vocab_chunk", train.vocab_chunk, "0 = full logits")
+    checks.positive("train.lease_timeout_s", train.lease_timeout_s)
+    checks.at_least_zero("train.eval_every", train.eval_every, "0 = only at the end")
+    eval_steps(train)
+
+
+def eval_steps(train: Any) -> frozenset[int]:
+    """The steps of ``train.eval_steps`` (each in 1 .. train.steps); one line when malformed."""
+    text = str(train.eval_steps).strip()
+    try:
+        steps = frozenset(int(x) for x in text.split(",")) if text else frozenset()
+    except ValueError:
+        raise UserError(f"train.eval_steps must be comma-separated step numbers, got {text!r}") from None
+    outside = sorted(x for x in steps if not 0 < x <= train.steps)
+    if outside:
+        raise UserError(f"train.eval_steps: step {outside[0]} is outside 1..train.steps ({train.steps})")
+    return steps
+
 
 
 def _train_data(cfg: Any) -> Any:
