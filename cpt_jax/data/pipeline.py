@@ -25,6 +25,9 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
+from cpt_jax import checks
+from cpt_jax.config import comma_list
+from cpt_jax.data.manifest import domain_prefix, load_manifest, manifest_path
 from cpt_jax.data.mixture import MixturePlan, parse_phases, parse_weights, replay_quota
 from cpt_jax.data.sources import (
     SYNTHETIC_DOMAINS,
@@ -34,9 +37,8 @@ from cpt_jax.data.sources import (
     WindowSource,
     derive_key,
 )
-from cpt_jax.config import comma_list
-from cpt_jax import checks
 from cpt_jax.errors import UserError
+from cpt_jax.model.presets import PRESETS
 
 log = logging.getLogger(__name__)
 Batch = dict[str, np.ndarray]
@@ -66,8 +68,6 @@ def check_section(data_cfg: Any) -> None:
 def model_vocab(cfg: Any) -> int:
     """V of the configured model (a preset's padded vocabulary, else model.vocab_size)."""
     if cfg.model.preset:
-        from cpt_jax.model.presets import PRESETS
-
         return PRESETS[cfg.model.preset].vocab_size
     return int(cfg.model.vocab_size)
 
@@ -88,8 +88,6 @@ class Catalog:
             self.val_tokens = max(d.synthetic_tokens // 16, t.eval_batches * t.batch_size * t.seq_len + 1)
             self.tokens = {n: int(d.synthetic_tokens) for n in self.available}
         else:
-            from cpt_jax.data.manifest import load_manifest, manifest_path
-
             if not d.dir:
                 raise UserError("data.source is 'tokenized' but data.dir is empty")
             self.manifest = load_manifest(d.dir)
@@ -119,7 +117,6 @@ class Catalog:
         if self.cfg.data.source == "synthetic":
             n = self.tokens[name] if split == "train" else self.val_tokens
             return SyntheticStream(name, n, self.vocab, derive_key(seed, "synthetic", name, split))
-        from cpt_jax.data.manifest import domain_prefix
 
         return IndexedStream(domain_prefix(self.cfg.data.dir, self.manifest, name, split))
 

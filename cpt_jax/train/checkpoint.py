@@ -27,6 +27,7 @@ import numpy as np
 
 from cpt_jax import checks, storage, tree_io
 from cpt_jax.errors import UserError
+from cpt_jax.model.checkpoint import restore_params_item
 from cpt_jax.run_dir import RunDir
 from cpt_jax.train.state import TrainState
 
@@ -146,6 +147,4 @@ def restore_params(step_dir: Any, shardings: Any = None) -> dict[str, Any]:
     """The ``params`` item of one step directory ``RUN/checkpoints/<step>``, placed with
     ``shardings`` (a tree of NamedShardings matching the params) or on this process's first
     device when None."""
-    from cpt_jax.model.checkpoint import restore_params_item
-
     return restore_params_item(storage.path(step_dir) / "params", shardings)
