@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import ast
 import importlib.util
-import math
 import os
 import re
-import sys
 from typing import Any
 
 import ml_collections
@@ -21,9 +19,6 @@ import ml_collections
 from cpt_jax.errors import UserError
 
 ConfigDict = ml_collections.ConfigDict
-
-DTYPES = ("float32", "bfloat16", "float16")
-
 
 def defaults() -> ConfigDict:
     """All configuration keys with their defaults (a tiny CPU model, synthetic data)."""
@@ -163,19 +158,6 @@ def defaults() -> ConfigDict:
     c.logging.tensorboard = True
     c.logging.wandb_project = ""  # Weights & Biases project ("" = off; pip install 'cpt-jax[wandb]')
     return c
-
-
-def eval_steps(train: ConfigDict) -> frozenset[int]:
-    """The steps of ``train.eval_steps`` (each in 1 .. train.steps); one line when malformed."""
-    text = str(train.eval_steps).strip()
-    try:
-        steps = frozenset(int(x) for x in text.split(",")) if text else frozenset()
-    except ValueError:
-        raise UserError(f"train.eval_steps must be comma-separated step numbers, got {text!r}") from None
-    outside = sorted(x for x in steps if not 0 < x <= train.steps)
-    if outside:
-        raise UserError(f"train.eval_steps: step {outside[0]} is outside 1..train.steps ({train.steps})")
-    return steps
 
 
 # ---------------------------------------------------------------------------------------
@@ -328,170 +310,26 @@ def _parse_like(current: Any, text: str, key: str) -> Any:
 
 
 def validate(cfg: ConfigDict) -> None:
-    """Check keys, types and values against ``defaults()``; raise one ``UserError``."""
+    """Check keys and types against ``defaults()``, then each section's values by the module
+    that uses them; raise one ``UserError``. (Those modules import jax, hence the late imports.)"""
     _check_keys(cfg, defaults(), "")
-    m, t, o, s = cfg.model, cfg.train, cfg.optim, cfg.schedule
-    _data_source(cfg.data)
-    if m.preset:
-        from cpt_jax.model.presets import PRESETS
+    from cpt_jax import doremi_workflow, lawa_online, optim, schedules, sharding
+    from cpt_jax.data import pipeline
+    from cpt_jax.eval import runner
+    from cpt_jax.model import pythia
+    from cpt_jax.train import checkpoint, loop
 
-        if m.preset not in PRESETS:
-            raise UserError(
-                f"model.preset '{m.preset}' is not one of {', '.join(PRESETS)}"
-            )
-    _choice("model.param_dtype", m.param_dtype, DTYPES)
-    _choice("model.compute_dtype", m.compute_dtype, DTYPES)
-    _choice("model.attention", m.attention, ("auto", "xla", "cudnn", "chunked", "splash"))
-    _choice("model.remat", m.remat, ("none", "full", "dots"))
-    _choice("schedule.name", s.name, ("cosine", "constant", "wsd", "infinite"))
-    _choice("schedule.decay_shape", s.decay_shape, ("linear", "sqrt", "exp"))
-    _choice("schedule.cooldown_shape", s.cooldown_shape, ("cosine", "inv_sqrt"))
-    _choice("data.source", cfg.data.source, ("synthetic", "tokenized"))
-    _choice("mesh.distributed", cfg.mesh.distributed, ("auto", "on", "off"))
-    for name in ("init_timeout_s", "heartbeat_timeout_s", "shutdown_timeout_s"):
-        _positive(f"mesh.{name}", cfg.mesh[name])
-    if not m.preset:
-        _positive("model.hidden_size", m.hidden_size)
-        _positive("model.num_layers", m.num_layers)
-        _positive("model.num_heads", m.num_heads)
-        _positive("model.vocab_size", m.vocab_size)
-        if m.hidden_size % m.num_heads:
-            raise UserError(
-                f"model.hidden_size {m.hidden_size} is not divisible by model.num_heads {m.num_heads}"
-            )
-    if not 0.0 <= m.rotary_pct <= 1.0:
-        raise UserError(f"model.rotary_pct must be in [0, 1], got {m.rotary_pct}")
-    _check_context(m, t.seq_len)
-    from cpt_jax.model.context import rope_warning
-
-    _warn_once(rope_warning(m, t.seq_len, t.init_from))
-    for name in ("train.steps", "train.batch_size", "train.seq_len", "train.micro_batches"):
-        _positive(name, cfg[name.split(".")[0]][name.split(".")[1]])
-    if t.vocab_chunk < 0:
-        raise UserError(f"train.vocab_chunk must be >= 0 (0 = full logits), got {t.vocab_chunk}")
-    if not t.lease_timeout_s > 0:
-        raise UserError(f"train.lease_timeout_s must be > 0, got {t.lease_timeout_s}")
-    if t.batch_size % t.micro_batches:
-        raise UserError(
-            f"train.batch_size {t.batch_size} is not divisible by train.micro_batches {t.micro_batches}"
-        )
-    if not (o.peak_lr > 0 and math.isfinite(o.peak_lr)):
-        raise UserError(f"optim.peak_lr must be a positive number, got {o.peak_lr}")
-    for name in ("b1", "b2"):
-        if not 0.0 <= o[name] < 1.0:
-            raise UserError(f"optim.{name} must be in [0, 1), got {o[name]}")
-    for name in ("warmup_frac", "decay_frac", "cooldown_frac", "anneal_frac"):
-        if not 0.0 <= s[name] <= 1.0:
-            raise UserError(f"schedule.{name} must be in [0, 1], got {s[name]}")
-    from cpt_jax.schedules import resolve_phases  # checks every phase's keys and step counts
-
-    resolve_phases(s, o.peak_lr, t.steps)
-    _check_start_lr(s, o.peak_lr, t.steps)
-    for name in ("log_every", "eval_batches"):
-        _positive(f"train.{name}", t[name])
-    if t.eval_every < 0:
-        raise UserError(f"train.eval_every must be >= 0 (0 = only at the end), got {t.eval_every}")
-    eval_steps(t)
-    if o.skip_nonfinite < 0:
-        raise UserError(f"optim.skip_nonfinite must be >= 0 (0 = stop at the first), got {o.skip_nonfinite}")
-    if not 0.0 <= cfg.data.replay_fraction < 1.0:
-        raise UserError(
-            f"data.replay_fraction must be in [0, 1), got {cfg.data.replay_fraction}"
-        )
-    for name in ("workers", "long_threshold"):
-        if cfg.data[name] < 0:
-            raise UserError(f"data.{name} must be >= 0, got {cfg.data[name]}")
-    _positive("data.prefetch", cfg.data.prefetch)
-    _positive("data.synthetic_tokens", cfg.data.synthetic_tokens)
-    if not 0.0 <= cfg.data.long_keep <= 1.0:
-        raise UserError(f"data.long_keep must be in [0, 1], got {cfg.data.long_keep}")
-    for axis in ("data", "fsdp", "tensor"):
-        size = cfg.mesh[axis]
-        if size == 0 or size < -1:
-            raise UserError(f"mesh.{axis} must be a positive size or -1, got {size}")
-    d = cfg.doremi
-    _choice("doremi.normalization", d.normalization, ("domain", "token"))
-    _choice("doremi.absent", d.absent, ("previous", "zero"))
-    _choice("doremi.init_from", d.init_from, ("scratch", "train.init_from"))
-    if d.init_from == "train.init_from" and not cfg.train.init_from:
-        raise UserError("doremi.init_from = 'train.init_from' needs train.init_from to be set")
-    if not (d.eta > 0 and math.isfinite(d.eta)):
-        raise UserError(f"doremi.eta must be a positive number, got {d.eta}")
-    if not 0.0 <= d.c <= 1.0:
-        raise UserError(f"doremi.c must be in [0, 1], got {d.c}")
-    _positive("doremi.rounds", d.rounds)
-    for name in ("reference_steps", "proxy_steps", "tolerance"):
-        if d[name] < 0:
-            raise UserError(f"doremi.{name} must be >= 0, got {d[name]}")
-    lw = cfg.lawa
-    _choice("lawa.store", lw.store, ("host", "disk"))
-    if lw.k < 0:
-        raise UserError(f"lawa.k must be >= 0 (0 = off), got {lw.k}")
-    _positive("lawa.every", lw.every)
-    if not 0.0 <= lw.ema < 1.0:
-        raise UserError(f"lawa.ema must be in [0, 1) (0 = off), got {lw.ema}")
-    _positive("eval.batch_size", cfg.eval.batch_size)
-    if cfg.eval.limit < 0:
-        raise UserError(f"eval.limit must be >= 0 (0 = all), got {cfg.eval.limit}")
-
-
-_WARNED: set[str] = set()
-
-
-def _data_source(d: ConfigDict) -> None:
-    """``data.dir`` means tokenized data: a config that sets it with the default synthetic source
-    trains on ``data.dir`` (a silent synthetic run would be a wrong result)."""
-    if d.dir and d.source == "synthetic":
-        with d.unlocked():
-            d.source = "tokenized"
-
-
-def _check_start_lr(s: ConfigDict, peak_lr: float, steps: int) -> None:
-    """``schedule.start_lr`` only acts through a warmup: refuse it when a phase asked for a
-    warmup that rounds to 0 steps (``warmup_frac * steps < 0.5``). An explicit zero warmup
-    (jump straight to the peak) is a choice, not a mistake."""
-    from cpt_jax.schedules import resolve_phases
-
-    for p in resolve_phases(s, peak_lr, steps):
-        o = p.options
-        rewarms = p.name != "constant" and (p.name != "infinite" or o["rewarm"])
-        asked = o["warmup_steps"] > 0 or (o["warmup_steps"] < 0 and o["warmup_frac"] > 0)
-        if o["start_lr"] > 0 and rewarms and asked and p.warmup == 0:
-            raise UserError(
-                f"schedule.start_lr {p.options['start_lr']:g} has no effect: the warmup of "
-                f"'{p.describe()}' is 0 steps ({p.options['warmup_frac']:g} x {p.steps} rounds to 0); "
-                "set schedule.warmup_steps"
-            )
-
-
-def _warn_once(message: str | None) -> None:
-    """Print a warning line once per process (validate runs again for every derived config)."""
-    if message and message not in _WARNED:
-        _WARNED.add(message)
-        print(message, file=sys.stderr)
-
-
-def _check_context(m: ConfigDict, seq_len: int) -> None:
-    """Rotary settings, and T within the context ``max_position_embeddings * rope_scaling``
-    (Hugging Face's linear-scaling reading: the factor stretches the stated context)."""
-    if not (m.rotary_emb_base > 1.0 and math.isfinite(m.rotary_emb_base)):
-        raise UserError(f"model.rotary_emb_base must be a number > 1, got {m.rotary_emb_base}")
-    if not (m.rope_scaling >= 1.0 and math.isfinite(m.rope_scaling)):
-        raise UserError(f"model.rope_scaling must be a number >= 1 (1 = off), got {m.rope_scaling}")
-    _positive("model.max_position_embeddings", m.max_position_embeddings)
-    _positive("model.attention_chunk", m.attention_chunk)
-    for name in ("attention_block_q", "attention_block_kv"):
-        if m[name] <= 0 or m[name] % 128:
-            raise UserError(f"model.{name} must be a positive multiple of 128, got {m[name]}")
-    context = m.max_position_embeddings * m.rope_scaling
-    if seq_len > context:
-        shown = f"{context:.0f}" if context == int(context) else f"{context:.1f}"
-        raise UserError(
-            f"train.seq_len {seq_len} exceeds the model context {shown} (model.max_position_embeddings"
-            f" {m.max_position_embeddings} x model.rope_scaling {m.rope_scaling:g}); for a long-context"
-            " continuation raise model.max_position_embeddings with model.rotary_emb_base, or set"
-            " model.rope_scaling (docs/long_context.md)"
-        )
+    t = cfg.train
+    pipeline.check_section(cfg.data)
+    pythia.check_section(cfg.model, t.seq_len, t.init_from)
+    loop.check_section(t)
+    optim.check_section(cfg.optim)
+    schedules.check_section(cfg.schedule, cfg.optim.peak_lr, t.steps)
+    sharding.check_section(cfg.mesh)
+    checkpoint.check_section(cfg.checkpoint)
+    doremi_workflow.check_section(cfg.doremi, t.init_from)
+    lawa_online.check_section(cfg.lawa)
+    runner.check_section(cfg.eval)
 
 
 def _check_keys(cfg: ConfigDict, ref: ConfigDict, prefix: str) -> None:
@@ -516,16 +354,6 @@ def _same_type(value: Any, default: Any) -> bool:
     if isinstance(default, float):
         return isinstance(value, (int, float))
     return isinstance(value, type(default))
-
-
-def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise UserError(f"{name} '{value}' is not one of {', '.join(allowed)}")
-
-
-def _positive(name: str, value: int) -> None:
-    if value <= 0:
-        raise UserError(f"{name} must be positive, got {value}")
 
 
 def _first_line(err: Exception) -> str:

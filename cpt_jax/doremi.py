@@ -22,18 +22,28 @@ jitted step:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cpt_jax import losses
+from cpt_jax import checks, losses
 from cpt_jax.errors import UserError
 from cpt_jax.model import pythia
 
-NORMALIZATIONS = ("domain", "token")
-ABSENT_RULES = ("previous", "zero")
+Normalization = Literal["domain", "token"]  # sum_i alpha_i mean_i (paper) | token-level (official code)
+Absent = Literal["previous", "zero"]  # lambda_i of a domain with no token in the batch
+NORMALIZATIONS: tuple[str, ...] = get_args(Normalization)
+ABSENT_RULES: tuple[str, ...] = get_args(Absent)
+
+
+def check_rules(eta: float, c: float, normalization: str, absent: str) -> None:
+    """eta > 0, c in [0, 1], and known normalization and absent-domain rules; one ``UserError``."""
+    checks.positive_number("doremi.eta", eta)
+    checks.unit_interval("doremi.c", c)
+    checks.choice("doremi.normalization", normalization, NORMALIZATIONS)
+    checks.choice("doremi.absent", absent, ABSENT_RULES)
 
 
 # ---------------------------------------------------------------------------------------
@@ -59,12 +69,11 @@ def domain_lambda(
     excess_sums: jax.Array,
     counts: jax.Array,
     previous: jax.Array | None = None,
-    absent: str = "previous",
+    absent: Absent = "previous",
 ) -> jax.Array:
     """``lambda_i = excess_sums_i / counts_i``; a domain with ``counts_i == 0`` gets
     ``previous_i`` (``absent="previous"``) or 0 (``absent="zero"``)."""
-    if absent not in ABSENT_RULES:
-        raise UserError(f"doremi.absent '{absent}' is not one of {', '.join(ABSENT_RULES)}")
+    checks.choice("doremi.absent", absent, ABSENT_RULES)
     lam = excess_sums / jnp.maximum(counts, 1.0)
     fill = jnp.zeros_like(lam) if absent == "zero" or previous is None else previous
     return jnp.where(counts > 0, lam, fill)
@@ -95,7 +104,7 @@ def advance(
     counts: jax.Array,
     eta: float,
     c: float,
-    absent: str = "previous",
+    absent: Absent = "previous",
 ) -> dict[str, jax.Array]:
     """lambda from global sums, ``alpha_t`` from ``alpha_{t-1}``, running sum and ``t`` + 1."""
     lam = domain_lambda(excess_sums, counts, state["lambda"], absent)
@@ -114,7 +123,7 @@ def average_alpha(state: dict[str, jax.Array]) -> jax.Array:
     return jnp.where(t > 0, state["alpha_sum"] / jnp.maximum(t, 1.0), state["alpha"])
 
 
-def loss_weights(alpha: jax.Array, counts: jax.Array, normalization: str,
+def loss_weights(alpha: jax.Array, counts: jax.Array, normalization: Normalization,
                  sampling: jax.Array | None = None) -> jax.Array:
     """Per-domain factors ``w_i`` such that the objective is ``sum_i w_i * S_i`` with ``S_i``
     the proxy's summed token losses of domain i over the global batch (``counts`` global).
@@ -131,9 +140,8 @@ def loss_weights(alpha: jax.Array, counts: jax.Array, normalization: str,
     if normalization == "token":
         a = alpha if sampling is None else jnp.where(sampling > 0, alpha / sampling, 0.0)
         return a / jnp.maximum(jnp.sum(a * counts), 1e-30)
-    raise UserError(
-        f"doremi.normalization '{normalization}' is not one of {', '.join(NORMALIZATIONS)}"
-    )
+    checks.choice("doremi.normalization", normalization, NORMALIZATIONS)
+    raise AssertionError(normalization)  # unreachable: the check above refused it
 
 
 def sampling_weights(weights: Any, k: int) -> np.ndarray | None:
@@ -169,9 +177,9 @@ class DoReMiObjective:
         reference_params: Any,
         eta: float = 1.0,
         c: float = 1e-3,
-        normalization: str = "domain",
+        normalization: Normalization = "domain",
         *,
-        absent: str = "previous",
+        absent: Absent = "previous",
         domains: list[str] | None = None,
         micro_batches: int = 1,
         reference_config: pythia.PythiaConfig | None = None,
@@ -179,18 +187,9 @@ class DoReMiObjective:
         reuse_forward: bool = True,
         sampling: Any = None,
     ):
-        if normalization not in NORMALIZATIONS:
-            raise UserError(
-                f"doremi.normalization '{normalization}' is not one of {', '.join(NORMALIZATIONS)}"
-            )
-        if absent not in ABSENT_RULES:
-            raise UserError(f"doremi.absent '{absent}' is not one of {', '.join(ABSENT_RULES)}")
+        check_rules(eta, c, normalization, absent)
         if num_domains < 2:
             raise UserError(f"DoReMi needs at least 2 domains, got {num_domains}")
-        if not (eta > 0):
-            raise UserError(f"doremi.eta must be positive, got {eta}")
-        if not 0.0 <= c <= 1.0:
-            raise UserError(f"doremi.c must be in [0, 1], got {c}")
         self.config = model_config
         self.reference_config = reference_config or model_config
         self.k = int(num_domains)

@@ -23,17 +23,38 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal, get_args
 
 import numpy as np
 
+from cpt_jax import checks
 from cpt_jax import config as config_lib
+from cpt_jax.data.mixture import parse_weights
+from cpt_jax.data.pipeline import Catalog, TrainData, domain_lists
 from cpt_jax.errors import UserError
-from cpt_jax.run_dir import RunDir
 from cpt_jax.experiment import is_finished, read_summary
+from cpt_jax.run_dir import RunDir
 
 Log = Callable[[str], None]
 STAGES = ("all", "reference", "proxy", "main", "baseline", "report")
+
+
+StartPoint = Literal["scratch", "train.init_from"]  # where reference and proxy both start
+START_POINTS: tuple[str, ...] = get_args(StartPoint)
+
+
+def check_section(doremi_cfg: Any, init_from: str) -> None:
+    """The ``doremi`` section: the update's eta, c and rules (``doremi.check_rules``), the
+    start point, rounds and stage steps; one ``UserError``."""
+    from cpt_jax.doremi import check_rules  # jax
+
+    check_rules(doremi_cfg.eta, doremi_cfg.c, doremi_cfg.normalization, doremi_cfg.absent)
+    checks.choice("doremi.init_from", doremi_cfg.init_from, START_POINTS)
+    if doremi_cfg.init_from == "train.init_from" and not init_from:
+        raise UserError("doremi.init_from = 'train.init_from' needs train.init_from to be set")
+    checks.positive("doremi.rounds", doremi_cfg.rounds)
+    for name in ("reference_steps", "proxy_steps", "tolerance"):
+        checks.at_least_zero(f"doremi.{name}", doremi_cfg[name])
 
 
 def stage_config(cfg: Any, run_dir: Path, weights: str, steps: int, proxy: bool = False) -> Any:
@@ -112,7 +133,6 @@ def reference_source(cfg: Any, k: int, log: Log) -> str:
 def run_proxy(cfg: Any, k: int, reference: str, log: Log) -> dict[str, dict[str, float]]:
     """Round k's proxy run with the DoReMi objective; writes and returns domain_weights.json."""
     from cpt_jax import doremi
-    from cpt_jax.data.pipeline import TrainData
     from cpt_jax.model import pythia
     from cpt_jax.model.checkpoint import load_params
 
@@ -237,9 +257,6 @@ def comparison_table(cmp: dict) -> str:
 
 def run_workflow(cfg: Any, stage: str = "all", log: Log = print) -> dict:
     """Every stage in order (or one); returns and writes ``doremi_report.json``."""
-    from cpt_jax.data.pipeline import Catalog, TrainData, domain_lists
-    from cpt_jax.data.mixture import parse_weights
-
     if stage not in STAGES:
         raise UserError(f"stage '{stage}' is not one of {', '.join(STAGES)}")
     data = TrainData(cfg)
@@ -265,8 +282,6 @@ def run_workflow(cfg: Any, stage: str = "all", log: Log = print) -> dict:
         what = "baseline (= round 1 reference)" if base_is_ref else "baseline"
         summaries["baseline"] = _train(base, what, log)
     if stage in ("all", "report") and is_finished(main) and is_finished(base):
-        from cpt_jax.experiment import read_summary
-
         cmp = compare(read_summary(main.run_dir), read_summary(base.run_dir), Path(main.run_dir), data.domains)
         report["comparison"] = cmp
         log("held-out loss, DoReMi vs baseline (same steps):\n" + comparison_table(cmp))

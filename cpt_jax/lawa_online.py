@@ -15,15 +15,28 @@ the EMA through a checkpoint, so a resumed run continues the same averages.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Literal, get_args
 
 import numpy as np
 
+from cpt_jax import checks
 from cpt_jax import lawa as offline
 from cpt_jax import tree_io
 from cpt_jax.run_dir import RunDir
 
 Tree = dict[str, Any]
+
+
+Store = Literal["host", "disk"]  # k snapshots in host memory | params items under RUN/lawa/
+STORES: tuple[str, ...] = get_args(Store)
+
+
+def check_section(lawa_cfg: Any) -> None:
+    """The ``lawa`` section: window k >= 0, nu > 0, the store, EMA beta in [0, 1)."""
+    checks.choice("lawa.store", lawa_cfg.store, STORES)
+    checks.at_least_zero("lawa.k", lawa_cfg.k, "0 = off")
+    checks.positive("lawa.every", lawa_cfg.every)
+    checks.unit_interval("lawa.ema", lawa_cfg.ema, closed_top=False, meaning="0 = off")
 
 
 def _to_host(params: Tree) -> Tree:

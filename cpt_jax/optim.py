@@ -28,11 +28,20 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from cpt_jax import checks
 from cpt_jax.errors import UserError
 
 Params = dict[str, Any]
 
 _NO_DECAY_NAMES = ("bias", "scale")  # biases; LayerNorm weight is called "scale" here
+
+
+def check_section(optim_cfg: Any) -> None:
+    """The ``optim`` section: eta_max, the Adam betas, the non-finite allowance; one ``UserError``."""
+    checks.positive_number("optim.peak_lr", optim_cfg.peak_lr)
+    for name in ("b1", "b2"):
+        checks.unit_interval(f"optim.{name}", optim_cfg[name], closed_top=False)
+    checks.at_least_zero("optim.skip_nonfinite", optim_cfg.skip_nonfinite, "0 = stop at the first")
 
 
 def _key_names(path: tuple) -> list[str]:

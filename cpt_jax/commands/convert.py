@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from cpt_jax import storage
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -36,7 +38,6 @@ def run(args: argparse.Namespace) -> int:
     import jax
     import jax.numpy as jnp
 
-    from cpt_jax import storage
     from cpt_jax.model import checkpoint, hf
 
     if args.from_hf:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from cpt_jax.corpus.build import build_corpus, format_table, parse_domains
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -28,8 +30,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cpt_jax.corpus.build import build_corpus, format_table, parse_domains
-
     reports = build_corpus(args.out, parse_domains(args.domains), size=args.size,
                            val_fraction=args.val_fraction, workers=args.workers,
                            tokenizer_path=args.tokenizer, apt_update=args.apt_update)

@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+from cpt_jax import dcpt, dcpt_plots, dcpt_ratio
 from cpt_jax.errors import UserError
 
 
@@ -53,8 +54,6 @@ def _positive(name: str, value: float | None) -> None:
 
 
 def run_fit(args: argparse.Namespace) -> int:
-    from cpt_jax import dcpt, dcpt_plots
-
     _positive("--eps", args.eps)
     results = dcpt.read_results(args.results)
     kwargs = {}
@@ -95,8 +94,6 @@ def run_fit(args: argparse.Namespace) -> int:
 
 
 def _load_fit(path: str) -> dict:
-    from cpt_jax import dcpt
-
     try:
         fit = json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -110,8 +107,6 @@ def _load_fit(path: str) -> dict:
 
 
 def _refit_names(text: str) -> tuple[str, ...]:
-    from cpt_jax import dcpt
-
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     bad = [n for n in names if n not in dcpt.PARAM_NAMES]
     if bad or not names:
@@ -127,8 +122,6 @@ def _cases(args: argparse.Namespace) -> dict[str, tuple[float | None, float | No
     if args.D is not None:
         cases["fixed D"] = (args.D, None)
     if args.compute is not None:
-        from cpt_jax import dcpt_ratio
-
         cases[f"compute {args.compute:.3g} FLOPs"] = (dcpt_ratio.allocate_compute(args.compute, args.N),
                                                      None)
     if args.domain_tokens is not None:
@@ -140,8 +133,6 @@ def _cases(args: argparse.Namespace) -> dict[str, tuple[float | None, float | No
 
 
 def run_ratio(args: argparse.Namespace) -> int:
-    from cpt_jax import dcpt_plots, dcpt_ratio
-
     for name in ("N", "D", "compute", "domain_tokens", "pre_cpt_loss"):
         _positive("--" + name.replace("_", "-"), getattr(args, name))
     if not (math.isfinite(args.tolerance) and args.tolerance >= 0):

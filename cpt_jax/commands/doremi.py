@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from cpt_jax.doremi_workflow import STAGES
+from cpt_jax import config as config_lib
+from cpt_jax.doremi_workflow import STAGES, run_workflow
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,9 +22,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cpt_jax import config as config_lib
-    from cpt_jax.doremi_workflow import run_workflow
-
     cfg = config_lib.load(args.config, args.config_overrides)
     run_workflow(cfg, args.stage)
     return 0

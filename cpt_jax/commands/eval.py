@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from cpt_jax import config as config_lib
+from cpt_jax import storage
+from cpt_jax.errors import UserError
+from cpt_jax.eval import runner
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -32,10 +37,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from cpt_jax import config as config_lib
-    from cpt_jax import storage
-    from cpt_jax.errors import UserError
-    from cpt_jax.eval import runner
 
     run = runner.run_of(args.checkpoint)
     cfg = None

@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cpt_jax import experiment
+from cpt_jax.config import comma_list
+from cpt_jax.eval import report
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -15,9 +19,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cpt_jax import experiment
-    from cpt_jax.config import comma_list
-
     shared, runs = experiment.load_experiment(args.config, args.config_overrides)
     summaries = experiment.run_experiment(shared, runs)
     upstream = comma_list(shared.data.upstream)
@@ -30,7 +31,6 @@ def run(args: argparse.Namespace) -> int:
         (out / "learning_forgetting.md").write_text(table + "\n")
         print(f"\nLearning (downstream: {', '.join(downstream)}) vs forgetting "
               f"(upstream: {', '.join(upstream)}), held-out loss:\n{table}")
-    from cpt_jax.eval import report
 
     run_dirs = [str(Path(shared.run_dir) / r["name"]) for r in runs]
     path = report.write_report(run_dirs, str(out))

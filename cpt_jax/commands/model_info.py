@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from cpt_jax import config as config_lib
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="show a config's model and run one forward pass")
@@ -16,7 +18,6 @@ def run(args: argparse.Namespace) -> int:
     import jax
     import numpy as np
 
-    from cpt_jax import config as config_lib
     from cpt_jax.model import pythia
 
     cfg = config_lib.load(args.config, args.config_overrides)

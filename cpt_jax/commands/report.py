@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from cpt_jax.eval.report import write_report
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="report.md + PNG plots (learning vs forgetting, LR, DoReMi, LAWA) for runs")
@@ -13,8 +15,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cpt_jax.eval.report import write_report
-
     path = write_report(args.runs, args.out)
     print(f"wrote {path}")
     return 0

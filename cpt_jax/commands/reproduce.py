@@ -6,7 +6,9 @@ import argparse
 import importlib
 from pathlib import Path
 
-from cpt_jax.repro import PARTS
+from cpt_jax.errors import UserError
+from cpt_jax.repro import PARTS, report
+from cpt_jax.repro.common import Context, timed
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,10 +26,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cpt_jax.errors import UserError
-    from cpt_jax.repro import report
-    from cpt_jax.repro.common import Context, timed
-
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = [p for p in parts if p not in PARTS]
     if unknown:

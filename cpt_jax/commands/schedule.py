@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cpt_jax import config as config_lib
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("schedule", help="plot a config's learning-rate schedule")
@@ -41,7 +43,6 @@ def run(args: argparse.Namespace) -> int:
     import matplotlib.ticker
     import numpy as np
 
-    from cpt_jax import config as config_lib
     from cpt_jax import schedules
 
     cfg = config_lib.load(args.config, args.config_overrides)

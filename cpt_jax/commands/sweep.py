@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from cpt_jax import sweep
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep", help="run a grid of runs and collect their losses into one CSV")
@@ -14,8 +16,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cpt_jax import sweep
-
     shared, runs = sweep.load_sweep(args.config, args.config_overrides)
     if args.print_commands:
         print("\n".join(sweep.commands(args.config, args.config_overrides, shared, runs)))

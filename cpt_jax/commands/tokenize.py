@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 
+from cpt_jax.data.tokenize import tokenize_domain
+from cpt_jax.data.tokenizer import tokenizer_file
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -35,9 +38,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cpt_jax.data.tokenize import tokenize_domain
-    from cpt_jax.data.tokenizer import tokenizer_file
-
     # the manifest records where the tokenizer is, so `convert --to-hf` can ship it with the model
     tok = tokenizer_file(args.tokenizer) if args.tokenizer else None
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from cpt_jax import config as config_lib
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -19,7 +21,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cpt_jax import config as config_lib
     from cpt_jax.train import loop
 
     cfg = config_lib.load(args.config, args.config_overrides)

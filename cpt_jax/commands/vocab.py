@@ -6,6 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
+from cpt_jax import vocab
+from cpt_jax.data import readers
+from cpt_jax.data.tokenizer import load_tokenizer, pythia_tokenizer
+from cpt_jax.errors import UserError
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("vocab", help="vocabulary expansion with subword-mean initialisation")
@@ -27,10 +32,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_extend(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from cpt_jax import vocab
-    from cpt_jax.data import readers
-    from cpt_jax.data.tokenizer import load_tokenizer, pythia_tokenizer
-    from cpt_jax.errors import UserError
     from cpt_jax.model.checkpoint import load_params, save_params
 
     if args.new_tokens <= 0:

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Callable
 
 from cpt_jax.config import comma_list
-from cpt_jax.corpus.sources import DOMAINS, Source, sources_of, unique
 from cpt_jax.corpus.packages import Unavailable, apt_download, pip_download
+from cpt_jax.corpus.sources import DOMAINS, Source, sources_of, unique
+from cpt_jax.data.tokenize import tokenize_domain
 from cpt_jax.errors import UserError
 
 SIZES = {"small": 1_000_000, "full": None}  # token cap per domain (train + val)
@@ -130,8 +131,6 @@ def build_domain(domain: str, data_dir: Path, size: str, val_fraction: float, wo
                  log: Callable[[str], None], tokenizer_path: str | None = None,
                  progress: bool = True, apt_update: bool = False) -> DomainReport:
     """Fetch, extract and tokenize one domain; a domain with no source here is reported skipped."""
-    from cpt_jax.data.tokenize import tokenize_domain
-
     start = time.perf_counter()
     report = DomainReport(domain)
     cache = cache_dir(data_dir)

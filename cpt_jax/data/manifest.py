@@ -24,6 +24,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
+from cpt_jax import storage
 from cpt_jax.errors import UserError
 
 MANIFEST = "manifest.json"
@@ -41,8 +42,6 @@ _STAGED: dict[str, Path] = {}
 def local_data_dir(data_dir: str | os.PathLike) -> Path:
     """The data dir to read shards from: itself when local; a ``gs://`` one is copied once per
     process to the local cache (shards are memory-mapped), with one line saying so."""
-    from cpt_jax import storage
-
     key = os.fspath(data_dir)
     if not storage.is_remote(key):
         return Path(key)

@@ -21,10 +21,13 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
+from cpt_jax import checks
+from cpt_jax.config import comma_list
+from cpt_jax.data.manifest import domain_prefix, load_manifest, manifest_path
 from cpt_jax.data.mixture import MixturePlan, parse_phases, parse_weights, replay_quota
 from cpt_jax.data.sources import (
     SYNTHETIC_DOMAINS,
@@ -34,19 +37,37 @@ from cpt_jax.data.sources import (
     WindowSource,
     derive_key,
 )
-from cpt_jax.config import comma_list
 from cpt_jax.errors import UserError
+from cpt_jax.model.presets import PRESETS
 
 log = logging.getLogger(__name__)
 Batch = dict[str, np.ndarray]
 _FAR = 1 << 40  # "no end" for the grain step range
 
 
+DataSource = Literal["synthetic", "tokenized"]
+SOURCES: tuple[str, ...] = get_args(DataSource)
+
+
+def check_section(data_cfg: Any) -> None:
+    """The ``data`` section. ``data.dir`` means tokenized data: a config that sets it with the
+    default synthetic source trains on ``data.dir`` (a silent synthetic run would be a wrong
+    result), so the source is set to ``tokenized`` here."""
+    if data_cfg.dir and data_cfg.source == "synthetic":
+        with data_cfg.unlocked():
+            data_cfg.source = "tokenized"
+    checks.choice("data.source", data_cfg.source, SOURCES)
+    checks.unit_interval("data.replay_fraction", data_cfg.replay_fraction, closed_top=False)
+    for name in ("workers", "long_threshold"):
+        checks.at_least_zero(f"data.{name}", data_cfg[name])
+    checks.positive("data.prefetch", data_cfg.prefetch)
+    checks.positive("data.synthetic_tokens", data_cfg.synthetic_tokens)
+    checks.unit_interval("data.long_keep", data_cfg.long_keep)
+
+
 def model_vocab(cfg: Any) -> int:
     """V of the configured model (a preset's padded vocabulary, else model.vocab_size)."""
     if cfg.model.preset:
-        from cpt_jax.model.presets import PRESETS
-
         return PRESETS[cfg.model.preset].vocab_size
     return int(cfg.model.vocab_size)
 
@@ -67,8 +88,6 @@ class Catalog:
             self.val_tokens = max(d.synthetic_tokens // 16, t.eval_batches * t.batch_size * t.seq_len + 1)
             self.tokens = {n: int(d.synthetic_tokens) for n in self.available}
         else:
-            from cpt_jax.data.manifest import load_manifest, manifest_path
-
             if not d.dir:
                 raise UserError("data.source is 'tokenized' but data.dir is empty")
             self.manifest = load_manifest(d.dir)
@@ -98,7 +117,6 @@ class Catalog:
         if self.cfg.data.source == "synthetic":
             n = self.tokens[name] if split == "train" else self.val_tokens
             return SyntheticStream(name, n, self.vocab, derive_key(seed, "synthetic", name, split))
-        from cpt_jax.data.manifest import domain_prefix
 
         return IndexedStream(domain_prefix(self.cfg.data.dir, self.manifest, name, split))
 

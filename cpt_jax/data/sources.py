@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from cpt_jax.data.indexed import IndexedDataset
 from cpt_jax.errors import UserError
 
 EOS = 0
@@ -89,8 +90,6 @@ class IndexedStream(ArrayStream):
 
     def _open(self) -> Any:
         if self._ds is None:
-            from cpt_jax.data.indexed import IndexedDataset
-
             self._ds = IndexedDataset(self.prefix)
         return self._ds
 

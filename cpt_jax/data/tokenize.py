@@ -37,8 +37,9 @@ import numpy as np
 
 from cpt_jax.data import manifest as mf
 from cpt_jax.data.indexed import IndexedDataset, IndexedDatasetWriter, dtype_for_vocab
-from cpt_jax.data.readers import ReadStats, expand_inputs, input_kind, iter_documents
 from cpt_jax.data.manifest import load_manifest  # noqa: F401  (re-exported for callers)
+from cpt_jax.data.readers import ReadStats, expand_inputs, input_kind, iter_documents
+from cpt_jax.data.tokenizer import PYTHIA_TOKENIZER_NAME, fetch_assets, file_sha256, load_tokenizer
 from cpt_jax.errors import UserError
 
 FINGERPRINT_VERSION = "cpt-jax-tokenize-1"
@@ -123,7 +124,6 @@ def _init_worker(tokenizer_path: str, eos_id: int, single_thread: bool) -> None:
     global _TOKENIZER, _EOS
     if single_thread:
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    from cpt_jax.data.tokenizer import load_tokenizer
 
     _TOKENIZER, _EOS = load_tokenizer(tokenizer_path), eos_id
 
@@ -245,8 +245,6 @@ def tokenize_domain(
     ``max_tokens`` stops after the document that reaches that many tokens (train + val).
     ``strict`` refuses input that is not valid UTF-8. Returns the domain's manifest entry.
     """
-    from cpt_jax.data.tokenizer import PYTHIA_TOKENIZER_NAME, fetch_assets, file_sha256, load_tokenizer
-
     mf.check_domain_name(domain)
     if not 0.0 <= val_fraction < 1.0:
         raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")

@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from cpt_jax.config import comma_list
+from cpt_jax.data.manifest import local_data_dir
+from cpt_jax.data.tokenize import load_token_bytes
 from cpt_jax.errors import UserError
 from cpt_jax.losses import next_token_losses
 from cpt_jax.model import pythia
@@ -115,8 +117,6 @@ def token_bytes_for(cfg: Any) -> np.ndarray | None:
     by ``cpt-jax tokenize``); None for synthetic data or a data dir without one."""
     if cfg.data.source != "tokenized" or not cfg.data.dir:
         return None
-    from cpt_jax.data.manifest import local_data_dir
-    from cpt_jax.data.tokenize import load_token_bytes
 
     return load_token_bytes(local_data_dir(cfg.data.dir))
 

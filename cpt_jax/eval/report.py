@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from cpt_jax import storage
+from cpt_jax.eval import report_plots
 from cpt_jax.eval.runs import Run, load_runs
 
 # ---------------------------------------------------------------------------------------
@@ -131,9 +133,6 @@ def markdown(runs: list[Run], plots: list[tuple[str, str]]) -> str:
 
 def write_report(run_dirs: list[str], out_dir: str | os.PathLike) -> Any:
     """Write ``out_dir/report.md`` and its PNGs; returns the report path."""
-    from cpt_jax.eval import report_plots
-
-    from cpt_jax import storage
 
     runs = load_runs(run_dirs)
     with storage.writable_dir(out_dir) as out:

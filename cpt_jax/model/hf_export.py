@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from cpt_jax import storage
+from cpt_jax.data.tokenizer import PYTHIA_TOKENIZER_NAME, PYTHIA_TOKENIZER_SHA256, PYTHIA_VOCAB_SIZE, fetch_assets
 from cpt_jax.errors import UserError
 from cpt_jax.model import hf, weight_files
 from cpt_jax.model.pythia import Params, PythiaConfig
@@ -132,9 +134,6 @@ def _read_text(p: Any) -> str | None:
 def _manifest_tokenizer(data_dir: str) -> str | None:
     """The tokenizer a data dir's manifest names: its tokenizer.json text if that file is still
     there with the recorded sha256, ``PYTHIA`` for Pythia's, else None."""
-    from cpt_jax import storage
-    from cpt_jax.data.tokenizer import PYTHIA_TOKENIZER_NAME, PYTHIA_TOKENIZER_SHA256
-
     try:
         manifest = json.loads(_read_text(storage.path(data_dir) / "manifest.json") or "null")
         tok = manifest["tokenizer"]
@@ -155,8 +154,6 @@ def _manifest_tokenizer(data_dir: str) -> str | None:
 def find_tokenizer(source: str, depth: int = 8) -> str | None:
     """The ``tokenizer.json`` text that belongs with ``source`` (see the module docstring),
     ``PYTHIA`` for Pythia's own, or None when nothing says."""
-    from cpt_jax import storage
-
     path = storage.path(source)
     text = _read_text(path / "tokenizer.json")
     if text is not None or depth <= 0:
@@ -182,8 +179,6 @@ def resolve_tokenizer(source: str, explicit: str | None, vocab_size: int,
     """The tokenizer.json text to export: ``explicit`` (a file or a folder holding one), else
     ``find_tokenizer(source)``, else Pythia's when the model has at least its 50,277 rows.
     None (with a line saying so) when no tokenizer fits."""
-    from cpt_jax.data.tokenizer import PYTHIA_VOCAB_SIZE, fetch_assets
-
     log = log or (lambda line: print(line, file=sys.stderr))
     if explicit:
         p = Path(explicit).expanduser()

@@ -21,17 +21,23 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any
+from typing import Any, Literal, get_args
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from cpt_jax import checks
 from cpt_jax.errors import UserError
 from cpt_jax.model import attention as attn_lib
+from cpt_jax.model.context import check_context, rope_warning
 from cpt_jax.model.presets import PRESETS
 
 Params = dict[str, Any]
+DType = Literal["float32", "bfloat16", "float16"]
+Remat = Literal["none", "full", "dots"]  # dots: save matmul outputs
+DTYPES: tuple[str, ...] = get_args(DType)
+REMATS: tuple[str, ...] = get_args(Remat)
 
 _ACTIVATIONS = {
     "gelu": functools.partial(jax.nn.gelu, approximate=False),
@@ -60,13 +66,13 @@ class PythiaConfig:
     attention_bias: bool = True
     hidden_act: str = "gelu"
     max_position_embeddings: int = 2048
-    param_dtype: str = "float32"
-    compute_dtype: str = "float32"
-    attention: str = "auto"
+    param_dtype: DType = "float32"
+    compute_dtype: DType = "float32"
+    attention: attn_lib.Attention = "auto"
     attention_chunk: int = 512
     attention_block_q: int = 512  # splash kernel query tile (a multiple of 128)
     attention_block_kv: int = 512  # splash kernel key/value tile (a multiple of 128)
-    remat: str = "none"
+    remat: Remat = "none"
     scan_layers: bool = True
 
     def __post_init__(self) -> None:
@@ -76,10 +82,11 @@ class PythiaConfig:
             )
         if self.hidden_act not in _ACTIVATIONS:
             raise UserError(f"hidden_act '{self.hidden_act}' is not one of {', '.join(_ACTIVATIONS)}")
-        if self.attention not in attn_lib.IMPLEMENTATIONS:
-            raise UserError(
-                f"attention '{self.attention}' is not one of {', '.join(attn_lib.IMPLEMENTATIONS)}"
-            )
+        checks.choice("model.attention", self.attention, attn_lib.IMPLEMENTATIONS)
+        checks.choice("model.param_dtype", self.param_dtype, DTYPES)
+        checks.choice("model.compute_dtype", self.compute_dtype, DTYPES)
+        checks.choice("model.remat", self.remat, REMATS)
+        checks.positive("model.attention_chunk", self.attention_chunk)
         for name in ("attention_block_q", "attention_block_kv"):
             size = getattr(self, name)
             if not (isinstance(size, int) and size > 0 and size % attn_lib.LANES == 0):
@@ -115,6 +122,24 @@ class PythiaConfig:
                 intermediate_size=0,
             )
         return cls(**values)
+
+
+def check_section(model: Any, seq_len: int, init_from: str = "") -> None:
+    """The ``model`` section of a config: preset, sizes, rotary settings, T within the context,
+    then the dataclass's own checks; one ``UserError``. Warns (once) when a continuation runs
+    past its source model's context with the rotary settings unchanged."""
+    if model.preset:
+        checks.choice("model.preset", model.preset, PRESETS)
+    else:
+        for name in ("hidden_size", "num_layers", "num_heads", "vocab_size"):
+            checks.positive(f"model.{name}", model[name])
+        if model.hidden_size % model.num_heads:
+            raise UserError(
+                f"model.hidden_size {model.hidden_size} is not divisible by model.num_heads {model.num_heads}")
+    checks.unit_interval("model.rotary_pct", model.rotary_pct)
+    check_context(model, seq_len)
+    PythiaConfig.from_config(model)
+    checks.warn_once(rope_warning(model, seq_len, init_from))
 
 
 def _dtype(name: str) -> jnp.dtype:

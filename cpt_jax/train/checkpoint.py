@@ -25,12 +25,19 @@ from typing import Any
 import jax
 import numpy as np
 
-from cpt_jax import storage, tree_io
+from cpt_jax import checks, storage, tree_io
 from cpt_jax.errors import UserError
+from cpt_jax.model.checkpoint import restore_params_item
 from cpt_jax.run_dir import RunDir
 from cpt_jax.train.state import TrainState
 
 ITEMS = ("params", "opt_state", "extras", "meta", "lawa")  # lawa: RunCheckpoints.save host_items
+
+
+def check_section(ckpt_cfg: Any) -> None:
+    """The ``checkpoint`` section: every >= 0, keep_steps a list of steps."""
+    checks.at_least_zero("checkpoint.every", ckpt_cfg.every, "0 = only at the end")
+    _keep_steps(ckpt_cfg.keep_steps)
 
 
 def _keep_steps(text: str) -> list[int]:
@@ -140,6 +147,4 @@ def restore_params(step_dir: Any, shardings: Any = None) -> dict[str, Any]:
     """The ``params`` item of one step directory ``RUN/checkpoints/<step>``, placed with
     ``shardings`` (a tree of NamedShardings matching the params) or on this process's first
     device when None."""
-    from cpt_jax.model.checkpoint import restore_params_item
-
     return restore_params_item(storage.path(step_dir) / "params", shardings)

@@ -29,28 +29,55 @@ from typing import Any
 import jax
 import numpy as np
 
-from cpt_jax import sharding
-from cpt_jax.config import eval_steps, to_dict
+from cpt_jax import checks, sharding, vocab
+from cpt_jax.config import to_dict
 from cpt_jax.errors import UserError
-from cpt_jax.eval.perplexity import token_bytes_for
+from cpt_jax.eval.perplexity import evaluate, to_metrics, token_bytes_for
 from cpt_jax.lawa_online import OnlineLawa
 from cpt_jax.model import pythia
-from cpt_jax.model.checkpoint import config_to_dict
+from cpt_jax.model.checkpoint import config_to_dict, load_params, source_config
 from cpt_jax.optim import make_optimizer
-from cpt_jax.schedules import make_schedule
 from cpt_jax.run_dir import MODEL, SUMMARY, RunDir
+from cpt_jax.schedules import make_schedule
 from cpt_jax.train import banner
 from cpt_jax.train.checkpoint import RunCheckpoints
-from cpt_jax.train.source import TrainSource, as_source
-from cpt_jax.train.resume import OpenedRun, open_run, restore_newest
 from cpt_jax.train.metrics import MetricsWriter, Window, flops_per_token, peak_flops
+from cpt_jax.train.resume import OpenedRun, open_run, restore_newest
 from cpt_jax.train.signals import StopFlag
+from cpt_jax.train.source import TrainSource, as_source
 from cpt_jax.train.state import TrainState, abstract_state, fresh_state, state_shardings
 from cpt_jax.train.step import NextTokenObjective, Objective, make_train_step
 
 # architecture a train.init_from checkpoint must share with cfg.model (num_heads is not implied
 # by any tensor's shape; the context and rotary base may change on purpose)
 _ARCH_FIELDS = ("num_heads", "use_parallel_residual", "rotary_pct", "hidden_act", "attention_bias")
+
+
+def check_section(train: Any) -> None:
+    """The ``train`` section: sizes, the micro-batch split, the log/eval cadence; one ``UserError``."""
+    for name in ("steps", "batch_size", "seq_len", "micro_batches", "log_every", "eval_batches"):
+        checks.positive(f"train.{name}", train[name])
+    if train.batch_size % train.micro_batches:
+        raise UserError(
+            f"train.batch_size {train.batch_size} is not divisible by train.micro_batches {train.micro_batches}")
+    checks.at_least_zero("train.vocab_chunk", train.vocab_chunk, "0 = full logits")
+    checks.positive("train.lease_timeout_s", train.lease_timeout_s)
+    checks.at_least_zero("train.eval_every", train.eval_every, "0 = only at the end")
+    eval_steps(train)
+
+
+def eval_steps(train: Any) -> frozenset[int]:
+    """The steps of ``train.eval_steps`` (each in 1 .. train.steps); one line when malformed."""
+    text = str(train.eval_steps).strip()
+    try:
+        steps = frozenset(int(x) for x in text.split(",")) if text else frozenset()
+    except ValueError:
+        raise UserError(f"train.eval_steps must be comma-separated step numbers, got {text!r}") from None
+    outside = sorted(x for x in steps if not 0 < x <= train.steps)
+    if outside:
+        raise UserError(f"train.eval_steps: step {outside[0]} is outside 1..train.steps ({train.steps})")
+    return steps
+
 
 
 def _train_data(cfg: Any) -> Any:
@@ -72,8 +99,6 @@ def _eval_sets(cfg: Any, domains: list[str]) -> dict[str, list[dict]] | None:
 def _check_init_from(path: str, abstract: Any, mcfg: pythia.PythiaConfig) -> None:
     """``train.init_from`` must hold the configured architecture (its model.json or HF
     config.json, then every parameter's shape), checked before anything is read or written."""
-    from cpt_jax.model.checkpoint import source_config
-
     src = source_config(path)
     for f in _ARCH_FIELDS:
         if getattr(src, f) != getattr(mcfg, f):
@@ -97,8 +122,6 @@ def _check_init_from(path: str, abstract: Any, mcfg: pythia.PythiaConfig) -> Non
 def _init_params_from(path: str, abstract: Any, shardings: Any) -> Any:
     """Weights of ``train.init_from`` (checked by ``_check_init_from``), restored straight into
     ``shardings`` (each process reads its own shards) and cast to the model's dtypes."""
-    from cpt_jax.model.checkpoint import load_params
-
     params, _ = load_params(path, shardings)
     if not all(isinstance(x, jax.Array) and x.sharding == s for x, s in
                zip(jax.tree.leaves(params), jax.tree.leaves(shardings))):  # a Hugging Face dir
@@ -185,8 +208,6 @@ def _plan(cfg: Any, objective: Objective | None, trainable: Any, data: Any) -> _
     schedule = make_schedule(cfg.schedule, cfg.optim.peak_lr, total)
     abstract_params = jax.eval_shape(lambda: pythia.init_params(mcfg, jax.random.key(0)))
     if trainable is None and cfg.train.train_only_new_rows:  # vocabulary expansion, phase 1
-        from cpt_jax import vocab
-
         rows = vocab.load_new_rows(cfg.train.train_only_new_rows)
         if max(rows, default=-1) >= mcfg.vocab_size:
             raise UserError(f"train.train_only_new_rows: row {max(rows)} is outside "
@@ -245,7 +266,6 @@ def _train(cfg: Any, plan: _Plan, opened: OpenedRun, eval_sets: Any, wall0: floa
     def run_eval(step: int) -> dict[str, Any]:
         if not evals:
             return {}
-        from cpt_jax.eval.perplexity import evaluate, to_metrics
 
         put = lambda a: sharding.put_global(a, rep)  # noqa: E731
         score = lambda p: evaluate(p, mcfg, evals, put=put, token_bytes=token_bytes)  # noqa: E731

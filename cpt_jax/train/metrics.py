@@ -27,6 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from cpt_jax.errors import UserError
+from cpt_jax.run_dir import METRICS, TENSORBOARD, trim_metrics
+from cpt_jax.storage import Mirror
+
 # ungrouped metrics.jsonl keys -> their TensorBoard / W&B tag ("loss" repeats "train/loss")
 TAGS = {"loss": None, "lr": "train/lr", "grad_norm": "train/grad_norm", "tokens": "perf/tokens",
         "tokens_per_s": "perf/tokens_per_s", "mfu": "perf/mfu"}
@@ -84,9 +88,6 @@ class MetricsWriter:
 
     def __init__(self, run_dir: Any, enabled: bool, tensorboard: bool, progress: bool,
                  keep_until: int | None = None, config: dict | None = None):
-        from cpt_jax.run_dir import METRICS, TENSORBOARD, trim_metrics
-        from cpt_jax.storage import Mirror
-
         self.enabled = enabled
         self.progress_on = progress and enabled
         self._mirror = Mirror(run_dir, (METRICS, TENSORBOARD, WANDB), "logs") if enabled else None
@@ -212,8 +213,6 @@ def start_wandb(project: str, config: dict[str, Any], local_dir: Any, run_dir: s
     try:
         import wandb
     except ImportError:
-        from cpt_jax.errors import UserError
-
         raise UserError("logging.wandb_project needs wandb: pip install 'cpt-jax[wandb]'") from None
     run_id = hashlib.sha256(run_dir.encode()).hexdigest()[:16]
     name = run_dir.rstrip("/").rsplit("/", 1)[-1]

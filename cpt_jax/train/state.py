@@ -9,6 +9,7 @@ import numpy as np
 import optax
 from flax import struct
 
+from cpt_jax import sharding
 from cpt_jax.model import pythia
 
 
@@ -27,8 +28,6 @@ class TrainState:
 def state_shardings(abstract: TrainState, mesh: Any) -> TrainState:
     """NamedShardings for every leaf: params by the logical-axis rules, optimizer moments and
     param-shaped extras like their parameter, ``step`` and other scalars replicated."""
-    from cpt_jax import sharding
-
     p = sharding.param_shardings(abstract.params, mesh)
     return TrainState(
         step=sharding.replicated(mesh),
