@@ -75,6 +75,7 @@ def fit_quality(fit_json: dict, results: dcpt.Results, n: int) -> dict:
                             dcpt.law_ratio(kind, part.r), fit_json["eps"])
         obs = part.loss(kind)
         out[kind] = {"r2": dcpt.r_squared(pred, obs),
+                     "abs_err": float(np.mean(np.abs(pred - obs))),
                      "rel_err": float(np.mean(np.abs(pred / obs - 1)))}
     return out
 
@@ -100,43 +101,53 @@ def held_out_runs(shared, runs: list[dict], root: Path, held: int) -> dict[float
     return dict(sorted(out.items()))
 
 
-def decide(r2: dict | None, chosen: float | None, measured: dict[float, list[dict]],
+def extrapolates(held: dict, noise: dict) -> dict[str, bool]:
+    """Per loss: the held-out R^2 >= MIN_R2, or, where the held-out losses vary too little for
+    R^2 to mean anything, a mean absolute error within 2 x the seed noise of that loss."""
+    return {k: held[k]["r2"] >= MIN_R2 or held[k]["abs_err"] <= 2 * noise[k] for k in dcpt.LOSSES}
+
+
+def decide(held: dict | None, chosen: float | None, measured: dict[float, list[dict]],
            limit: float) -> tuple[str, str, dict]:
-    """The verdict: the held-out R^2 of both losses >= MIN_R2, the chosen ratio measured
-    feasible (general loss <= limit + 2 noise) and its domain loss within 2 x the seed noise of
-    the best measured feasible ratio (``judge_small``). Inconclusive when a number is missing."""
+    """The verdict: both losses extrapolate to the held-out size (:func:`extrapolates`), the
+    chosen ratio is measured feasible (general loss <= limit + 2 noise) and its domain loss is
+    within 2 x the seed noise of the best measured feasible ratio's (``judge_small``).
+    Inconclusive when a number is missing (no fit, no seed repeat, zero noise)."""
     nums: dict = {}
-    if r2 is None:
+    if held is None:
         return "inconclusive at this scale", "the law could not be fitted on these points.", nums
+    fit_text = ", ".join(f"{k} R^2 {held[k]['r2']:.3f}, mean |error| {held[k]['abs_err']:.4f}"
+                         for k in dcpt.LOSSES)
     seeds = measured.get(chosen, []) if chosen is not None else []
     if chosen is None or len(seeds) < 2:
-        return ("inconclusive at this scale", f"held-out R^2 general {r2['general']:.3f}, domain "
-                f"{r2['domain']:.3f}; no seed repeat of a chosen ratio to measure the noise.", nums)
-    dom_m, dom_sd = mean_sd([s["domain"] for s in seeds])
-    gen_m, gen_sd = mean_sd([s["general"] for s in seeds])
+        return ("inconclusive at this scale", f"Held-out size: {fit_text}; no seed repeat of a "
+                f"chosen ratio to measure the noise.", nums)
+    noise = {k: mean_sd([s[k] for s in seeds])[1] for k in dcpt.LOSSES}
     first = {r: next(s for s in v if s["seed"] == 0) for r, v in measured.items()}
     feasible = {r: v for r, v in first.items() if v["general"] <= limit}
-    nums.update(noise_domain=dom_sd, noise_general=gen_sd, chosen_domain=dom_m, chosen_general=gen_m)
-    if not feasible:
-        return ("inconclusive at this scale", f"no measured ratio keeps the general loss within "
-                f"{limit:.3f}.", nums)
+    nums.update(noise=noise)
+    if not feasible or not (all(map(math.isfinite, noise.values())) and noise["domain"] > 0):
+        return ("inconclusive at this scale", f"Held-out size: {fit_text}; no measured ratio keeps "
+                f"the general loss within {limit:.3f}, or no seed noise.", nums)
     best = min(feasible, key=lambda r: feasible[r]["domain"])
     gap = first[chosen]["domain"] - feasible[best]["domain"]
-    ok_ratio = judge_small(max(gap, 0.0), dom_sd) == "reproduced" and (
-        first[chosen]["general"] <= limit + 2 * gen_sd)
-    ok_fit = min(r2.values()) >= MIN_R2
-    nums.update(best_feasible=best, gap=gap)
-    verdict = "reproduced" if ok_fit and ok_ratio else "not reproduced"
-    if not math.isfinite(dom_sd) or dom_sd == 0:
-        verdict = "inconclusive at this scale"
-    why = (f"Rule: reproduced when the held-out R^2 of both losses is >= {MIN_R2} and the chosen "
-           f"ratio's measured domain loss is within 2 x seed noise of the best measured ratio whose "
-           f"general loss stays <= (1 + T) L_g0 = {limit:.3f}. Held-out R^2: general "
-           f"{r2['general']:.3f}, domain {r2['domain']:.3f}. Chosen r = {chosen:.2f}: domain "
-           f"{first[chosen]['domain']:.4f}, general {first[chosen]['general']:.4f}; best feasible "
-           f"measured r = {best:.2f}: domain {feasible[best]['domain']:.4f}; gap {gap:+.4f} vs "
-           f"2 x noise {2 * dom_sd:.4f} (seed sd of the chosen ratio's domain loss, n = "
-           f"{len(seeds)}; general sd {gen_sd:.4f}).")
+    ok_limit = first[chosen]["general"] <= limit + 2 * noise["general"]
+    ok_gap = judge_small(max(gap, 0.0), noise["domain"]) == "reproduced"
+    ok_fit = extrapolates(held, noise)
+    nums.update(best_feasible=best, gap=gap, extrapolates=ok_fit, within_limit=ok_limit)
+    verdict = "reproduced" if all(ok_fit.values()) and ok_limit and ok_gap else "not reproduced"
+    why = (f"Rule: reproduced when (1) each loss extrapolates to the held-out size (R^2 >= {MIN_R2}, "
+           f"or mean |error| <= 2 x its seed noise where the held-out losses vary too little for "
+           f"R^2), (2) the chosen ratio's measured general loss is <= (1 + T) L_g0 = {limit:.3f} "
+           f"(+ 2 x noise) and (3) its domain loss is within 2 x seed noise of the best measured "
+           f"ratio that meets the limit. Held-out size: {fit_text} -> "
+           f"{', '.join(k + (' ok' if v else ' fails') for k, v in ok_fit.items())}. Chosen "
+           f"r = {chosen:.2f}: general {first[chosen]['general']:.4f} "
+           f"({'within' if ok_limit else 'above'} the limit), domain {first[chosen]['domain']:.4f}; "
+           f"best measured r meeting the limit = {best:.2f} (domain {feasible[best]['domain']:.4f}); "
+           f"gap {gap:+.4f} vs 2 x noise {2 * noise['domain']:.4f}. Noise: sd over seeds "
+           f"{', '.join(str(s['seed']) for s in seeds)} at the chosen ratio (domain "
+           f"{noise['domain']:.4f}, general {noise['general']:.4f}).")
     return verdict, why, nums
 
 
@@ -169,8 +180,7 @@ def run(ctx: Context) -> Section:
         runs = runs + extra
     measured = held_out_runs(shared, runs, root, held)
     quality = {d: fit_quality(fit_json, results, sizes[d]) for d in (*fit_sizes, held)} if fit_json else {}
-    r2 = {k: quality[held][k]["r2"] for k in dcpt.LOSSES} if quality else None
-    verdict, why, nums = decide(r2, chosen, measured, limit)
+    verdict, why, nums = decide(quality.get(held), chosen, measured, limit)
 
     rows_fit = [[f"d={d}", f"{sizes[d]:,}", "held out" if d == held else "fitted",
                  q["points"], q["general"]["r2"], f"{100 * q['general']['rel_err']:.2f}%",
