@@ -38,3 +38,14 @@ def test_measure_average_worst_and_speedup(tmp_path):
     # 6.1 between step 50 (6.5) and step 75 (6.05): 50 + 0.4 / 0.45 * 25
     assert res["cross_step"] == pytest.approx(50 + 0.4 / 0.45 * 25)
     assert res["speedup"] == pytest.approx(100 / res["cross_step"])
+
+
+def test_gain_and_pooled_seed_noise():
+    from cpt_jax.repro.doremi import combine, gain
+
+    effect, noise = gain([7.0, 7.2], [6.9, 6.95])
+    # means 7.1 and 6.925; sample sds 0.1414 and 0.03536; pooled sqrt((0.02 + 0.00125) / 2)
+    assert effect == pytest.approx(0.175)
+    assert noise == pytest.approx(((0.02 + 0.00125) / 2) ** 0.5)
+    assert combine(["reproduced", "not reproduced"]) == "not reproduced"
+    assert combine(["reproduced", "reproduced"]) == "reproduced"

@@ -106,12 +106,17 @@ def run(ctx: Context) -> Section:
     image = ctx.image(PART, "gain")
     _plot(image, lrs, g, steps)
     hi, lo = lrs["high"][0], lrs["low"][0]
-    why = (f"At LR {hi:g}, LAWA's gain early (steps <= {steps // 2}) minus late: {early_late:+.4f} nats "
+    halves_txt = "; ".join(f"LR {lrs[n][0]:g}: {_mean(e)} early, {_mean(la)} late" for n, (e, la) in halves.items())
+    why = (f"Mean gain (latest - LAWA, nats; ± sd over the evals): {halves_txt}. "
+           f"At LR {hi:g}, early minus late: {early_late:+.4f} nats "
            f"(standard error {el_noise:.4f} from the spread over the evals) -> {v1}. Gain at LR {hi:g} minus "
            f"LR {lo:g}, all evals: {high_low:+.4f} (standard error {hl_noise:.4f}) -> {v2}. Rule: each "
            "contrast must exceed 2x its standard error with the paper's sign; the claim needs both. "
            "One seed per LR: the noise is the eval-to-eval spread of the gain, which also holds the "
-           "trend over training; a tiny model trained for minutes, not Pythia-scale runs.")
+           "trend over training. A negative gain means the average lags: the window reaches "
+           f"{(shared.lawa.k - 1) * shared.lawa.every} steps back, which early in a {steps}-step run "
+           "holds clearly worse models, while the paper's windows span a few percent of 143k-step runs "
+           "whose loss falls slowly between checkpoints; a tiny model trained for minutes.")
     setting = (f"d = 64, L = 2 Pythia (vocabulary 50k), 8 x 128 tokens per step, trained from scratch on the "
                f"five general domains (equal shares) for {steps} steps at a constant LR of {hi:g} (high) or "
                f"{lo:g} (low) after 1% warmup; online LAWA with k = {shared.lawa.k} snapshots every "
