@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     for part in parts:
         print(f"== reproduce {part} ==", flush=True)
         module = importlib.import_module(f"cpt_jax.repro.{part}")
-        section = timed(lambda module=module: module.run(ctx))
+        section = timed(lambda module=module: module.run(ctx), ctx.part_dir(part))
         section.save(ctx.part_dir(part))
         print(f"{part}: {section.verdict} ({section.minutes:.1f} min)", flush=True)
     command = "cpt-jax reproduce" + ("" if args.size == "full" else f" --size {args.size}")

@@ -122,10 +122,24 @@ def _jsonable(x: Any) -> Any:
     return str(x)
 
 
-def timed(fn: Callable[[], Section]) -> Section:
+def training_minutes(folder: Path) -> float:
+    """Minutes the runs under ``folder`` took to train, from their summaries (``wall_time_s``):
+    what a part cost when it ran, whichever later invocation only re-read its finished runs."""
+    total = 0.0
+    for path in folder.rglob("summary.json"):
+        try:
+            total += float(json.loads(path.read_text()).get("wall_time_s", 0.0))
+        except (OSError, ValueError, AttributeError):
+            continue
+    return total / 60
+
+
+def timed(fn: Callable[[], Section], folder: Path) -> Section:
+    """Run a part; its minutes are this call's wall time, or when its runs had finished
+    earlier (a re-run only reads them), their own training time."""
     t0 = time.time()
     section = fn()
-    section.minutes = round((time.time() - t0) / 60, 1)
+    section.minutes = round(max((time.time() - t0) / 60, training_minutes(folder)), 1)
     return section
 
 

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from cpt_jax.repro import PARTS
-from cpt_jax.repro.common import Section
+from cpt_jax.repro.common import Section, training_minutes
 
 INTRO = """\
 Which of the papers' headline findings hold in cpt-jax, re-measured at CPU scale: tiny Pythia
@@ -46,15 +46,16 @@ def write(runs: Path, out: Path, command: str) -> Path:
     minutes = sum(s.minutes for s in done)
     head = ["# Reproductions", "", INTRO,
             f"Generated on {time.strftime('%Y-%m-%d')} by `{command}` on {platform.machine()} "
-            f"({os.cpu_count()} CPU cores): {minutes:.0f} minutes of runs in all.", "",
-            "| part | claim | source | verdict |", "|---|---|---|---|"]
+            f"({os.cpu_count()} CPU cores): {minutes:.0f} minutes in all, the shared pretraining "
+            f"({training_minutes(runs / 'pretrain'):.0f} min) counted in the first part that needed it.", "",
+            "| part | claim | source | verdict | minutes |", "|---|---|---|---|---|"]
     for part, s in sections.items():
         if s is None:
-            head.append(f"| {part} | (not run yet: `cpt-jax reproduce --parts {part}`) | | |")
+            head.append(f"| {part} | (not run yet: `cpt-jax reproduce --parts {part}`) | | | |")
         else:
             anchor = s.title.lower().replace(" ", "-")
             anchor = "".join(c for c in anchor if c.isalnum() or c in "-_")
-            head.append(f"| {part} | [{s.title}](#{anchor}) | {s.source} | **{s.verdict}** |")
+            head.append(f"| {part} | [{s.title}](#{anchor}) | {s.source} | **{s.verdict}** | {s.minutes:.1f} |")
     body = [section_markdown(s, out) for s in done]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
