@@ -1,0 +1,96 @@
+"""Replay and the infinite schedule (Ibrahim et al. 2024), continuing the shared pretraining.
+
+Claim 1, ``rep<pct>_s<seed>``: from the cosine pretraining, S steps on code_python, re-warming
+from the pretraining's final LR to its peak and re-decaying with a cosine, with 0 / 1 / 5 / 10 /
+25% of the sequences replayed from the upstream mixture (compute-equivalent: the replayed
+sequences replace new ones). Two seeds (data order) for the 0 and 1% arms.
+
+Claim 2, two successive new domains (code_python, then math):
+
+- cosine chain: ``rep0_s0`` (= stage A) -> ``cos_B`` (re-warm + cosine on math);
+- infinite chain: the infinite pretraining (constant eta_const = 0.5 eta_max, never annealed) ->
+  ``inf_A`` -> ``inf_B``, each held at eta_const without re-warming; ``inf_A_anneal`` and
+  ``inf_B_anneal`` branch off the kept checkpoint ``S - N_ann`` steps into each stage and anneal
+  eta_const -> eta_min over the last N_ann steps, so each annealed model has seen exactly the
+  tokens of the cosine stage it is compared with. The next stage continues from the un-annealed
+  end of the previous one.
+
+    cpt-jax experiment --config configs/repro_replay.py:full   # (after configs/repro_pretrain.py)
+"""
+
+import os
+
+from cpt_jax.repro import settings
+
+SHARES = {"full": (0.0, 0.01, 0.05, 0.10, 0.25), "tiny": (0.0, 0.25)}
+TWO_SEEDS = (0.0, 0.01)  # arms whose difference is small: two seeds each
+
+
+def stage_steps(size):
+    """S, the steps of each continuation stage."""
+    return settings.steps(size, 110, 4)
+
+
+def anneal_steps(size):
+    """N_ann, the anneal branch at the end of an infinite stage (~15% of S)."""
+    return settings.steps(size, 16, 1)
+
+
+def get_config(size="full"):
+    c = settings.base_config(size, "runs/repro/replay")
+    s = stage_steps(size)
+    c.train.steps = s
+    c.train.eval_every = s  # the step-0 eval of the continuation and the final one
+    c.data.domains = settings.DOMAIN_A
+    c.data.upstream = ",".join(settings.UPSTREAM)
+    c.data.downstream = f"{settings.DOMAIN_A},{settings.DOMAIN_B}"
+    c.schedule.start_lr = settings.FINAL_LR  # re-warm from where the pretraining's cosine ended
+    c.schedule.warmup_steps = settings.steps(size, 5, 1)
+    return c
+
+
+def _size(c):
+    return "full" if c.model.num_layers == 2 else "tiny"
+
+
+def _pct(f):
+    return f"{100 * f:g}"
+
+
+def arm_runs(c):
+    """The claim-1 arms: (name, share, seed)."""
+    out = []
+    for f in SHARES[_size(c)]:
+        for seed in (0, 1) if f in TWO_SEEDS else (0,):
+            out.append((f"rep{_pct(f)}_s{seed}", f, seed))
+    return out
+
+
+def get_runs(c):
+    size = _size(c)
+    s, n_ann = stage_steps(size), anneal_steps(size)
+    pretrain = os.path.join(os.path.dirname(c.run_dir.rstrip("/")), "pretrain")
+    runs = []
+    for name, f, seed in arm_runs(c):
+        keys = {"train.init_from": os.path.join(pretrain, "cosine"), "seed": seed}
+        if f > 0:
+            keys.update({"data.replay_domains": ",".join(settings.UPSTREAM),
+                         "data.replay_weights": "uniform", "data.replay_fraction": f})
+        runs.append({"name": name, "set": keys})
+    mid = {"train.eval_every": s // 2}
+    infinite = {"schedule.name": "infinite", "schedule.rewarm": False, "schedule.anneal_frac": 0.0,
+                "schedule.const_lr_ratio": 0.5, "checkpoint.every": s - n_ann,
+                "checkpoint.keep_steps": str(s - n_ann), **mid}
+    on_b = {"data.domains": settings.DOMAIN_B}
+    runs += [
+        {"name": "cos_B", "from": "rep0_s0", "set": {**on_b, **mid}},
+        {"name": "inf_A", "set": {"train.init_from": os.path.join(pretrain, "infinite"), **infinite}},
+        {"name": "inf_B", "from": "inf_A", "set": {**infinite, **on_b}},
+    ]
+    for stage, data in (("inf_A", {}), ("inf_B", on_b)):
+        runs.append({"name": f"{stage}_anneal", "set": {
+            **data, "train.init_from": os.path.join(c.run_dir, stage, "checkpoints", str(s - n_ann)),
+            "train.steps": n_ann, "train.eval_every": n_ann, "seed": 1,  # seed 1: other windows
+            "schedule.name": "infinite", "schedule.rewarm": False, "schedule.anneal_frac": 1.0,
+            "schedule.const_lr_ratio": 0.5}})
+    return runs
