@@ -160,8 +160,11 @@ def _section(ctx, shared, domain, prep, bpb, start, tpb, base_runs, ext_runs) ->
            "Rule: reproduced when tokens per byte fall and the extended model's bpb is no worse than "
            "the base model's by more than 2 x noise (matches or beats); not reproduced otherwise. "
            f"At step 0 (new rows = mean of their pieces' rows) extended - base = "
-           f"{start['extended'] - start['base']:+.4f} bpb.")
-    image = _plot(ctx, domain, base_runs, ext_runs, tpb, prep["added"])
+           f"{start['extended'] - start['base']:+.4f} bpb. The plot's curves are the training loop's "
+           "own evals (its first held-out batches, which cover different text under the two "
+           "tokenizers) and can order the arms differently; the stars and the table score all of "
+           "the held-out text and decide.")
+    image = _plot(ctx, domain, (base_runs, ext_runs), tpb, prep["added"], (start, (mb, me), steps))
     general = [tokens_per_byte(ctx.data_dir, d) for d in settings.UPSTREAM]
     examples = ", ".join(f"`{t.strip()}`" for t in prep["examples"] if t.strip() and "\ufffd" not in t)
     pre_steps = int(ctx.load("pretrain").train.steps)
@@ -191,7 +194,11 @@ def _section(ctx, shared, domain, prep, bpb, start, tpb, base_runs, ext_runs) ->
                  "diff": diff, "noise": noise, "added": prep["added"]})
 
 
-def _plot(ctx: Context, domain: str, base_runs, ext_runs, tpb, added) -> Path:
+def _plot(ctx: Context, domain: str, runs, tpb, added, whole) -> Path:
+    """Engine-eval bpb curves per seed, whole-text bpb (step 0 and the seed mean at the end) as
+    stars, and tokens per byte as bars."""
+    base_runs, ext_runs = runs
+    start, (end_base, end_ext), steps = whole
     import matplotlib
 
     matplotlib.use("Agg")
@@ -205,6 +212,9 @@ def _plot(ctx: Context, domain: str, base_runs, ext_runs, tpb, added) -> Path:
             curve = common.eval_curve(root / name, f"eval/{domain}/bpb")
             ax.plot(list(curve), list(curve.values()), color=color, marker="o", ms=3,
                     ls="-" if i == 0 else "--", label=f"{label}, seed {SEEDS[i]}")
+    for arm, end, color in (("base", end_base, "tab:blue"), ("extended", end_ext, "tab:orange")):
+        ax.plot([0, steps], [start[arm], end], ls="none", marker="*", ms=13, color=color,
+                markeredgecolor="black", label=f"{arm}: all held-out text")
     ax.set_xlabel("continued-pretraining step")
     ax.set_ylabel(f"held-out {domain} bits per byte (engine eval)")
     ax.set_title("bits per byte during the continuation")
