@@ -7,10 +7,7 @@
 # (e.g. --config.train.steps=100).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e .
+source scripts/venv.sh && setup_venv
 .venv/bin/cpt-jax assets
 .venv/bin/cpt-jax corpus --out data/demo --domains books,legal,code_python
 .venv/bin/cpt-jax experiment --config configs/demo.py "$@"

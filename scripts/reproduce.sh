@@ -6,10 +6,7 @@
 # where it stopped. Extra arguments go to `cpt-jax reproduce` (e.g. --parts rewarm,lawa).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e .
+source scripts/venv.sh && setup_venv
 .venv/bin/cpt-jax assets
 .venv/bin/cpt-jax corpus --out data/ten
 .venv/bin/cpt-jax reproduce --data data/ten "$@"
