@@ -37,6 +37,30 @@ def test_round_trip_keeps_values_dtypes_and_config(tmp_path):
     _assert_same(params2, checkpoint.load_params(tmp_path / "ck")[0])
 
 
+def test_kill_between_params_swap_and_model_json_keeps_a_matching_pair(tmp_path, monkeypatch):
+    """A kill after the new params took the old ones' place but before the top-level model.json
+    is replaced, while the shape changes: readers still get the new params with their config."""
+    path = tmp_path / "ck"
+    checkpoint.save_params(path, pythia.init_params(CFG, jax.random.key(0)), CFG)
+    wider = dataclasses.replace(CFG, hidden_size=24, num_heads=3)
+    new = pythia.init_params(wider, jax.random.key(1))
+    real_replace = checkpoint.os.replace
+
+    def killed(src, dst):
+        if str(dst) == str(path / "model.json"):
+            raise KeyboardInterrupt("killed")  # the process dies here
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_params(path, new, wider)
+    monkeypatch.undo()
+    assert json.loads((path / "model.json").read_text())["hidden_size"] == 16  # the stale top-level file
+    loaded, cfg = checkpoint.load_params(path)
+    assert cfg == wider
+    _assert_same(new, loaded)
+
+
 def _write_run(run, params_by_step):
     run.mkdir()
     (run / "model.json").write_text(json.dumps(dataclasses.asdict(CFG)))

@@ -70,7 +70,9 @@ def save_params(path: Any, params: Params, model_config: PythiaConfig) -> Any:
     lacks it, two renames with the old item kept as ``.partial/params`` until the new one is in
     place) and ``model.json`` is replaced atomically right after, so a kill at any moment leaves
     a complete checkpoint (only a kill between those two steps, while the model's shape
-    changes, pairs the new params with the old ``model.json``). Object stores (``gs://``) cannot
+    changes, leaves the old ``model.json`` beside the new params: while ``.partial/`` is there,
+    readers take the copy of ``model.json`` inside ``params/``, which moves with the params).
+    Object stores (``gs://``) cannot
     rename: the new item is copied over the old one only once complete in ``.partial/``, and
     ``model.json`` is written last; a kill during that copy leaves the complete new checkpoint
     in ``.partial/``.
@@ -82,6 +84,7 @@ def save_params(path: Any, params: Params, model_config: PythiaConfig) -> Any:
     if jax.process_index() != 0:
         return path
     storage.write_json(staging / MODEL_JSON, config_to_dict(model_config))
+    storage.write_json(staging / PARAMS_ITEM / MODEL_JSON, config_to_dict(model_config))
     if storage.is_remote(path):
         _replace_remote(staging, path)
     else:
@@ -188,7 +191,11 @@ def _locate(path: Any) -> tuple[PythiaConfig, Any] | None:
     if not path.is_dir():
         raise UserError(f"checkpoint path {path} is not a directory")
     if (path / MODEL_JSON).exists() and (path / PARAMS_ITEM).is_dir():
-        return read_model_json(path / MODEL_JSON), path / PARAMS_ITEM
+        # a save interrupted after the params swap (its .partial/ is still there) may have left
+        # the old model.json: the copy inside params/ moved with the params
+        inner = path / PARAMS_ITEM / MODEL_JSON
+        interrupted = (path / STAGING).exists() and inner.exists()
+        return read_model_json(inner if interrupted else path / MODEL_JSON), path / PARAMS_ITEM
     if (path / CHECKPOINTS).is_dir():
         run = RunDir(path)
         step = run.latest_step()
