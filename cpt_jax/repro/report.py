@@ -46,7 +46,8 @@ def write(runs: Path, out: Path, command: str) -> Path:
     minutes = sum(s.minutes for s in done)
     head = ["# Reproductions", "", INTRO,
             f"Generated on {time.strftime('%Y-%m-%d')} by `{command}` on {platform.machine()} "
-            f"({os.cpu_count()} CPU cores): {minutes:.0f} minutes in all, the shared pretraining "
+            f"({os.cpu_count()} CPU cores): {minutes:.0f} minutes of wall time as the parts ran (upper "
+            "bounds when other jobs shared the machine), the shared pretraining "
             f"({training_minutes(runs / 'pretrain'):.0f} min) counted in the first part that needed it.", "",
             "| part | claim | source | verdict | minutes |", "|---|---|---|---|---|"]
     for part, s in sections.items():
