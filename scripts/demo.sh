@@ -7,7 +7,7 @@
 # (e.g. --config.train.steps=100).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/venv.sh && setup_venv
+source scripts/venv.sh && setup_venv && tune_malloc_for_cpu_training
 .venv/bin/cpt-jax assets
 .venv/bin/cpt-jax corpus --out data/demo --domains books,legal,code_python
 .venv/bin/cpt-jax experiment --config configs/demo.py "$@"

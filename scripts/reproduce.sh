@@ -6,7 +6,7 @@
 # where it stopped. Extra arguments go to `cpt-jax reproduce` (e.g. --parts rewarm,lawa).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/venv.sh && setup_venv
+source scripts/venv.sh && setup_venv && tune_malloc_for_cpu_training
 .venv/bin/cpt-jax assets
 .venv/bin/cpt-jax corpus --out data/ten
 .venv/bin/cpt-jax reproduce --data data/ten "$@"
