@@ -41,11 +41,12 @@ def test_measure_average_worst_and_speedup(tmp_path):
 
 
 def test_gain_and_pooled_seed_noise():
-    from cpt_jax.repro.doremi import combine, gain
+    from cpt_jax.repro.common import combine
+    from cpt_jax.repro.doremi import gain
 
     effect, noise = gain([7.0, 7.2], [6.9, 6.95])
     # means 7.1 and 6.925; sample sds 0.1414 and 0.03536; pooled sqrt((0.02 + 0.00125) / 2)
     assert effect == pytest.approx(0.175)
     assert noise == pytest.approx(((0.02 + 0.00125) / 2) ** 0.5)
-    assert combine(["reproduced", "not reproduced"]) == "not reproduced"
-    assert combine(["reproduced", "reproduced"]) == "reproduced"
+    assert combine("reproduced", "not reproduced") == "not reproduced"
+    assert combine("reproduced", "reproduced") == "reproduced"

@@ -7,7 +7,8 @@ import math
 
 import pytest
 
-from cpt_jax.repro.lawa import combine, contrast, gains, split
+from cpt_jax.repro.common import combine
+from cpt_jax.repro.lawa import contrast, gains, split
 
 
 def test_gains_are_raw_minus_lawa_where_the_window_is_full(tmp_path):
@@ -28,6 +29,6 @@ def test_split_contrast_and_combine():
     assert diff == pytest.approx(0.17)
     assert se == pytest.approx(math.sqrt(0.02 / 2 + 0.0008 / 2))
     assert all(math.isnan(x) for x in contrast([], [1.0]))
-    assert combine(["reproduced", "reproduced"]) == "reproduced"
-    assert combine(["reproduced", "inconclusive at this scale"]) == "inconclusive at this scale"
-    assert combine(["reproduced", "not reproduced"]) == "not reproduced"
+    assert combine("reproduced", "reproduced") == "reproduced"
+    assert combine("reproduced", "inconclusive at this scale") == "inconclusive at this scale"
+    assert combine("reproduced", "not reproduced") == "not reproduced"

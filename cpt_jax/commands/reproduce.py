@@ -32,10 +32,10 @@ def run(args: argparse.Namespace) -> int:
     if not (Path(args.data) / "manifest.json").is_file():
         raise UserError(f"--data {args.data}: no manifest.json (build it: cpt-jax corpus --out {args.data})")
     ctx = Context(data_dir=args.data, runs=Path(args.runs), images=Path(args.images), size=args.size)
+    modules = _modules()
     for part in parts:
         print(f"== reproduce {part} ==", flush=True)
-        module = _modules()[part]
-        section = timed(lambda module=module: module.run(ctx), ctx.part_dir(part))
+        section = timed(lambda module=modules[part]: module.run(ctx), ctx.part_dir(part))
         section.save(ctx.part_dir(part))
         print(f"{part}: {section.verdict} ({section.minutes:.1f} min)", flush=True)
     command = "cpt-jax reproduce" + ("" if args.size == "full" else f" --size {args.size}")

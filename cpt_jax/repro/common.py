@@ -173,6 +173,13 @@ def mean_sd(values: Sequence[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
 
 
+def pooled_sd(groups: Sequence[Sequence[float]]) -> float:
+    """Seed noise of one run: sqrt of the mean sample variance over the groups (arms) with
+    >= 2 values (seeds); nan when no group has two."""
+    var = [np.var(g, ddof=1) for g in groups if len(g) > 1]
+    return float(np.sqrt(np.mean(var))) if var else math.nan
+
+
 def pm(values: Sequence[float], digits: int = 3) -> str:
     """``mean +- sd (n = k)`` for several seeds, the plain value for one."""
     m, s = mean_sd(values)
@@ -204,6 +211,14 @@ def judge_small(spread: float, noise: float, margin: float = 2.0) -> str:
     if not (math.isfinite(spread) and math.isfinite(noise)):
         return "inconclusive at this scale"
     return "reproduced" if spread <= margin * noise else "not reproduced"
+
+
+def combine(*verdicts: str) -> str:
+    """A claim of several parts: any "not reproduced" fails it, all "reproduced" pass it, else
+    it is inconclusive."""
+    if "not reproduced" in verdicts:
+        return "not reproduced"
+    return "reproduced" if all(v == "reproduced" for v in verdicts) else "inconclusive at this scale"
 
 
 # ---- Markdown -----------------------------------------------------------------------------

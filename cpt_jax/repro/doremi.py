@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from cpt_jax.repro import settings
-from cpt_jax.repro.common import (Context, Section, eval_curve, final_losses, judge, md_table,
+from cpt_jax.repro.common import (Context, Section, combine, eval_curve, final_losses, judge, md_table,
                                   mean_loss, mean_sd, pm)
 
 PART = "doremi"
@@ -44,13 +44,6 @@ def gain(baseline: list[float], main: list[float]) -> tuple[float, float]:
     sample sd of the two arms, ``sqrt((sd_b^2 + sd_m^2) / 2)``."""
     sds = [mean_sd(baseline)[1], mean_sd(main)[1]]
     return float(np.mean(baseline) - np.mean(main)), float(np.sqrt(np.mean(np.square(sds))))
-
-
-def combine(verdicts: list[str]) -> str:
-    """Every part of the claim must hold: any "not reproduced" fails it, all "reproduced" pass."""
-    if "not reproduced" in verdicts:
-        return "not reproduced"
-    return "reproduced" if all(v == "reproduced" for v in verdicts) else "inconclusive at this scale"
 
 
 def _seed_config(ctx: Context, seed: int) -> Any:
@@ -155,7 +148,7 @@ def run(ctx: Context) -> Section:
     effect, noise = gain(col["baseline_avg"], col["main_avg"])
     worst, worst_noise = gain(col["baseline_worst"], col["main_worst"])
     v_avg, v_worst = judge(effect, noise, +1), judge(worst, worst_noise, +1)
-    verdict = combine([v_avg, v_worst])
+    verdict = combine(v_avg, v_worst)
     n_better = int(np.sum([np.mean([s["baseline"][d] - s["main"][d] for s in seeds.values()]) > 0
                            for d in DOMAINS]))
     image = ctx.image(PART, "loss")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 
-from cpt_jax.repro.common import Context, Section, eval_curve, judge, md_table, mean_sd
+from cpt_jax.repro.common import Context, Section, combine, eval_curve, judge, md_table, mean_sd
 
 PART = "lawa"
 
@@ -40,13 +40,6 @@ def contrast(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
         return float("nan"), float("nan")
     (ma, sa), (mb, sb) = mean_sd(a), mean_sd(b)
     return ma - mb, math.sqrt(sa ** 2 / len(a) + sb ** 2 / len(b))
-
-
-def combine(verdicts: Sequence[str]) -> str:
-    """Both parts of the claim must hold: any "not reproduced" fails it, all "reproduced" pass."""
-    if "not reproduced" in verdicts:
-        return "not reproduced"
-    return "reproduced" if all(v == "reproduced" for v in verdicts) else "inconclusive at this scale"
 
 
 def _plot(path: Path, runs: dict[str, tuple[float, str]], g: dict[str, dict[int, float]], steps: int) -> None:
@@ -102,7 +95,7 @@ def run(ctx: Context) -> Section:
     early_late, el_noise = contrast(*halves["high"])
     high_low, hl_noise = contrast(list(g["high"].values()), list(g["low"].values()))
     v1, v2 = judge(early_late, el_noise, +1), judge(high_low, hl_noise, +1)
-    verdict = combine([v1, v2])
+    verdict = combine(v1, v2)
     image = ctx.image(PART, "gain")
     _plot(image, lrs, g, steps)
     hi, lo = lrs["high"][0], lrs["low"][0]

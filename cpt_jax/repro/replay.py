@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from cpt_jax.repro import common, settings
-from cpt_jax.repro.common import Context, Section
+from cpt_jax.repro.common import Context, Section, pooled_sd
 from cpt_jax.repro.replay_plots import plot_chains, plot_replay
 from cpt_jax.run_dir import RunDir
 
@@ -36,12 +36,6 @@ def endpoints(run_dir: str | Path) -> dict[str, tuple[float, float]]:
 
 
 # ---- claim 1 -----------------------------------------------------------------------------
-
-def pooled_sd(groups: list[list[float]]) -> float:
-    """sqrt of the mean sample variance over the groups with >= 2 values (nan if none)."""
-    var = [np.var(g, ddof=1) for g in groups if len(g) > 1]
-    return float(np.sqrt(np.mean(var))) if var else math.nan
-
 
 def replay_analysis(arms: dict[float, list[dict[str, tuple[float, float]]]]) -> dict[str, Any]:
     """Forgetting F = up(end) - up(0) and learning L_A(end) per replay share f (one entry per

@@ -16,7 +16,7 @@ import numpy as np
 
 from cpt_jax.experiment import step0_losses
 from cpt_jax.repro import common, settings
-from cpt_jax.repro.common import Context, Section, judge, judge_small, mean_sd, md_table, pm
+from cpt_jax.repro.common import Context, Section, combine, judge, judge_small, md_table, pm, pooled_sd
 from cpt_jax.repro.rewarm_plots import plot_gap, plot_peaks, plot_versus, plot_warmups
 
 PART = "rewarm"
@@ -28,25 +28,12 @@ def up_down(losses: dict[str, float]) -> tuple[float, float]:
     return common.mean_loss(losses, UP), common.mean_loss(losses, DOWN)
 
 
-def pooled_sd(groups: list[list[float]]) -> float:
-    """Seed noise of one run: sqrt of the mean of the per-arm sample variances (arms with >= 2 seeds)."""
-    var = [mean_sd(g)[1] ** 2 for g in groups if len(g) > 1]
-    return math.sqrt(float(np.mean(var))) if var else float("nan")
-
-
 def trend(values: list[float], noise: float, sign: int) -> str:
     """Verdict on "``values`` grow (sign +1) or shrink (-1) along the arms": the end-to-end
     difference judged against ``noise``; a consecutive step reversed beyond 2 x noise breaks it."""
     verdict = judge(values[-1] - values[0], noise, sign)
     steps = [judge(b - a, noise, sign) for a, b in zip(values, values[1:])]
     return "not reproduced" if verdict == "reproduced" and "not reproduced" in steps else verdict
-
-
-def combine(*verdicts: str) -> str:
-    """All reproduced -> reproduced; any not reproduced -> not reproduced; else inconclusive."""
-    if all(v == "reproduced" for v in verdicts):
-        return "reproduced"
-    return "not reproduced" if "not reproduced" in verdicts else "inconclusive at this scale"
 
 
 def stability_gap(curve: dict[int, float]) -> dict[str, float]:
