@@ -37,7 +37,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import os
 
-
     run = runner.run_of(args.checkpoint)
     cfg = None
     if args.config:

@@ -133,7 +133,6 @@ def markdown(runs: list[Run], plots: list[tuple[str, str]]) -> str:
 
 def write_report(run_dirs: list[str], out_dir: str | os.PathLike) -> Any:
     """Write ``out_dir/report.md`` and its PNGs; returns the report path."""
-
     runs = load_runs(run_dirs)
     with storage.writable_dir(out_dir) as out:
         out.mkdir(parents=True, exist_ok=True)

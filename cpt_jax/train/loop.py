@@ -79,7 +79,6 @@ def eval_steps(train: Any) -> frozenset[int]:
     return steps
 
 
-
 def _train_data(cfg: Any) -> Any:
     try:
         from cpt_jax.data.pipeline import TrainData
