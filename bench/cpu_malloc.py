@@ -23,9 +23,14 @@ import sys
 import tempfile
 import time
 
-TUNED = "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184"
 MODEL = ["--config.model.vocab_size=50304", "--config.model.hidden_size=64", "--config.model.num_layers=2",
          "--config.model.num_heads=4", "--config.train.batch_size=8", "--config.train.seq_len=128"]
+
+
+def script_tunables() -> str:
+    """The ``GLIBC_TUNABLES`` that ``tune_malloc_for_cpu_training`` in ``scripts/venv.sh`` sets."""
+    shell = "unset GLIBC_TUNABLES; source scripts/venv.sh; tune_malloc_for_cpu_training; echo $GLIBC_TUNABLES"
+    return subprocess.run(["bash", "-c", shell], check=True, capture_output=True, text=True).stdout.strip()
 
 
 def trial(tunables: str, steps: int, run_dir: str) -> dict[str, float]:
@@ -53,7 +58,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--trials", type=int, default=3)
     args = ap.parse_args()
-    settings = {"glibc default": "", "tuned (scripts/venv.sh)": TUNED}
+    settings = {"glibc default": "", "tuned (scripts/venv.sh)": script_tunables()}
     rows: dict[str, list[dict[str, float]]] = {name: [] for name in settings}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.trials):
