@@ -192,11 +192,14 @@ def compile_plan(cfg: Any, topo: Topology, doremi: bool = False, roofline: bool 
     return plan
 
 
-def _costs(cfg: Any, devices: list[Any], doremi: bool, layers: int) -> tuple[float, float]:
-    """Compiler FLOPs and HBM bytes per chip of the step with ``layers`` unrolled layers."""
+def _costs(cfg: Any, devices: list[Any], doremi: bool, layers: int) -> tuple[float, float] | None:
+    """Compiler FLOPs and HBM bytes per chip of the step with ``layers`` unrolled layers; None
+    where the compiler reports no costs (the GPU compiler without a device)."""
     step, args, _, _ = abstract_step(cfg, devices, doremi, {"num_layers": layers, "scan_layers": False})
     cost = step.lower(*args).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
+    if not cost:
+        return None
     return float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
 
 
@@ -204,7 +207,10 @@ def _add_roofline(plan: Plan, cfg: Any, devices: list[Any], doremi: bool, mcfg: 
                   topo: Topology) -> None:
     """``bytes(L) = bytes(1) + (L - 1) (bytes(2) - bytes(1))`` from two unrolled compiles; the
     bound is ``max(FLOPs / peak, bytes / bandwidth)`` and the MFU ceiling model FLOPs over it."""
-    (f1, b1), (f2, b2) = _costs(cfg, devices, doremi, 1), _costs(cfg, devices, doremi, 2)
+    one = _costs(cfg, devices, doremi, 1)
+    if one is None:
+        return
+    (f1, b1), (f2, b2) = one, _costs(cfg, devices, doremi, 2)
     layers = mcfg.num_layers
     compiler_flops = f1 + (layers - 1) * (f2 - f1)
     accessed = b1 + (layers - 1) * (b2 - b1)

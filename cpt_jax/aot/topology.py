@@ -184,8 +184,11 @@ def missing_compiler(t: Topology) -> str | None:
                 f"pip install 'jax[tpu]=={version}'")
     if t.platform == "gpu" and (importlib.util.find_spec("jax_plugins.xla_cuda12") is None
                                 or importlib.util.find_spec("nvidia.cudnn") is None):
-        return (f"compiling for {t.name} needs the CUDA compiler plugin and cuDNN (no GPU needed): "
-                f"pip install --no-deps 'jax-cuda12-plugin=={version}' 'jax-cuda12-pjrt=={version}' "
+        from cpt_jax.aot import CUDA_COMPILER_DIR
+
+        return (f"compiling for {t.name} needs the CUDA compiler plugin and cuDNN (no GPU needed; kept "
+                f"apart so other jax processes do not load them): pip install --no-deps --target "
+                f"{CUDA_COMPILER_DIR} 'jax-cuda12-plugin=={version}' 'jax-cuda12-pjrt=={version}' "
                 f"'nvidia-cudnn-cu12>=9.8,<10'")
     return None
 

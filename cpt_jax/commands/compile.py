@@ -85,6 +85,8 @@ def report_lines(plan: object, topo: object) -> list[str]:
     if p.step_time_bound_s is not None:
         lines.append(f"roofline     {p.bytes_accessed_per_chip / 1e9:.1f} GB HBM traffic per {chip}; "
                      f"step >= {p.step_time_bound_s * 1e3:.1f} ms, MFU <= {100 * p.mfu_ceiling:.0f}%")
+    elif topo.platform == "gpu":
+        lines.append("roofline     not available: the GPU compiler reports no costs without a device")
     if not p.fits:
         lines.append("hint         cpt-jax compile --fit batch finds the largest batch that fits; "
                      "model.remat=full or dots, train.vocab_chunk and more chips lower the peak")
