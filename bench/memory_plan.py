@@ -44,9 +44,8 @@ def cell_config(preset: str, topo: topology.Topology, rows: int, remat: str):
 
 def fit_cell(preset: str, name: str, cache: str, most: int = 64) -> dict:
     """The largest power-of-two rows per chip that fit, and the first remat (dots, full) that
-    fits one row. The peak is close to linear in the rows: compiles at 1 and 2 rows predict
-    the largest power of two, which is then checked (it fits, twice it does not). A model
-    whose state alone (16 bytes per parameter over the chips) exceeds HBM is not compiled."""
+    fits one row (``_top_down`` on TPU, ``_bottom_up`` on GPU). A model whose state alone (16
+    bytes per parameter over the chips) exceeds HBM is not compiled."""
     topo = topology.parse(name)
     hbm = topo.chip.hbm_bytes
     state = 16 * pythia.count_params(pythia.PythiaConfig.from_config(cell_config(preset, topo, 1, "dots").model))
@@ -61,27 +60,84 @@ def fit_cell(preset: str, name: str, cache: str, most: int = 64) -> dict:
         return p
 
     for remat in ("dots", "full"):
-        one = trial(1, remat)
-        if not one.fits:
-            continue
-        two = trial(2, remat)
-        per_row = max(1, two.peak_bytes - one.peak_bytes)
-        guess = max(1, min(most, (hbm - one.peak_bytes) // per_row + 1)) if two.fits else 1
-        rows = 1 << (int(guess).bit_length() - 1)  # the largest power of two <= the prediction
-        best = {1: one, 2: two}
-        while rows > 1 and not (best.get(rows) or trial(rows, remat)).fits:
-            rows //= 2
-        best.setdefault(rows, trial(rows, remat))
-        while 2 * rows <= most:  # the prediction was low: go up while it fits
-            nxt = best.get(2 * rows) or trial(2 * rows, remat)
-            if not nxt.fits:
-                break
-            rows, best[rows * 2] = rows * 2, nxt
-        p = best[rows]
-        return {"preset": preset, "topology": name, "rows_per_chip": rows, "remat": remat,
-                "peak_gib": round(p.peak_bytes / GIB, 2), "hbm_gib": round(hbm / GIB, 2),
-                "mesh": p.mesh, "attention": p.attention, "minutes": round((time.time() - t0) / 60, 1)}
+        if topo.platform == "tpu":
+            found = _top_down(preset, topo, remat, hbm, most, trial)
+        else:
+            found = _bottom_up(remat, hbm, most, trial)
+        if found is not None:
+            rows, p = found
+            return {"preset": preset, "topology": name, "rows_per_chip": rows, "remat": remat,
+                    "peak_gib": round(p.peak_bytes / GIB, 2), "hbm_gib": round(hbm / GIB, 2),
+                    "mesh": p.mesh, "attention": p.attention, "minutes": round((time.time() - t0) / 60, 1)}
     return {"preset": preset, "topology": name, "rows_per_chip": 0, "why": "one row does not fit"}
+
+
+def _top_down(preset: str, topo: topology.Topology, remat: str, hbm: int, most: int, trial) -> tuple | None:
+    """TPU: a refused program is quick and an accepted one slow, so start above the analytic
+    estimate's largest power of two and halve until the compiler accepts."""
+    rows = 1
+    while 2 * rows <= most and estimate_gib(preset, 2 * rows, topo.chips, remat) * GIB <= 1.3 * hbm:
+        rows *= 2
+    rows = min(most, 2 * rows)
+    while rows >= 1:
+        p = trial(rows, remat)
+        if p.fits:
+            return rows, p
+        rows //= 2
+    return None
+
+
+def _bottom_up(remat: str, hbm: int, most: int, trial) -> tuple | None:
+    """GPU: every compile runs to the end, so predict from 1 and 2 rows (the peak is close to
+    linear in the rows), check the largest power of two under the prediction, and go up
+    while it fits."""
+    one = trial(1, remat)
+    if not one.fits:
+        return None
+    two = trial(2, remat)
+    if not two.fits:
+        return 1, one
+    per_row = max(1, two.peak_bytes - one.peak_bytes)
+    rows = 1 << (int(max(1, min(most, (hbm - one.peak_bytes) // per_row + 1))).bit_length() - 1)
+    best = {1: one, 2: two}
+    while rows > 2 and not (best.setdefault(rows, trial(rows, remat))).fits:
+        rows //= 2
+    while 2 * rows <= most:
+        nxt = best.get(2 * rows) or trial(2 * rows, remat)
+        if not nxt.fits:
+            break
+        rows, best[2 * rows] = 2 * rows, nxt
+    return rows, best[rows]
+
+
+def estimate_gib(preset: str, rows: int, chips: int, remat: str) -> float:
+    """bench/memory_estimate.py's analytic figure for the same cell (fsdp over every chip)."""
+    import memory_estimate
+    import ours
+
+    c = ours.model_config(preset, compute_dtype="bfloat16", remat=remat)
+    return memory_estimate.per_chip(c, rows, 2048, chips, 1, 512)["total"] / GIB
+
+
+def table(rows: list[dict], columns: tuple[str, ...]) -> str:
+    """A markdown table: preset x topology, each cell rows per chip, remat, peak and the
+    analytic estimate's ratio to it."""
+    got = {(r["preset"], r["topology"]): r for r in rows}
+    out = ["| preset | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for preset in PRESETS:
+        cells = []
+        for name in columns:
+            r = got.get((preset, name))
+            if r is None:
+                cells.append("not compiled yet")
+            elif not r["rows_per_chip"]:
+                cells.append(f"does not fit ({r.get('why', '')})")
+            else:
+                est = estimate_gib(preset, r["rows_per_chip"], topology.parse(name).chips, r["remat"])
+                cells.append(f"{r['rows_per_chip']} rows, remat {r['remat']}, {r['peak_gib']:.1f} GiB "
+                             f"(estimate x{est / r['peak_gib']:.2f})")
+        out.append(f"| {preset} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
 
 
 def main() -> None:
@@ -91,7 +147,13 @@ def main() -> None:
     ap.add_argument("--cells", default="", help="PRESET@TOPOLOGY,... (e.g. 410m@v5e-8)")
     ap.add_argument("--cache", default=str(ROOT / "bench" / "memory_plan_cache"))
     ap.add_argument("--out", default="", help="append each cell as a JSON line here")
+    ap.add_argument("--table", default="", help="print markdown tables of the cells in this JSON-lines file")
     args = ap.parse_args()
+    if args.table:
+        rows = [json.loads(line) for line in Path(args.table).read_text().splitlines() if line.strip()]
+        tpu = tuple(dict.fromkeys(r["topology"] for r in rows if topology.parse(r["topology"]).platform == "tpu"))
+        print(table(rows, tpu) + "\n\n" + table(rows, GPU_COLUMNS))
+        return
     cells = [tuple(c.split("@")) for c in args.cells.split(",") if c]
     if args.tpu:
         cells += [(p, t) for p in PRESETS for t in TPU_COLUMNS] + [(p, t) for p, ts in TPU_LARGE.items() for t in ts]

@@ -13,7 +13,8 @@ Placeholders as in configs/tpu_pythia_410m.py: ``train.init_from`` (Pythia-2.8B 
 
 Layout: all 16 GPUs on ``fsdp``, bf16 compute, cuDNN flash attention, remat ``dots``, 8
 sequences of 2048 tokens per GPU (128 per step), the loss over blocks of 512 positions.
-Compiled for ``2x8xh100`` with ``cpt-jax compile``: COMPILED_PEAK.
+Compiled for ``2x8xh100`` with ``cpt-jax compile`` (jax 0.10.2): peak 25.1 GiB per GPU of 79.6
+(arguments 1.9 GiB, temporaries 23.2 GiB), cuDNN flash attention in the program.
 """
 
 import os

@@ -37,17 +37,27 @@ def _env() -> dict:
     return dict(os.environ, JAX_PLATFORMS="cpu")
 
 
+def _compile_cli(tmp_path: Path, topo: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """``cpt-jax compile --json`` of the small config for ``topo``: the process and the JSON."""
+    out = tmp_path / "plan.json"
+    args = [sys.executable, "-m", "cpt_jax.cli", "compile", "--config", "configs/tiny.py", "--topology", topo,
+            "--json", str(out), *SMALL]
+    proc = subprocess.run(args, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc, json.loads(out.read_text())
+
+
 def _compile_many(cases: dict[str, tuple[str, list[str], dict]]) -> dict[str, dict]:
     """``{name: (topology, overrides, options)}`` -> ``{name: Plan as dict}``, one subprocess."""
     code = textwrap.dedent(f"""
         import dataclasses, json, sys
-        from cpt_jax import config as config_lib, sharding
+        from cpt_jax import config as config_lib, layout
         from cpt_jax.aot import plan, topology
         out = {{}}
         for name, (topo, overrides, opts) in json.loads(sys.argv[1]).items():
             if opts.get("unconstrained"):  # the control: activations left to the partitioner
-                sharding.constrain = lambda x, *names: x
-                sharding.constrain_params = lambda tree, axes: tree
+                layout.constrain = lambda x, *names: x
+                layout.constrain_params = lambda tree, axes: tree
             cfg = config_lib.load({str(ROOT / "configs" / "tiny.py")!r}, overrides)
             p = plan.compile_plan(cfg, topology.parse(topo), opts.get("doremi", False), roofline=False)
             out[name] = dataclasses.asdict(p)
@@ -136,12 +146,7 @@ def test_activations_under_fsdp_take_one_device_worth_of_memory(gpu_plans):
 
 @needs_cuda
 def test_compile_cli_writes_every_json_field_and_exits_by_fit(tmp_path):
-    out = tmp_path / "plan.json"
-    args = [sys.executable, "-m", "cpt_jax.cli", "compile", "--config", "configs/tiny.py", "--topology", "1xh100",
-            "--json", str(out), *SMALL]
-    proc = subprocess.run(args, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    plan = json.loads(out.read_text())
+    proc, plan = _compile_cli(tmp_path, "1xh100")
     assert set(FIELDS) <= set(plan) and plan["fits"] is True and plan["chips"] == 1
     assert plan["hbm_bytes_per_chip"] == topology.CHIPS["h100"].hbm_bytes
     assert plan["mfu_ceiling"] is None  # no cost analysis from the GPU compiler without a device
@@ -153,12 +158,7 @@ def test_roofline_bounds_the_step_from_unrolled_compiles(tmp_path):
     """On a TPU slice the bound is max(FLOPs / peak, bytes / bandwidth) of the extrapolated
     compiler counts, so the MFU ceiling is at most 1 and the compiler's FLOPs (with the
     recomputation of remat) are at least the model's."""
-    out = tmp_path / "plan.json"
-    args = [sys.executable, "-m", "cpt_jax.cli", "compile", "--config", "configs/tiny.py", "--topology", "v5e-1",
-            "--json", str(out), *SMALL]
-    proc = subprocess.run(args, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    p = json.loads(out.read_text())
+    proc, p = _compile_cli(tmp_path, "v5e-1")
     chip = topology.CHIPS["v5e"]
     assert p["bytes_accessed_per_chip"] > 0 and 0 < p["mfu_ceiling"] <= 1
     assert p["step_time_bound_s"] >= max(p["flops_per_chip"] / chip.peak_flops,

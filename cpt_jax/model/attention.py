@@ -30,7 +30,7 @@ from typing import Any, Literal, get_args
 import jax
 import jax.numpy as jnp
 
-from cpt_jax import sharding
+from cpt_jax import layout
 
 Attention = Literal["auto", "xla", "chunked", "cudnn", "splash"]
 IMPLEMENTATIONS: tuple[str, ...] = get_args(Attention)
@@ -97,7 +97,7 @@ def _chunked(q: jax.Array, k: jax.Array, v: jax.Array, chunk: int) -> jax.Array:
 
 def _backend() -> str:
     """The platform compiled for: the context mesh's devices, else the default backend."""
-    return sharding.context_platform()
+    return layout.context_platform()
 
 
 def _say_once(line: str) -> None:
@@ -219,9 +219,9 @@ def splash(q: jax.Array, k: jax.Array, v: jax.Array, block_q: int = 512, block_k
 
     scale = jnp.asarray(1.0 / math.sqrt(d), q.dtype)
     args = (prep(q * scale), prep(k), prep(v))
-    mesh = sharding.context_mesh()
+    mesh = layout.context_mesh()
     if not mesh.empty:
-        spec = sharding.activation_spec(args[0].shape, ("batch", "heads", "length", "head_dim"), mesh)
+        spec = layout.activation_spec(args[0].shape, ("batch", "heads", "length", "head_dim"), mesh)
         per_shard = jax.shard_map(per_shard, mesh=mesh, in_specs=(spec,) * 3, out_specs=spec,
                                   check_vma=False)
     out = per_shard(*args)

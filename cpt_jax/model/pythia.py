@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cpt_jax import checks, sharding
+from cpt_jax import checks, layout
 from cpt_jax.errors import UserError
 from cpt_jax.model import attention as attn_lib
 from cpt_jax.model.context import check_context, rope_warning
@@ -252,18 +252,18 @@ def _attention(x: jax.Array, p: Params, cos: jax.Array, sin: jax.Array, c: Pythi
 
 
 def _mlp(x: jax.Array, p: Params, c: PythiaConfig) -> jax.Array:
-    hidden = sharding.constrain(_linear(x, p["fc1"]), "batch", "length", "mlp")
+    hidden = layout.constrain(_linear(x, p["fc1"]), "batch", "length", "mlp")
     return _residual(_linear(_ACTIVATIONS[c.hidden_act](hidden), p["fc2"]))
 
 
 def _residual(x: jax.Array) -> jax.Array:
     """The residual stream ``[B, T, d]``: rows over the batch axes, the width replicated."""
-    return sharding.constrain(x, "batch", "length", "embed")
+    return layout.constrain(x, "batch", "length", "embed")
 
 
 def _heads(x: jax.Array) -> jax.Array:
     """Per-head activations ``[B, T, H, hd]``: rows over the batch axes, heads over tensor."""
-    return sharding.constrain(x, "batch", "length", "heads", "head_dim")
+    return layout.constrain(x, "batch", "length", "heads", "head_dim")
 
 
 def _block(x: jax.Array, p: Params, cos: jax.Array, sin: jax.Array, c: PythiaConfig, impl: str) -> jax.Array:
@@ -300,7 +300,7 @@ def hidden_states(
     one_layer = jax.tree.map(lambda names: names[1:], logical_axes({"layers": layers})["layers"],
                              is_leaf=lambda n: isinstance(n, tuple))
     if c.scan_layers:
-        x, _ = jax.lax.scan(lambda h, p: (block(h, sharding.constrain_params(p, one_layer)), None), x, layers)
+        x, _ = jax.lax.scan(lambda h, p: (block(h, layout.constrain_params(p, one_layer)), None), x, layers)
     else:
         for i in range(c.num_layers):
             x = block(x, jax.tree.map(lambda a: a[i], layers))
@@ -312,7 +312,7 @@ def unembed(params: Params, h: jax.Array) -> jax.Array:
     w = params["embed_out"].astype(h.dtype)
     logits = jnp.einsum("...d,vd->...v", h, w, preferred_element_type=jnp.float32)
     if logits.ndim == 3:  # [B, T, V] or one vocab chunk of it: rows over batch, V over tensor
-        logits = sharding.constrain(logits, "batch", "length", "vocab")
+        logits = layout.constrain(logits, "batch", "length", "vocab")
     return logits
 
 

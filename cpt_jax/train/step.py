@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from cpt_jax import losses, sharding
+from cpt_jax import layout, losses, sharding
 from cpt_jax.model import pythia
 from cpt_jax.train.state import TrainState
 
@@ -137,7 +137,7 @@ def make_train_step(
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """``train_step(state, batch) -> (state', metrics)``: one ``jax.jit`` with the state's
     shardings in and out, the batch split over ``(data, fsdp)``, and the state donated, traced
-    under the mesh (activations laid out by ``sharding.ACTIVATION_RULES``); ``.lower(state,
+    under the mesh (activations laid out by ``layout.ACTIVATION_RULES``); ``.lower(state,
     batch)`` lowers it ahead of time, from arrays or ``ShapeDtypeStruct``s with shardings.
 
     metrics: ``loss``, ``grad_norm`` (global L2 norm of g before clipping), ``lr`` (eta_t),
@@ -167,4 +167,4 @@ def make_train_step(
         out_shardings=(shardings, sharding.replicated(mesh)),
         donate_argnums=(0,),
     )
-    return sharding.OnMesh(jitted, mesh)
+    return layout.OnMesh(jitted, mesh)
