@@ -60,12 +60,13 @@ def test_cached_logits_equal_full_forward(model):
         tokens[r, P - n:], valid[r, P - n:] = seq[:n], True
     positions = np.maximum(np.arange(P)[None] - (P - np.array(prompt_lens)[:, None]), 0)
     cache = gen.init_cache(config, B, S)
-    h, cache = gen.extend(params, cache, tokens, positions, valid, 0, config)
+    extend = jax.jit(gen.extend, static_argnums=6)
+    h, cache = extend(params, cache, tokens, positions, valid, 0, config)
     got = [[np.asarray(pythia.unembed(params, h[r, P - n:]))] for r, n in enumerate(prompt_lens)]
     for i in range(max(len(s) - n for s, n in zip(seqs, prompt_lens))):  # then one token at a time
         step = np.array([[s[min(n + i, len(s) - 1)]] for s, n in zip(seqs, prompt_lens)], np.int32)
         pos = np.array([[n + i] for n in prompt_lens])
-        h, cache = gen.extend(params, cache, step, pos, np.ones((B, 1), bool), P + i, config)
+        h, cache = extend(params, cache, step, pos, np.ones((B, 1), bool), np.int32(P + i), config)
         for r, (s, n) in enumerate(zip(seqs, prompt_lens)):
             if n + i < len(s):
                 got[r].append(np.asarray(pythia.unembed(params, h[r])))

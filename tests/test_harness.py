@@ -150,3 +150,27 @@ def test_unknown_task_and_missing_extra_are_one_line(runs, monkeypatch):
     monkeypatch.setattr(harness, "register_model", None)
     with pytest.raises(UserError, match=r"pip install 'cpt-jax\[harness\]'"):
         harness.require()
+
+
+def test_harness_tasks_during_training(runs, tmp_path):
+    from cpt_jax.model import checkpoint
+    from cpt_jax.train import loop
+    from train_worker import load_cfg
+
+    cfg = load_cfg(str(tmp_path / "run"), [
+        "train.steps=2", "train.eval_every=1", "eval.harness_tasks=tiny_mc", "eval.limit=6",
+        f"eval.harness_include={runs.task_dir}", f"eval.harness_tokenizer={runs.root / 'tokenizer.json'}"])
+    loop.run(cfg, eval_sets={})
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    logged = {r["step"]: r for r in records if "harness/tiny_mc/acc" in r}
+    assert sorted(logged) == [1, 2] and "harness/tiny_mc/acc_norm_stderr" in logged[2]
+    # the final params, scored by the built-in scorer on the same six documents
+    params, mcfg = checkpoint.load_params(tmp_path / "run")
+    docs = [json.loads(line) for line in (runs.task_dir / "mc.jsonl").read_text().splitlines()][:6]
+    f = tmp_path / "mc6.jsonl"
+    f.write_text("".join(json.dumps({"context": d["question"], "choices": [" " + c for c in d["choices"]],
+                                     "label": d["label"]}) + "\n" for d in docs))
+    task = tasks.load_task(str(f))
+    res = mc.evaluate_tasks(params, mcfg, [task], runs.lm.tokenizer, 4)[task.name]
+    assert logged[2]["harness/tiny_mc/acc"] == res["acc"]
+    assert logged[2]["harness/tiny_mc/acc_norm"] == res["acc_norm"]

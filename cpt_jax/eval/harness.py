@@ -163,20 +163,32 @@ def parse_tasks(text: str) -> list[str]:
     return names
 
 
-def evaluate(lm: Any, tasks: Sequence[str], include: str | None = None, limit: int | None = None,
-             num_fewshot: int | None = None, log_samples: bool = False) -> dict[str, Any]:
-    """lm-eval's ``simple_evaluate`` over ``lm``: its whole result dict (``results``,
-    ``configs``, ``versions``, ...). ``include`` is a folder of the user's YAML tasks."""
+def task_manager(tasks: Sequence[str], include: str | None = None) -> Any:
+    """lm-eval's ``TaskManager`` (with the user's YAML folder ``include``), after checking that
+    it knows every task."""
     require()
-    import lm_eval
     from lm_eval.tasks import TaskManager
 
+    if include:  # the user's own folder alone when it holds every task (indexing lm-eval's takes seconds)
+        manager = TaskManager(include_path=include, include_defaults=False)
+        if all(t in set(manager.all_tasks) for t in tasks):
+            return manager
     manager = TaskManager(include_path=include) if include else TaskManager()
     known = set(manager.all_tasks)
     unknown = [t for t in tasks if t not in known]
     if unknown:
         where = f" (nor in {include})" if include else " (give --harness-include DIR for your own YAML tasks)"
         raise UserError(f"unknown harness task '{unknown[0]}'{where}")
+    return manager
+
+
+def evaluate(lm: Any, tasks: Sequence[str], include: str | None = None, limit: int | None = None,
+             num_fewshot: int | None = None, log_samples: bool = False, manager: Any = None) -> dict[str, Any]:
+    """lm-eval's ``simple_evaluate`` over ``lm``: its whole result dict (``results``,
+    ``configs``, ``versions``, ...). ``include`` is a folder of the user's YAML tasks."""
+    import lm_eval
+
+    manager = manager or task_manager(tasks, include)
     t0 = time.perf_counter()
     res = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, limit=limit or None,
                                   num_fewshot=num_fewshot, log_samples=log_samples)
@@ -207,3 +219,32 @@ def write_results(path: str, res: dict[str, Any]) -> None:
 
     body = {k: v for k, v in res.items() if k != "samples"}
     storage.write_text(path, json.dumps(body, indent=2, default=handle_non_serializable, ensure_ascii=False))
+
+
+def to_metrics(found: dict[str, dict[str, float]]) -> dict[str, float]:
+    """``{"harness/<task>/<metric>": value}`` (a filter other than ``none`` as one more level)."""
+    return {f"harness/{task}/{metric.replace(',', '/')}": v for task, row in found.items() for metric, v in row.items()}
+
+
+class TrainingEval:
+    """``eval.harness_tasks`` at the training eval cadence, on the live (maybe sharded) params;
+    the tokenizer and the task list are checked once, before the first step."""
+
+    def __init__(self, eval_cfg: Any, model_config: Any, run_root: Any) -> None:
+        import jax
+
+        from cpt_jax.commands.generate import load_tokenizer_for
+
+        if jax.process_count() > 1:
+            raise UserError("eval.harness_tasks runs in a single process; evaluate the checkpoints "
+                            "of a multi-host run with cpt-jax eval --harness")
+        self.tasks = parse_tasks(eval_cfg.harness_tasks)
+        self.include = eval_cfg.harness_include or None
+        self.manager = task_manager(self.tasks, self.include)
+        self.limit, self.batch_size, self.config = eval_cfg.limit or None, eval_cfg.batch_size, model_config
+        self.tokenizer = load_tokenizer_for(str(run_root), eval_cfg.harness_tokenizer or None,
+                                            model_config.vocab_size)
+
+    def __call__(self, params: Any) -> dict[str, float]:
+        lm = HarnessLM(params=params, config=self.config, tokenizer=self.tokenizer, batch_size=self.batch_size)
+        return to_metrics(metrics(evaluate(lm, self.tasks, limit=self.limit, manager=self.manager)))

@@ -29,9 +29,15 @@ RESULT_NAME = EVAL
 
 
 def check_section(eval_cfg: Any) -> None:
-    """The ``eval`` section (zero-shot tasks): batch size > 0, limit >= 0."""
+    """The ``eval`` section (zero-shot tasks): batch size > 0, limit >= 0; harness tasks need
+    lm-eval installed and one process."""
     checks.positive("eval.batch_size", eval_cfg.batch_size)
     checks.at_least_zero("eval.limit", eval_cfg.limit, "0 = all")
+    if eval_cfg.harness_tasks:
+        from cpt_jax.eval import harness
+
+        harness.require()
+        harness.parse_tasks(eval_cfg.harness_tasks)
 
 
 def config_from_json(path: str | os.PathLike) -> Any:
