@@ -122,7 +122,7 @@ def _decode_fn(config: pythia.PythiaConfig, sampling: Sampling, steps: int, eos_
     def decode(params, cache, logits, pos, slot, key, done):
         def step(carry, step_key):
             cache, logits, pos, slot, done = carry
-            tok = jnp.where(done, eos_id, choose(logits, step_key, sampling))
+            tok = jnp.where(done, max(eos_id, 0), choose(logits, step_key, sampling))  # finished rows idle
             done = done | (tok == eos_id)
             ones = jnp.ones_like(tok, bool)[:, None]
             h, cache = extend(params, cache, tok[:, None], pos[:, None], ones, slot, config)
@@ -159,9 +159,10 @@ def generate_ids(
     dtype: DTypeLike | None = None,
 ) -> list[list[int]]:
     """New token ids for each prompt (in input order), at most ``max_new_tokens``, without the
-    EOS that ended a row. ``done(i, ids)`` (checked between chunks) ends prompt ``i`` early, e.g.
-    on a stop string; ``eos_id=None`` never stops on EOS. ``dtype``: the compute dtype
-    (default: the config's; ``jnp.bfloat16``, ``np.float32`` or ``"float32"``)."""
+    EOS that ended a row. ``done(i, ids)`` (checked between chunks of ``chunk`` tokens) ends
+    prompt ``i`` early, e.g. on a stop string: its ids then end with the chunk where it held.
+    ``eos_id=None`` never stops on EOS. ``dtype``: the compute dtype (default: the config's;
+    ``jnp.bfloat16``, ``np.float32`` or ``"float32"``)."""
     checks.positive("max_new_tokens", max_new_tokens)
     checks.positive("batch_size", batch_size)
     checks.positive("chunk", chunk)
@@ -173,6 +174,7 @@ def generate_ids(
         if bad:
             raise UserError(f"prompt {i}: token id {bad[0]} is outside the model's vocabulary of {config.vocab_size}")
     stop_id = -1 if eos_id is None else eos_id
+    chunk = min(chunk, max_new_tokens)
     n_new = -(-max_new_tokens // chunk) * chunk
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     out: list[list[int]] = [[] for _ in prompts]
@@ -201,6 +203,7 @@ def _generate_batch(params, config, prompts, n_new, max_new, sampling, key, eos_
     logits, cache = _prefill_fn(config)(params, cache, tokens, positions, valid)
     decode = _decode_fn(config, sampling, chunk, eos_id)
     finished = np.arange(batch_size) >= len(prompts)
+    keep = np.full(batch_size, max_new)  # a row's tokens after it finished are idle filler
     new = np.zeros((batch_size, 0), np.int32)
     pos, slot = jnp.asarray(lengths), jnp.asarray(P, jnp.int32)
     for c in range(n_new // chunk):
@@ -210,11 +213,11 @@ def _generate_batch(params, config, prompts, n_new, max_new, sampling, key, eos_
         finished = np.asarray(done_dev) | (new.shape[1] >= max_new)
         if done_fn is not None:
             for r in range(len(prompts)):
-                if not finished[r]:
-                    finished[r] = bool(done_fn(r, _until_eos(new[r, :max_new], eos_id)))
+                if not finished[r] and done_fn(r, _until_eos(new[r, :max_new], eos_id)):
+                    finished[r], keep[r] = True, min(keep[r], new.shape[1])
         if finished.all():
             break
-    return [_until_eos(new[r, :max_new], eos_id) for r in range(len(prompts))]
+    return [_until_eos(new[r, :keep[r]], eos_id) for r in range(len(prompts))]
 
 
 def _until_eos(ids: np.ndarray, eos_id: int) -> list[int]:

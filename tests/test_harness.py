@@ -133,13 +133,18 @@ def test_greedy_generations_are_identical(runs):
     assert any(o for o in ours)
 
 
+def _builtin_scores(runs, params, config, path, limit=None):
+    """The built-in scorer's result on tiny_mc's documents, written as a JSONL task of its own
+    (each choice behind the harness's target delimiter, a space)."""
+    docs = [json.loads(line) for line in (runs.task_dir / "mc.jsonl").read_text().splitlines()][:limit]
+    path.write_text("".join(json.dumps({"context": d["question"], "choices": [" " + c for c in d["choices"]],
+                                        "label": d["label"]}) + "\n" for d in docs))
+    task = tasks.load_task(str(path))
+    return mc.evaluate_tasks(params, config, [task], runs.lm.tokenizer, 4)[task.name]
+
+
 def test_builtin_scorer_agrees_on_the_multiple_choice_task(runs):
-    docs = [json.loads(line) for line in (runs.task_dir / "mc.jsonl").read_text().splitlines()]
-    f = runs.root / "mc_builtin.jsonl"
-    f.write_text("".join(json.dumps({"context": d["question"], "choices": [" " + c for c in d["choices"]],
-                                     "label": d["label"]}) + "\n" for d in docs))
-    task = tasks.load_task(str(f))
-    res = mc.evaluate_tasks(runs.params, runs.config, [task], runs.lm.tokenizer, 4)[task.name]
+    res = _builtin_scores(runs, runs.params, runs.config, runs.root / "mc_builtin.jsonl")
     assert res["acc"] == runs.peer["results"]["tiny_mc"]["acc,none"]
     assert res["acc_norm"] == runs.peer["results"]["tiny_mc"]["acc_norm,none"]
 
@@ -166,11 +171,6 @@ def test_harness_tasks_during_training(runs, tmp_path):
     assert sorted(logged) == [1, 2] and "harness/tiny_mc/acc_norm_stderr" in logged[2]
     # the final params, scored by the built-in scorer on the same six documents
     params, mcfg = checkpoint.load_params(tmp_path / "run")
-    docs = [json.loads(line) for line in (runs.task_dir / "mc.jsonl").read_text().splitlines()][:6]
-    f = tmp_path / "mc6.jsonl"
-    f.write_text("".join(json.dumps({"context": d["question"], "choices": [" " + c for c in d["choices"]],
-                                     "label": d["label"]}) + "\n" for d in docs))
-    task = tasks.load_task(str(f))
-    res = mc.evaluate_tasks(params, mcfg, [task], runs.lm.tokenizer, 4)[task.name]
+    res = _builtin_scores(runs, params, mcfg, tmp_path / "mc6.jsonl", limit=6)
     assert logged[2]["harness/tiny_mc/acc"] == res["acc"]
     assert logged[2]["harness/tiny_mc/acc_norm"] == res["acc_norm"]

@@ -98,18 +98,11 @@ def _ll_fn(config: pythia.PythiaConfig) -> Callable:
     return jax.jit(loglik)
 
 
-def loglikelihoods(
-    params: pythia.Params,
-    config: pythia.PythiaConfig,
-    pairs: Sequence[Pair],
-    batch_size: int = 32,
-    max_len: int = 0,
-    progress: Callable[[int, int], None] | None = None,
-) -> np.ndarray:
-    """``ll[i] = sum log p(continuation_i | context_i)`` (float64 ``[N]``) for id pairs.
-
-    ``max_len`` (default ``config.max_position_embeddings``) is the longest input window.
-    """
+def loglikelihoods(params: pythia.Params, config: pythia.PythiaConfig, pairs: Sequence[Pair], batch_size: int = 32,
+                   max_len: int = 0, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """``ll[i] = sum log p(continuation_i | context_i)`` (float64 ``[N]``) for id pairs; the
+    first half of :func:`score_pairs`. ``max_len`` (default ``config.max_position_embeddings``)
+    is the longest input window."""
     return score_pairs(params, config, pairs, batch_size, max_len, progress)[0]
 
 
