@@ -1,6 +1,8 @@
 """KV-cache generation against Hugging Face `generate` and our own full forward."""
 
 import json
+import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -129,3 +131,12 @@ def test_generate_command(model, tmp_path, capsys):
     bad.write_text('{"text": 1}\n')
     assert cli.main(["generate", "--checkpoint", str(ckpt), "--prompts-file", str(bad)]) == 2
     assert "bad.jsonl line 1: not a JSON string" in capsys.readouterr().err
+
+
+def test_benchmark_script_runs():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import generate as bench
+
+    r = bench.main(["--batch", "2", "--prompt-len", "5", "--new", "6", "--repeats", "1", "--layers", "1",
+                    "--hidden", "32", "--vocab", "128"])
+    assert r["ours_tok_s"] > 0 and r["hf_tok_s"] > 0 and r["ratio"] > 0
