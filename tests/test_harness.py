@@ -174,3 +174,14 @@ def test_harness_tasks_during_training(runs, tmp_path):
     res = _builtin_scores(runs, params, mcfg, tmp_path / "mc6.jsonl", limit=6)
     assert logged[2]["harness/tiny_mc/acc"] == res["acc"]
     assert logged[2]["harness/tiny_mc/acc_norm"] == res["acc_norm"]
+
+
+def test_registered_model_from_an_argument_string(runs):
+    from lm_eval.api.registry import get_model
+
+    cls = get_model("cpt-jax")
+    assert cls is harness.HarnessLM
+    lm = cls.create_from_arg_string(f"checkpoint={runs.root / 'ckpt'},tokenizer={runs.root / 'tokenizer.json'}",
+                                    {"batch_size": 2, "max_batch_size": None, "device": "cpu"})
+    reqs = [r for s in runs.samples["tiny_mc"][:2] for r in _requests(s)]
+    assert lm.batch_size == 2 and lm.loglikelihood(reqs) == runs.lm.loglikelihood(reqs)

@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     if args.harness:
         from cpt_jax.eval import harness as harness_lib
 
+        harness_lib.require()  # before the weights load
         harness = {"tasks": harness_lib.parse_tasks(args.harness), "include": args.harness_include}
     with_domains = cfg is not None and (args.config or run is not None)
     result = runner.evaluate_checkpoint(
