@@ -141,7 +141,8 @@ def _bucket(n: int) -> int:
     return size
 
 
-def _config_in(config: pythia.PythiaConfig, dtype: Any) -> pythia.PythiaConfig:
+def with_compute_dtype(config: pythia.PythiaConfig, dtype: DTypeLike | None) -> pythia.PythiaConfig:
+    """``config`` computing in ``dtype`` (``jnp.bfloat16``, ``np.float32``, ``"float32"``; None keeps it)."""
     return config if dtype is None else dataclasses.replace(config, compute_dtype=checks.dtype_name("dtype", dtype))
 
 
@@ -166,7 +167,7 @@ def generate_ids(
     checks.positive("max_new_tokens", max_new_tokens)
     checks.positive("batch_size", batch_size)
     checks.positive("chunk", chunk)
-    config = _config_in(config, dtype)
+    config = with_compute_dtype(config, dtype)
     for i, p in enumerate(prompts):
         if len(p) == 0:
             raise UserError(f"prompt {i} has no tokens")

@@ -107,7 +107,8 @@ def test_per_request_loglikelihoods_agree(runs):
     ppl_samples = runs.samples["tiny_ppl"]
     ours = runs.lm.loglikelihood_rolling([r for s in ppl_samples for r in _requests(s)])
     peer = [float(s["resps"][0][0]) for s in ppl_samples]
-    np.testing.assert_allclose(ours, peer, rtol=0, atol=1e-4)
+    # a document's sum reaches -2000, where the peer's fp32 number itself has steps of 1.2e-4
+    np.testing.assert_allclose(ours, peer, rtol=float(np.finfo(np.float32).eps), atol=1e-4)
     n_tokens = [len(runs.lm.tok_encode(_requests(s)[0].args[0])) for s in ppl_samples]
     assert max(n_tokens) > 2 * runs.config.max_position_embeddings  # several rolling windows
 

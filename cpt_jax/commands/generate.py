@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
-
 from cpt_jax import storage
 from cpt_jax.errors import UserError
 
@@ -46,40 +44,23 @@ def read_prompts(path: str) -> list[str]:
     return prompts
 
 
-def load_tokenizer_for(checkpoint: str, explicit: str | None, vocab_size: int) -> Any:
-    """The ``tokenizers.Tokenizer`` that belongs with a checkpoint (see ``hf_export.resolve_tokenizer``)."""
-    from tokenizers import Tokenizer
-
-    from cpt_jax.model import hf_export
-
-    text = hf_export.resolve_tokenizer(checkpoint, explicit, vocab_size)
-    if text is None:
-        raise UserError(f"no tokenizer found for {checkpoint} (pass --tokenizer)")
-    return Tokenizer.from_str(text)
-
-
-def eos_of(tokenizer: Any) -> int:
-    """The end-of-text id: ``<|endoftext|>`` where the tokenizer has it, else 0 (as in Pythia)."""
-    eos = tokenizer.token_to_id("<|endoftext|>")
-    return 0 if eos is None else eos
-
-
 def run(args: argparse.Namespace) -> int:
     from cpt_jax import generate as gen
     from cpt_jax.eval.multiple_choice import on_device
     from cpt_jax.model import checkpoint
+    from cpt_jax.model.hf_export import checkpoint_tokenizer, eos_id
 
     prompts = list(args.prompt) + (read_prompts(args.prompts_file) if args.prompts_file else [])
     if not prompts:
         raise UserError("no prompts: give --prompt or --prompts-file")
     sampling = gen.Sampling(args.temperature, args.top_k, args.top_p)
     params, config = checkpoint.load_params(args.checkpoint)
-    tok = load_tokenizer_for(args.checkpoint, args.tokenizer, config.vocab_size)
+    tok = checkpoint_tokenizer(args.checkpoint, args.tokenizer, config.vocab_size)
     empty = [i for i, p in enumerate(prompts) if not tok.encode(p, add_special_tokens=False).ids]
     if empty:
         raise UserError(f"prompt {empty[0] + 1} encodes to no tokens")
     texts = gen.generate_text(on_device(params), config, tok, prompts, args.max_new_tokens, sampling,
-                              args.stop, args.seed, None if args.no_eos_stop else eos_of(tok),
+                              args.stop, args.seed, None if args.no_eos_stop else eos_id(tok),
                               args.batch_size)
     lines = [json.dumps({"prompt": p, "completion": c}, ensure_ascii=False) for p, c in zip(prompts, texts)]
     if args.out:

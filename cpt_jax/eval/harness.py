@@ -54,7 +54,8 @@ class HarnessLM(TemplateLM):  # type: ignore[misc, valid-type]
                  seed: int = 0, dtype: Any = None, **_: Any) -> None:
         require()
         super().__init__()
-        from cpt_jax.commands.generate import eos_of, load_tokenizer_for
+        from cpt_jax import generate as gen
+        from cpt_jax.model.hf_export import checkpoint_tokenizer, eos_id
         from cpt_jax.eval.multiple_choice import on_device
         from cpt_jax.model import checkpoint as ckpt_lib
 
@@ -63,16 +64,13 @@ class HarnessLM(TemplateLM):  # type: ignore[misc, valid-type]
                 raise UserError("HarnessLM needs checkpoint= or params= and config=")
             params, config = ckpt_lib.load_params(checkpoint)
         if tokenizer is None or isinstance(tokenizer, str):
-            tokenizer = load_tokenizer_for(checkpoint or "", tokenizer, config.vocab_size)
-        if dtype is not None:
-            import dataclasses
-
-            config = dataclasses.replace(config, compute_dtype=checks.dtype_name("dtype", dtype))
-        self.params, self.config, self.tokenizer = on_device(params), config, tokenizer
+            tokenizer = checkpoint_tokenizer(checkpoint or "", tokenizer, config.vocab_size)
+        self.params, self.tokenizer = on_device(params), tokenizer
+        self.config = gen.with_compute_dtype(config, dtype)
         self.batch_size = 16 if batch_size in ("auto", None) else int(batch_size)
         checks.positive("batch_size", self.batch_size)
         self.max_gen_toks, self.seed = int(max_gen_toks), int(seed)
-        self._eot = eos_of(tokenizer)
+        self._eot = eos_id(tokenizer)
 
     @property
     def eot_token_id(self) -> int:
@@ -233,7 +231,7 @@ class TrainingEval:
     def __init__(self, eval_cfg: Any, model_config: Any, run_root: Any) -> None:
         import jax
 
-        from cpt_jax.commands.generate import load_tokenizer_for
+        from cpt_jax.model.hf_export import checkpoint_tokenizer
 
         if jax.process_count() > 1:
             raise UserError("eval.harness_tasks runs in a single process; evaluate the checkpoints "
@@ -242,7 +240,7 @@ class TrainingEval:
         self.include = eval_cfg.harness_include or None
         self.manager = task_manager(self.tasks, self.include)
         self.limit, self.batch_size, self.config = eval_cfg.limit or None, eval_cfg.batch_size, model_config
-        self.tokenizer = load_tokenizer_for(str(run_root), eval_cfg.harness_tokenizer or None,
+        self.tokenizer = checkpoint_tokenizer(str(run_root), eval_cfg.harness_tokenizer or None,
                                             model_config.vocab_size)
 
     def __call__(self, params: Any) -> dict[str, float]:
