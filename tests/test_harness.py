@@ -158,13 +158,13 @@ def test_unknown_task_and_missing_extra_are_one_line(runs, monkeypatch):
         harness.require()
 
 
-def test_harness_tasks_during_training(runs, tmp_path):
+def test_harness_tasks_during_training(runs, tmp_path, capsys):
     from cpt_jax.model import checkpoint
     from cpt_jax.train import loop
     from train_worker import load_cfg
 
     cfg = load_cfg(str(tmp_path / "run"), [
-        "train.steps=2", "train.eval_every=1", "eval.harness_tasks=tiny_mc", "eval.limit=6",
+        "train.steps=2", "train.eval_every=1", "train.progress=true", "eval.harness_tasks=tiny_mc", "eval.limit=6",
         f"eval.harness_include={runs.task_dir}", f"eval.harness_tokenizer={runs.root / 'tokenizer.json'}"])
     loop.run(cfg, eval_sets={})
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -175,6 +175,8 @@ def test_harness_tasks_during_training(runs, tmp_path):
     res = _builtin_scores(runs, params, mcfg, tmp_path / "mc6.jsonl", limit=6)
     assert logged[2]["harness/tiny_mc/acc"] == res["acc"]
     assert logged[2]["harness/tiny_mc/acc_norm"] == res["acc_norm"]
+    assert f"harness step 2 | tiny_mc/acc {res['acc']:.4f} | tiny_mc/acc_norm {res['acc_norm']:.4f}" \
+        in capsys.readouterr().err
 
 
 def test_registered_model_from_an_argument_string(runs):
