@@ -230,6 +230,7 @@ CASES = {
     "average steps not integers": (lambda r: ["average", "--run", str(r), "--steps", "a,b", "--out", str(r / "avg")], "--steps"),
     "eval without a checkpoint": (lambda r: ["eval"], "--checkpoint"),
     "eval harness-out without harness": (lambda r: ["eval", "--checkpoint", str(r), "--tasks", "none", "--harness-out", str(r / "h.json")], "--harness"),
+    "eval harness-fewshot negative": (lambda r: ["eval", "--checkpoint", str(r), "--tasks", "none", "--harness", "x", "--harness-fewshot", "-1"], "--harness-fewshot"),
     "generate without prompts": (lambda r: ["generate", "--checkpoint", str(r / "ckpt")], "no prompts"),
     "generate negative temperature": (lambda r: ["generate", "--checkpoint", str(r / "ckpt"), "--prompt", "x", "--temperature", "-1"], "temperature"),
     "generate top-p zero": (lambda r: ["generate", "--checkpoint", str(r / "ckpt"), "--prompt", "x", "--top-p", "0"], "top_p"),

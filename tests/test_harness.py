@@ -188,3 +188,7 @@ def test_registered_model_from_an_argument_string(runs):
                                     {"batch_size": 2, "max_batch_size": None, "device": "cpu"})
     reqs = [r for s in runs.samples["tiny_mc"][:2] for r in _requests(s)]
     assert lm.batch_size == 2 and lm.loglikelihood(reqs) == runs.lm.loglikelihood(reqs)
+    res = harness.evaluate(lm, ["tiny_mc"], str(runs.task_dir), limit=3, num_fewshot=2, log_samples=True)
+    assert res["n-shot"]["tiny_mc"] == 2
+    context = res["samples"]["tiny_mc"][0]["arguments"][0][0]  # (context, continuation) of choice 0
+    assert context.count("\n\n") == 2  # two solved examples before the question

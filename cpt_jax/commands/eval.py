@@ -34,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "checkpoint (needs the 'harness' extra); built-in --tasks then default to none")
     p.add_argument("--harness-include", default=None, metavar="DIR",
                    help="a folder of your own harness YAML tasks (lm-eval's include_path)")
+    p.add_argument("--harness-fewshot", type=int, default=None, metavar="N",
+                   help="few-shot examples per prompt (lm-eval's num_fewshot; default: each task's own)")
     p.add_argument("--harness-out", default=None, metavar="PATH",
                    help="write lm-eval's results JSON here, as lm-eval writes it")
     p.add_argument("--out", default=None,
@@ -64,14 +66,17 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size must be positive, got {batch_size}")
     if args.domains not in (None, "none") and cfg is None:
         raise UserError("--domains needs --config (the data to take held-out batches from)")
-    if (args.harness_include or args.harness_out) and not args.harness:
-        raise UserError("--harness-include and --harness-out need --harness TASKS")
+    if (args.harness_include or args.harness_out or args.harness_fewshot is not None) and not args.harness:
+        raise UserError("--harness-include, --harness-fewshot and --harness-out need --harness TASKS")
+    if args.harness_fewshot is not None and args.harness_fewshot < 0:
+        raise UserError(f"--harness-fewshot must be >= 0, got {args.harness_fewshot}")
     harness = None
     if args.harness:
         from cpt_jax.eval import harness as harness_lib
 
         harness_lib.require()  # before the weights load
-        harness = {"tasks": harness_lib.parse_tasks(args.harness), "include": args.harness_include}
+        harness = {"tasks": harness_lib.parse_tasks(args.harness), "include": args.harness_include,
+                   "fewshot": args.harness_fewshot}
     with_domains = cfg is not None and (args.config or run is not None)
     result = runner.evaluate_checkpoint(
         args.checkpoint, cfg if with_domains else None, tasks, args.domains, limit, batch_size,

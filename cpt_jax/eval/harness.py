@@ -1,4 +1,4 @@
-"""lm-evaluation-harness over a cpt-jax model, in process (no export, no torch).
+"""lm-evaluation-harness over a cpt-jax model, in process (no export; torch is not needed).
 
 ``HarnessLM`` is an ``lm_eval`` ``TemplateLM``: the harness itself builds the requests of any
 task (its own, or a user's YAML) and scores the answers; this class only computes what its
@@ -189,7 +189,8 @@ def evaluate(lm: Any, tasks: Sequence[str], include: str | None = None, limit: i
     manager = manager or task_manager(tasks, include)
     t0 = time.perf_counter()
     res = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, limit=limit or None,
-                                  num_fewshot=num_fewshot, log_samples=log_samples)
+                                  num_fewshot=num_fewshot, log_samples=log_samples,
+                                  torch_random_seed=None)  # the model is JAX: torch need not load
     res["seconds"] = round(time.perf_counter() - t0, 2)
     return res
 

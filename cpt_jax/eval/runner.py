@@ -98,7 +98,7 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Zero-shot ``tasks`` (comma names or JSONL paths) and, when ``cfg`` is given, the held-out
     loss of ``domains`` (comma names; ``None`` = every domain of ``cfg``'s data). ``harness``
-    (``{"tasks": [names], "include": DIR or None}``) runs lm-evaluation-harness tasks on the
+    (``{"tasks": [names], "include": DIR or None, "fewshot": N or None}``) runs lm-evaluation-harness tasks on the
     same params; its whole result dict is returned under ``"harness_raw"``."""
     from cpt_jax.eval import multiple_choice, perplexity
     from cpt_jax.model import checkpoint as ckpt_lib
@@ -145,7 +145,7 @@ def run_harness(params: Any, mcfg: Any, checkpoint: str, harness: dict[str, Any]
     harness_lib.require()
     lm = harness_lib.HarnessLM(checkpoint, params=params, config=mcfg, tokenizer=tokenizer,
                                batch_size=batch_size)
-    raw = harness_lib.evaluate(lm, harness["tasks"], harness.get("include"), limit or None)
+    raw = harness_lib.evaluate(lm, harness["tasks"], harness.get("include"), limit or None, harness.get("fewshot"))
     found = harness_lib.metrics(raw)
     for task, values in found.items():
         log(f"  harness {task}: " + "  ".join(f"{k} {v:.4f}" for k, v in values.items() if "stderr" not in k))
