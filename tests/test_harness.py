@@ -151,6 +151,8 @@ def test_builtin_scorer_agrees_on_the_multiple_choice_task(runs):
 
 
 def test_unknown_task_and_missing_extra_are_one_line(runs, monkeypatch):
+    with pytest.raises(UserError, match="unknown cpt-jax model argument 'chekpoint'"):
+        harness.HarnessLM.create_from_arg_string("chekpoint=x", {"batch_size": 1, "device": "cpu"})
     with pytest.raises(UserError, match="unknown harness task 'nope'"):
         harness.evaluate(runs.lm, ["nope"], str(runs.task_dir))
     monkeypatch.setattr(harness, "register_model", None)

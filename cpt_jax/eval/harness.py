@@ -38,6 +38,7 @@ except ImportError:  # the extra is not installed: say so where it is used
     TemplateLM, register_model = object, None
 
 MISSING = "lm-evaluation-harness is not installed (pip install 'cpt-jax[harness]')"
+LM_EVAL_ARGS = {"max_batch_size", "device"}  # what lm-eval passes every model; not used here
 
 
 def require() -> None:
@@ -47,12 +48,18 @@ def require() -> None:
 
 
 class HarnessLM(TemplateLM):  # type: ignore[misc, valid-type]
-    """A cpt-jax checkpoint (or params + config + tokenizer already in memory) as an lm-eval model."""
+    """A cpt-jax checkpoint (or params + config + tokenizer already in memory) as an lm-eval model.
+    ``tokenizer``: a ``tokenizers.Tokenizer`` or a path (default: the checkpoint's);
+    ``dtype``: the compute dtype (default: the checkpoint's); ``seed``: for sampled generation."""
 
     def __init__(self, checkpoint: str | None = None, *, params: Any = None, config: Any = None,
                  tokenizer: Any = None, batch_size: int | str = 16, max_gen_toks: int = 256,
-                 seed: int = 0, dtype: Any = None, **_: Any) -> None:
+                 seed: int = 0, dtype: Any = None, **extra: Any) -> None:
         require()
+        unknown = sorted(set(extra) - LM_EVAL_ARGS)
+        if unknown:
+            raise UserError(f"unknown cpt-jax model argument '{unknown[0]}' (checkpoint, tokenizer, batch_size, "
+                            "max_gen_toks, seed, dtype)")
         super().__init__()
         from cpt_jax import generate as gen
         from cpt_jax.model.hf_export import checkpoint_tokenizer, eos_id
