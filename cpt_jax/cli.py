@@ -28,12 +28,13 @@ from cpt_jax.commands import (
     train,
     vocab,
 )
-from cpt_jax.commands import eval as eval_verb  # the module name shadows a builtin
+from cpt_jax.commands import compile as compile_verb  # the module names shadow builtins
+from cpt_jax.commands import eval as eval_verb
 from cpt_jax.errors import UserError
 
 # the verbs, in the order `--help` lists them
-COMMANDS = (model_info, assets, tokenize, convert, schedule, average, corpus, train, eval_verb,
-            generate, experiment, sweep, report, dcpt, doremi, vocab, reproduce)
+COMMANDS = (model_info, assets, tokenize, convert, schedule, average, corpus, train, compile_verb,
+            eval_verb, generate, experiment, sweep, report, dcpt, doremi, vocab, reproduce)
 
 
 class _Parser(argparse.ArgumentParser):

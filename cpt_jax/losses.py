@@ -9,6 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from cpt_jax import sharding
 from cpt_jax.model import pythia
 
 
@@ -35,6 +36,7 @@ def next_token_losses(
     b, t, d = h.shape
     pad = (-t) % vocab_chunk
     hp = jnp.pad(h, ((0, 0), (0, pad), (0, 0))).reshape(b, -1, vocab_chunk, d).swapaxes(0, 1)
+    hp = sharding.constrain(hp, "length", "batch", "length", "embed")
     tp = jnp.pad(targets, ((0, 0), (0, pad))).reshape(b, -1, vocab_chunk).swapaxes(0, 1)
 
     @jax.checkpoint

@@ -1,8 +1,17 @@
-"""Shared test helpers."""
+"""Shared test helpers.
 
-from pathlib import Path
+The suite runs on the CPU. jax is kept to the CPU backend (subprocesses inherit it): the TPU and
+CUDA compiler plugins that the ahead-of-time tests use would otherwise be probed, and warn, in
+every process that imports jax.
+"""
 
-from tokenizers import Tokenizer, models, pre_tokenizers
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from pathlib import Path  # noqa: E402
+
+from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 
 
 def word_level_vocab(words: list[str]) -> dict[str, int]:

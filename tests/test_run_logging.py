@@ -132,3 +132,41 @@ def test_first_rate_leaves_out_compiling():
     w.reset(time.perf_counter())  # later windows count every step
     w.add({"loss": 1.0, "grad_norm": 1.0, "lr": 0.1})
     assert w.record(3, [], 3, 0.5, 1.0, None, 1000)["tokens_per_s"] == pytest.approx(2000)
+
+
+def _state_and_batch_bytes(cfg) -> int:
+    """Bytes of the train state (fp32 params, AdamW mu and nu, counters) and one batch, from
+    the model's shapes: what the compiled step takes as arguments on one device."""
+    import numpy as np
+
+    mcfg = pythia.PythiaConfig.from_config(cfg.model)
+    n = pythia.count_params(mcfg)
+    state = 3 * 4 * n + 4 + 2 * 4  # params, mu, nu; step; two AdamW/schedule counts
+    batch = 4 * cfg.train.batch_size * (cfg.train.seq_len + 1) + 4 * cfg.train.batch_size
+    return int(np.int64(state + batch))
+
+
+def test_banner_prints_the_compiled_step_memory(tmp_path, capsys):
+    cfg = load_cfg(str(tmp_path / "run"), ["train.steps=2"])
+    loop.run(cfg)
+    err = capsys.readouterr().err
+    [line] = [ln for ln in err.splitlines() if ln.startswith("memory    ")]
+    assert err.index("batch     ") < err.index(line)
+    args_gib = float(line.split("arguments ")[1].split(",")[0])
+    assert args_gib == pytest.approx(_state_and_batch_bytes(cfg) / (1 << 30), abs=0.006)
+    assert line.endswith("(this device reports no memory limit)")  # the CPU has none
+
+
+def test_a_step_that_cannot_fit_stops_before_it_runs_and_keeps_the_checkpoint(tmp_path, monkeypatch, capsys):
+    from cpt_jax.errors import UserError
+    from cpt_jax.train import banner
+
+    run = tmp_path / "run"
+    loop.run(load_cfg(str(run), ["train.steps=2", "checkpoint.every=2"]))
+    saved = {p: p.read_bytes() for p in (run / "checkpoints").rglob("*") if p.is_file()}
+    monkeypatch.setattr(banner, "device_memory", lambda: 4096)  # a device of 4 KiB
+    with pytest.raises(UserError, match=r"needs .* GiB per device but 0.00 GiB are available: .*--fit batch"):
+        loop.run(load_cfg(str(run), ["train.steps=4", "checkpoint.every=2"]))
+    assert "does NOT fit" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in (run / "checkpoints").rglob("*") if p.is_file()} == saved
+    assert not (run / "checkpoints" / "4").exists()

@@ -13,8 +13,12 @@ compute dtype. Implementations:
   with a causal block mask: fully masked blocks are skipped). Head sizes are zero-padded to a
   multiple of the 128-lane width and T to a multiple of 128 (both exact: zero q/k columns add
   nothing to q.k, zero v columns are sliced off, and causal queries never see padded keys).
-  Off TPU it runs in Pallas interpret mode (slow; for tests). Head sizes under 64, or a JAX
-  without the kernel, fall back to ``chunked`` with one printed line.
+  On a mesh the kernel runs per shard under ``shard_map``: rows over ``(data, fsdp)``, heads
+  over ``tensor`` (Mosaic kernels cannot be partitioned automatically). It is compiled for real
+  when the devices compiled for are TPUs (the mesh's platform, so a TPU slice compiled ahead of
+  time on a CPU host gets the real kernel) and runs in Pallas interpret mode otherwise (slow;
+  for tests). Head sizes under 64, or a JAX without the kernel, fall back to ``chunked`` with
+  one printed line.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from typing import Any, Literal, get_args
 
 import jax
 import jax.numpy as jnp
+
+from cpt_jax import sharding
 
 Attention = Literal["auto", "xla", "chunked", "cudnn", "splash"]
 IMPLEMENTATIONS: tuple[str, ...] = get_args(Attention)
@@ -105,7 +111,8 @@ def _chunked(q: jax.Array, k: jax.Array, v: jax.Array, chunk: int) -> jax.Array:
 
 
 def _backend() -> str:
-    return jax.default_backend()
+    """The platform compiled for: the context mesh's devices, else the default backend."""
+    return sharding.context_platform()
 
 
 def _say_once(line: str) -> None:
@@ -209,17 +216,28 @@ def _splash_kernel(heads: int, seq: int, block_q: int, block_kv: int, interpret:
 def splash(q: jax.Array, k: jax.Array, v: jax.Array, block_q: int = 512, block_kv: int = 512) -> jax.Array:
     """Causal attention through the splash kernel; ``[B, T, H, hd]`` in and out.
 
-    The kernel takes ``[H, T, hd]`` per batch row (vmapped over B) with q pre-scaled by
-    ``hd**-0.5``; hd is zero-padded to a multiple of 128 and T to a multiple of 128."""
+    The kernel takes ``[H, T, hd]`` per batch row (vmapped over the rows of a shard) with q
+    pre-scaled by ``hd**-0.5``; hd is zero-padded to a multiple of 128 and T to a multiple of 128.
+    Under a mesh each device runs it on its own rows and heads (``shard_map``)."""
     b, t, h, d = q.shape
     tp, dp = _round_up(t, LANES), _round_up(d, LANES)
     bq, bkv = splash_block(block_q, tp), splash_block(block_kv, tp)
-    kernel = _splash_kernel(h, tp, bq, bkv, _backend() != "tpu")
+    interpret = _backend() != "tpu"
 
     def prep(x: jax.Array) -> jax.Array:
         x = jnp.pad(x, ((0, 0), (0, tp - t), (0, 0), (0, dp - d)))
         return x.transpose(0, 2, 1, 3)  # [B, H, T, hd]
 
+    def per_shard(qs: jax.Array, ks: jax.Array, vs: jax.Array) -> jax.Array:
+        kernel = _splash_kernel(qs.shape[1], tp, bq, bkv, interpret)
+        return jax.vmap(kernel)(qs, ks, vs)
+
     scale = jnp.asarray(1.0 / math.sqrt(d), q.dtype)
-    out = jax.vmap(kernel)(prep(q * scale), prep(k), prep(v))
+    args = (prep(q * scale), prep(k), prep(v))
+    mesh = sharding.context_mesh()
+    if not mesh.empty:
+        spec = sharding.activation_spec(args[0].shape, ("batch", "heads", "length", "head_dim"), mesh)
+        per_shard = jax.shard_map(per_shard, mesh=mesh, in_specs=(spec,) * 3, out_specs=spec,
+                                  check_vma=False)
+    out = per_shard(*args)
     return out.transpose(0, 2, 1, 3)[:, :t, :, :d].astype(v.dtype)

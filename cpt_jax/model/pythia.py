@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cpt_jax import checks
+from cpt_jax import checks, sharding
 from cpt_jax.errors import UserError
 from cpt_jax.model import attention as attn_lib
 from cpt_jax.model.context import check_context, rope_warning
@@ -247,26 +247,38 @@ def attention_inputs(
     """Rotated ``q``, ``k`` and ``v`` ``[B, T, H, hd]`` of one layer for its LayerNormed input ``h``."""
     b, t, _ = h.shape
     qkv = _linear(h, p["qkv"]).reshape(b, t, c.num_heads, 3 * c.head_dim)
-    q, k, v = jnp.split(qkv, 3, axis=-1)
+    q, k, v = (_heads(y) for y in jnp.split(qkv, 3, axis=-1))
     return attn_lib.apply_rotary(q, cos, sin), attn_lib.apply_rotary(k, cos, sin), v
 
 
 def _mlp(x: jax.Array, p: Params, c: PythiaConfig) -> jax.Array:
-    return _linear(_ACTIVATIONS[c.hidden_act](_linear(x, p["fc1"])), p["fc2"])
+    hidden = sharding.constrain(_linear(x, p["fc1"]), "batch", "length", "mlp")
+    return _residual(_linear(_ACTIVATIONS[c.hidden_act](hidden), p["fc2"]))
+
+
+def _residual(x: jax.Array) -> jax.Array:
+    """The residual stream ``[B, T, d]``: rows over the batch axes, the width replicated."""
+    return sharding.constrain(x, "batch", "length", "embed")
+
+
+def _heads(x: jax.Array) -> jax.Array:
+    """Per-head activations ``[B, T, H, hd]``: rows over the batch axes, heads over tensor."""
+    return sharding.constrain(x, "batch", "length", "heads", "head_dim")
 
 
 def block_output(x: jax.Array, o: jax.Array, p: Params, c: PythiaConfig) -> jax.Array:
     """The layer's output for its input ``x`` and attention result ``o`` ``[B, T, H, hd]``:
     output projection, residual and MLP (parallel or sequential)."""
     b, t = o.shape[:2]
-    a = _linear(o.reshape(b, t, c.hidden_size), p["out"])
+    a = _residual(_linear(_heads(o).reshape(b, t, c.hidden_size), p["out"]))
     if c.use_parallel_residual:
-        return x + a + _mlp(layer_norm(x, p["ln2"], c.layer_norm_eps), p, c)
-    x = x + a
-    return x + _mlp(layer_norm(x, p["ln2"], c.layer_norm_eps), p, c)
+        return _residual(x + a + _mlp(layer_norm(x, p["ln2"], c.layer_norm_eps), p, c))
+    x = _residual(x + a)
+    return _residual(x + _mlp(layer_norm(x, p["ln2"], c.layer_norm_eps), p, c))
 
 
 def _block(x: jax.Array, p: Params, cos: jax.Array, sin: jax.Array, c: PythiaConfig, impl: str) -> jax.Array:
+    x = _residual(x)
     q, k, v = attention_inputs(layer_norm(x, p["ln1"], c.layer_norm_eps), p, cos, sin, c)
     o = attn_lib.causal_attention(q, k, v, impl, c.attention_chunk, c.attention_block_q,
                                   c.attention_block_kv)
@@ -289,14 +301,16 @@ def hidden_states(
     positions = jnp.arange(t) if positions is None else positions
     cos, sin = attn_lib.rotary_cos_sin(positions, c.rotary_dim, c.rotary_emb_base, c.rope_scaling)
     impl = attn_lib.resolve(c.attention, c.head_dim, cdt, t, c.attention_chunk)
-    x = jnp.take(params["embed_in"], tokens, axis=0).astype(cdt)
+    x = _residual(jnp.take(params["embed_in"], tokens, axis=0).astype(cdt))
 
     block = functools.partial(_block, cos=cos, sin=sin, c=c, impl=impl)
     if c.remat != "none":
         block = jax.checkpoint(block, policy=_REMAT_POLICIES[c.remat], prevent_cse=not c.scan_layers)
     layers = params["layers"]
+    one_layer = jax.tree.map(lambda names: names[1:], logical_axes({"layers": layers})["layers"],
+                             is_leaf=lambda n: isinstance(n, tuple))
     if c.scan_layers:
-        x, _ = jax.lax.scan(lambda h, p: (block(h, p), None), x, layers)
+        x, _ = jax.lax.scan(lambda h, p: (block(h, sharding.constrain_params(p, one_layer)), None), x, layers)
     else:
         for i in range(c.num_layers):
             x = block(x, jax.tree.map(lambda a: a[i], layers))
@@ -306,7 +320,10 @@ def hidden_states(
 def unembed(params: Params, h: jax.Array) -> jax.Array:
     """Logits ``h @ embed_out.T`` accumulated in fp32."""
     w = params["embed_out"].astype(h.dtype)
-    return jnp.einsum("...d,vd->...v", h, w, preferred_element_type=jnp.float32)
+    logits = jnp.einsum("...d,vd->...v", h, w, preferred_element_type=jnp.float32)
+    if logits.ndim == 3:  # [B, T, V] or one vocab chunk of it: rows over batch, V over tensor
+        logits = sharding.constrain(logits, "batch", "length", "vocab")
+    return logits
 
 
 def forward(

@@ -94,9 +94,20 @@ def _f32(tree: Any) -> Any:
 
 
 def accumulate(objective: Objective, params: Any, batch: Batch, ctx: Any, micro_batches: int,
-               mesh: Mesh | None = None) -> tuple[jax.Array, dict, Any]:
-    """``(sum_m loss_m, sum_m aux_m, sum_m grad_m)`` over ``micro_batches`` strided slices."""
-    grad_fn = jax.value_and_grad(objective.loss, has_aux=True)
+               mesh: Mesh | None = None, grad_shardings: Any = None) -> tuple[jax.Array, dict, Any]:
+    """``(sum_m loss_m, sum_m aux_m, sum_m grad_m)`` over ``micro_batches`` strided slices.
+
+    ``grad_shardings`` (the params' shardings) lays each gradient out like its parameter, so
+    that under fsdp the cross-device sum is a reduce-scatter into each device's shard rather
+    than an all-reduce of full-size gradients."""
+    value_and_grad = jax.value_and_grad(objective.loss, has_aux=True)
+
+    def grad_fn(p: Any, mb: Batch, c: Any) -> Any:
+        out, grads = value_and_grad(p, mb, c)
+        if grad_shardings is not None:
+            grads = jax.lax.with_sharding_constraint(grads, grad_shardings)
+        return out, grads
+
     if micro_batches == 1:
         (loss, aux), grads = grad_fn(params, batch, ctx)
         return loss, aux, _f32(grads)
@@ -125,7 +136,9 @@ def make_train_step(
     micro_batches: int = 1,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """``train_step(state, batch) -> (state', metrics)``: one ``jax.jit`` with the state's
-    shardings in and out, the batch split over ``(data, fsdp)``, and the state donated.
+    shardings in and out, the batch split over ``(data, fsdp)``, and the state donated, traced
+    under the mesh (activations laid out by ``sharding.ACTIVATION_RULES``); ``.lower(state,
+    batch)`` lowers it ahead of time, from arrays or ``ShapeDtypeStruct``s with shardings.
 
     metrics: ``loss``, ``grad_norm`` (global L2 norm of g before clipping), ``lr`` (eta_t),
     ``nonfinite`` (1.0 when the update was not applied, see the module docstring), the
@@ -134,7 +147,8 @@ def make_train_step(
 
     def step_fn(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         ctx, extras, metrics = objective.prepare(state.params, batch, state.extras)
-        loss, aux, grads = accumulate(objective, state.params, batch, ctx, micro_batches, mesh)
+        loss, aux, grads = accumulate(objective, state.params, batch, ctx, micro_batches, mesh,
+                                      shardings.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         grad_norm = global_norm(grads)
@@ -147,9 +161,10 @@ def make_train_step(
         new = TrainState(step=state.step + 1, params=kept[0], opt_state=kept[1], extras=kept[2])
         return new, out
 
-    return jax.jit(
+    jitted = jax.jit(
         step_fn,
         in_shardings=(shardings, sharding.batch_sharding(mesh)),
         out_shardings=(shardings, sharding.replicated(mesh)),
         donate_argnums=(0,),
     )
+    return sharding.OnMesh(jitted, mesh)
