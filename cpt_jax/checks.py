@@ -9,6 +9,7 @@ from typing import Any, Iterable
 from cpt_jax.errors import UserError
 
 _WARNED: set[str] = set()
+FLOAT_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def choice(name: str, value: Any, allowed: Iterable[Any]) -> None:
@@ -38,6 +39,22 @@ def unit_interval(name: str, value: float, closed_top: bool = True, meaning: str
 def positive_number(name: str, value: float) -> None:
     if not (value > 0 and math.isfinite(value)):
         raise UserError(f"{name} must be a positive number, got {value}")
+
+
+def dtype_name(name: str, value: Any, allowed: Iterable[str] = FLOAT_DTYPES) -> str:
+    """A dtype given as ``jnp.float32``, ``np.float32``, ``np.dtype("float32")`` or ``"float32"``,
+    as its name (``"float32"``); one ``UserError`` naming ``name`` when it is none of ``allowed``."""
+    import numpy as np
+
+    if isinstance(value, str):
+        text = value
+    else:
+        try:
+            text = np.dtype(value).name
+        except TypeError:
+            text = repr(value)
+    choice(name, text, allowed)
+    return text
 
 
 def warn_once(message: str | None) -> None:

@@ -18,6 +18,7 @@ from cpt_jax.commands import (
     dcpt,
     doremi,
     experiment,
+    generate,
     model_info,
     report,
     reproduce,
@@ -33,7 +34,7 @@ from cpt_jax.errors import UserError
 
 # the verbs, in the order `--help` lists them
 COMMANDS = (model_info, assets, tokenize, convert, schedule, average, corpus, train, compile_verb,
-            eval_verb, experiment, sweep, report, dcpt, doremi, vocab, reproduce)
+            eval_verb, generate, experiment, sweep, report, dcpt, doremi, vocab, reproduce)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -153,6 +153,11 @@ def defaults() -> ConfigDict:
     c.eval.tasks = "piqa,arc_easy,arc_challenge,sciq,hellaswag,winogrande"  # names or JSONL paths
     c.eval.limit = 0  # first N examples per task (0 = all)
     c.eval.batch_size = 32  # sequences per scoring batch
+    # lm-evaluation-harness tasks run in process at the training eval cadence ("" = none;
+    # pip install 'cpt-jax[harness]'); logged as harness/<task>/<metric>; eval.limit applies
+    c.eval.harness_tasks = ""
+    c.eval.harness_include = ""  # a folder of your own harness YAML tasks
+    c.eval.harness_tokenizer = ""  # tokenizer.json ("" = the run's: its data's, its init_from's)
 
     c.logging = ConfigDict()
     c.logging.tensorboard = True

@@ -41,3 +41,32 @@ def save_bpe_tokenizer(path: Path, texts: list[str], vocab_size: int = 300) -> P
     tok.train_from_iterator(texts, trainer)
     tok.save(str(path))
     return path
+
+
+TINY_TEXTS = ["the quick brown fox jumps over the lazy dog.", "a stitch in time saves nine!",
+              "all that glitters is not gold", "café au lait, crème brûlée, 東京 and Łódź 🙂",
+              "the early bird catches the worm\n\nand so on"] * 20
+
+
+def tiny_pythia(root: Path, seed: int = 0, std: float = 0.3, max_len: int = 128, sequential: bool = False):
+    """A tiny random Pythia (weights ~ N(0, std), LayerNorm scales ~ N(1, std): attention far
+    from uniform, logits spread) saved as a params checkpoint ``root/ckpt`` beside a byte-level BPE
+    ``root/tokenizer.json``, and exported by ``cpt-jax convert --to-hf`` to ``root/hf``.
+    Returns ``(checkpoint, hf folder, params, config)``."""
+    import jax
+    import numpy as np
+
+    from cpt_jax import cli
+    from cpt_jax.model import checkpoint, pythia
+
+    tok = save_bpe_tokenizer(root / "tokenizer.json", TINY_TEXTS, vocab_size=300)
+    config = pythia.PythiaConfig(vocab_size=304, hidden_size=32, num_layers=2, num_heads=4,
+                                 intermediate_size=64, rotary_pct=0.5, max_position_embeddings=max_len,
+                                 use_parallel_residual=not sequential)
+    shapes = pythia.init_params(config, jax.random.key(0))
+    rng = np.random.default_rng(seed)
+    draw = lambda path, a: (std * rng.standard_normal(a.shape) + (path[-1].key == "scale")).astype(np.float32)
+    params = jax.tree_util.tree_map_with_path(draw, shapes)  # LayerNorm scales around 1
+    ckpt = checkpoint.save_params(root / "ckpt", params, config)
+    assert cli.main(["convert", "--from", str(ckpt), "--to-hf", str(root / "hf"), "--tokenizer", str(tok)]) == 0
+    return ckpt, root / "hf", params, config

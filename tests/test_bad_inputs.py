@@ -229,6 +229,13 @@ CASES = {
     "average run missing": (lambda r: ["average", "--run", str(r / "run"), "--last", "2", "--out", str(r / "avg")], "run"),
     "average steps not integers": (lambda r: ["average", "--run", str(r), "--steps", "a,b", "--out", str(r / "avg")], "--steps"),
     "eval without a checkpoint": (lambda r: ["eval"], "--checkpoint"),
+    "eval harness-out without harness": (lambda r: ["eval", "--checkpoint", str(r), "--tasks", "none", "--harness-out", str(r / "h.json")], "--harness"),
+    "eval harness-fewshot negative": (lambda r: ["eval", "--checkpoint", str(r), "--tasks", "none", "--harness", "x", "--harness-fewshot", "-1"], "--harness-fewshot"),
+    "generate without prompts": (lambda r: ["generate", "--checkpoint", str(r / "ckpt")], "no prompts"),
+    "generate negative temperature": (lambda r: ["generate", "--checkpoint", str(r / "ckpt"), "--prompt", "x", "--temperature", "-1"], "temperature"),
+    "generate top-p zero": (lambda r: ["generate", "--checkpoint", str(r / "ckpt"), "--prompt", "x", "--top-p", "0"], "top_p"),
+    "generate prompts file missing": (lambda r: ["generate", "--checkpoint", str(r / "ckpt"), "--prompts-file", str(r / "p.jsonl")], "p.jsonl"),
+    "generate prompts file not strings": (lambda r: (r / "p.jsonl").write_text('"ok"\n[1]\n') and ["generate", "--checkpoint", str(r / "ckpt"), "--prompts-file", str(r / "p.jsonl")], "p.jsonl line 2"),
 }
 
 

@@ -14,6 +14,7 @@ from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 from cpt_jax.errors import UserError
 from cpt_jax.model import checkpoint, hf, torch_bin
+from cpt_jax.model.pythia import PythiaConfig
 
 jax.config.update("jax_default_matmul_precision", "highest")
 torch.set_num_threads(1)
@@ -125,6 +126,28 @@ def test_fp16_bin_with_buffers_matches_fp16_rounded_weights(tmp_path):
     ours = hf.load(tmp_path, dtype="float32")
     toks = _tokens(67, 1)
     assert np.abs(np.asarray(ours(toks)) - _hf_logits(model, toks)).max() <= 1e-4
+
+
+@pytest.mark.parametrize("dtype", [jax.numpy.float32, np.float32, "float32", np.dtype("float32"),
+                                   jax.numpy.bfloat16, "bfloat16"])
+def test_dtype_spellings_are_equal(tmp_path, dtype):
+    model = _hf_model(seed=4)
+    model.save_pretrained(tmp_path)
+    name = np.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    ref = hf.load(tmp_path, dtype=name)
+    ours = hf.load(tmp_path, dtype=dtype)
+    assert ours.config.param_dtype == ours.config.compute_dtype == name
+    toks = _tokens(67, 2)
+    np.testing.assert_array_equal(np.asarray(ours(toks)), np.asarray(ref(toks)))
+    assert PythiaConfig(param_dtype=dtype, compute_dtype=dtype) == PythiaConfig(param_dtype=name, compute_dtype=name)
+
+
+def test_bad_dtype_names_the_argument_not_a_file(tmp_path):
+    _hf_model().save_pretrained(tmp_path)
+    with pytest.raises(UserError, match=r"^dtype 'int8' is not one of float32, bfloat16, float16$"):
+        hf.load(tmp_path, dtype=np.int8)
+    with pytest.raises(UserError, match=r"^model.param_dtype 'float64' is not one of"):
+        PythiaConfig(param_dtype=jax.numpy.float64)
 
 
 def test_bf16_agrees_by_top1_and_kl(tmp_path):

@@ -136,3 +136,19 @@ def test_continuations_are_drawn_after_the_run_they_start_from(tmp_path):
     steps, _ = loaded["arm"].series("train/loss")
     assert list(steps) == [200 + s for s in range(10, 101, 10)]
     assert runs.load_runs([str(arm)])[0].step_offset == 0  # its start is not in this report
+
+
+def test_report_harness_table_from_eval_json_or_training_metrics(tmp_path):
+    """eval.json's harness results, else the last harness/<task>/<metric> of metrics.jsonl."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    fake_run(a, 1e-4, 0)
+    fake_run(b, 3e-4, 1)
+    with open(a / "metrics.jsonl", "a") as f:
+        for step, acc in ((100, 0.41), (200, 0.47)):
+            f.write(json.dumps({"step": step, "harness/tiny/acc": acc, "harness/tiny/acc_stderr": 0.1}) + "\n")
+    (b / "eval.json").write_text(json.dumps({"harness": {
+        "tiny": {"acc": 0.5, "acc_stderr": 0.1}, "wiki": {"word_perplexity": 31.25}}}))
+    text = report.write_report([str(a), str(b)], tmp_path / "out").read_text()
+    section = text.split("## lm-evaluation-harness")[1].split("\n## ")[0]
+    assert "| run | tiny/acc | wiki/word_perplexity |" in section
+    assert "| a | 0.4700 | – |" in section and "| b | 0.5000 | 31.2500 |" in section

@@ -29,6 +29,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="sequences per batch (default: eval.batch_size)")
     p.add_argument("--data-dir", default=None, help="assets dir (default $CPT_JAX_HOME or ~/.cache/cpt_jax)")
     p.add_argument("--tokenizer", default=None, help="a tokenizer.json (default: Pythia's, from the assets)")
+    p.add_argument("--harness", default=None, metavar="TASKS",
+                   help="comma-separated lm-evaluation-harness tasks or groups, run in process on the "
+                        "checkpoint (needs the 'harness' extra); built-in --tasks then default to none")
+    p.add_argument("--harness-include", default=None, metavar="DIR",
+                   help="a folder of your own harness YAML tasks (lm-eval's include_path)")
+    p.add_argument("--harness-fewshot", type=int, default=None, metavar="N",
+                   help="few-shot examples per prompt (lm-eval's num_fewshot; default: each task's own)")
+    p.add_argument("--harness-out", default=None, metavar="PATH",
+                   help="write lm-eval's results JSON here, as lm-eval writes it")
     p.add_argument("--out", default=None,
                    help="write the results JSON here (default: RUN/eval.json for a run dir)")
     p.set_defaults(func=run, takes_config=True)
@@ -48,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         config_lib.apply_overrides(cfg, args.config_overrides)
         config_lib.validate(cfg)
     defaults = (cfg if cfg is not None else config_lib.defaults()).eval
-    tasks = args.tasks if args.tasks is not None else defaults.tasks
+    tasks = args.tasks if args.tasks is not None else ("none" if args.harness else defaults.tasks)
     limit = args.limit if args.limit is not None else defaults.limit
     batch_size = args.batch_size if args.batch_size is not None else defaults.batch_size
     if limit < 0:
@@ -57,10 +66,27 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size must be positive, got {batch_size}")
     if args.domains not in (None, "none") and cfg is None:
         raise UserError("--domains needs --config (the data to take held-out batches from)")
+    if (args.harness_include or args.harness_out or args.harness_fewshot is not None) and not args.harness:
+        raise UserError("--harness-include, --harness-fewshot and --harness-out need --harness TASKS")
+    if args.harness_fewshot is not None and args.harness_fewshot < 0:
+        raise UserError(f"--harness-fewshot must be >= 0, got {args.harness_fewshot}")
+    harness = None
+    if args.harness:
+        from cpt_jax.eval import harness as harness_lib
+
+        harness_lib.require()  # before the weights load
+        harness = {"tasks": harness_lib.parse_tasks(args.harness), "include": args.harness_include,
+                   "fewshot": args.harness_fewshot}
     with_domains = cfg is not None and (args.config or run is not None)
     result = runner.evaluate_checkpoint(
         args.checkpoint, cfg if with_domains else None, tasks, args.domains, limit, batch_size,
-        args.data_dir, args.tokenizer)
+        args.data_dir, args.tokenizer, harness=harness)
+    raw = result.pop("harness_raw", None)
+    if args.harness_out and raw is not None:
+        from cpt_jax.eval import harness as harness_lib
+
+        harness_lib.write_results(args.harness_out, raw)
+        print(f"wrote {args.harness_out}")
     print(runner.format_table(result))
     out = args.out
     if out is None and run is not None and storage.path(args.checkpoint) == run.root:

@@ -78,33 +78,45 @@ def _bucket(n: int, base: int, lo: int, hi: int) -> int:
 
 @functools.lru_cache(maxsize=8)
 def _ll_fn(config: pythia.PythiaConfig) -> Callable:
-    """Jitted ``(params, inputs [B, L], pos [B, C], targets [B, C], mask [B, C]) -> ll [B]``."""
+    """Jitted ``(params, inputs [B, L], pos [B, C], targets [B, C], mask [B, C]) -> (ll [B],
+    greedy [B])``: greedy when every scored target is the argmax of its logits."""
 
     def loglik(params, inputs, pos, targets, mask):
+        def scored(x):
+            logits = pythia.unembed(params, x[0])
+            return cross_entropy(logits, x[1]), jnp.argmax(logits, axis=-1) == x[1]
+
         h = pythia.hidden_states(params, inputs, config)  # [B, L, d]
         hc = jnp.take_along_axis(h, pos[..., None], axis=1)  # [B, C, d]: the scored positions
         b, c, d = hc.shape
         k = min(c, CONT_CHUNK)
         blocks = (hc.reshape(b, c // k, k, d).swapaxes(0, 1), targets.reshape(b, c // k, k).swapaxes(0, 1))
-        nll = jax.lax.map(lambda x: cross_entropy(pythia.unembed(params, x[0]), x[1]), blocks)
-        nll = nll.swapaxes(0, 1).reshape(b, c)
-        return -jnp.sum(nll * mask, axis=-1)
+        nll, hit = jax.lax.map(scored, blocks)
+        nll, hit = nll.swapaxes(0, 1).reshape(b, c), hit.swapaxes(0, 1).reshape(b, c)
+        return -jnp.sum(nll * mask, axis=-1), jnp.all(hit | (mask == 0), axis=-1)
 
     return jax.jit(loglik)
 
 
-def loglikelihoods(
+def loglikelihoods(params: pythia.Params, config: pythia.PythiaConfig, pairs: Sequence[Pair], batch_size: int = 32,
+                   max_len: int = 0, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """``ll[i] = sum log p(continuation_i | context_i)`` (float64 ``[N]``) for id pairs; the
+    first half of :func:`score_pairs`. ``max_len`` (default ``config.max_position_embeddings``)
+    is the longest input window."""
+    return score_pairs(params, config, pairs, batch_size, max_len, progress)[0]
+
+
+def score_pairs(
     params: pythia.Params,
     config: pythia.PythiaConfig,
     pairs: Sequence[Pair],
     batch_size: int = 32,
     max_len: int = 0,
     progress: Callable[[int, int], None] | None = None,
-) -> np.ndarray:
-    """``ll[i] = sum log p(continuation_i | context_i)`` (float64 ``[N]``) for id pairs.
-
-    ``max_len`` (default ``config.max_position_embeddings``) is the longest input window.
-    """
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(ll, greedy)``: the log-likelihoods of :func:`loglikelihoods` and, per pair, whether
+    greedy decoding would produce the continuation (every token the argmax), as lm-eval's
+    ``loglikelihood`` returns them."""
     if batch_size <= 0:
         raise UserError(f"batch_size must be positive, got {batch_size}")
     max_len = max_len or config.max_position_embeddings
@@ -126,7 +138,7 @@ def loglikelihoods(
         C = C if C <= CONT_CHUNK else -(-k // CONT_CHUNK) * CONT_CHUNK
         rows.append((L, C, i, seq, k))
     rows.sort(key=lambda r: (r[0], r[1]))
-    out = np.zeros(len(pairs), np.float64)
+    out, greedy = np.zeros(len(pairs), np.float64), np.zeros(len(pairs), bool)
     pending, done = [], 0
     for (L, C), group in itertools.groupby(rows, key=lambda r: (r[0], r[1])):
         group = list(group)
@@ -136,9 +148,10 @@ def loglikelihoods(
             done += len(chunk)
             if progress is not None:
                 progress(done, len(rows))
-    for idx, ll in jax.device_get(pending):
+    for idx, (ll, hit) in jax.device_get(pending):
         out[idx] = np.asarray(ll, np.float64)[: len(idx)]
-    return out
+        greedy[idx] = np.asarray(hit)[: len(idx)]
+    return out, greedy
 
 
 def _run_batch(fn: Callable, params: pythia.Params, chunk: list, L: int, C: int, batch_size: int):

@@ -65,6 +65,29 @@ def _bpb_table(runs: list[Run]) -> list[str]:
             "expansion); lower is better.", "", *_table(["run", *domains, "avg"], body)]
 
 
+def harness_row(run: Run) -> dict[str, float]:
+    """``{"task/metric": value}`` of lm-evaluation-harness tasks: ``eval.json``'s (``cpt-jax eval
+    --harness``), else the last logged ``harness/<task>/<metric>`` (``eval.harness_tasks``)."""
+    saved = run.eval.get("harness", {})
+    out = {f"{t}/{m}": v for t, row in saved.items() for m, v in row.items()}
+    if not out:
+        keys = dict.fromkeys(k for r in run.records for k in r if k.startswith("harness/"))
+        out = {k[len("harness/"):]: run.last(k) for k in keys}
+    return {k: v for k, v in out.items() if "stderr" not in k and v is not None}
+
+
+def _harness_table(runs: list[Run]) -> list[str]:
+    """The lm-evaluation-harness section (empty when no run has harness results)."""
+    rows = {r.name: harness_row(r) for r in runs}
+    cols = list(dict.fromkeys(c for row in rows.values() for c in row))
+    if not cols:
+        return []
+    return ["", "## lm-evaluation-harness", "",
+            "Each run's harness metrics (`eval.json` from `cpt-jax eval --harness`, else the last "
+            "`harness/<task>/<metric>` logged in training), as lm-eval reports them.", "",
+            *_table(["run", *cols], [[name, *[row.get(c) for c in cols]] for name, row in rows.items()])]
+
+
 def _accuracy(res: dict[str, Any]) -> str:
     """``acc / acc_norm (n=...)``, each with ``± stderr`` when the result has one."""
     cell = lambda m: f"{res[m]:.4f}" + (f" ± {res[m + '_stderr']:.4f}" if m + "_stderr" in res else "")
@@ -126,6 +149,7 @@ def markdown(runs: list[Run], plots: list[tuple[str, str]]) -> str:
                   for t in tasks}
         body.append(["chance", *[chance[t] for t in tasks]])
         out += _table(["run", *tasks], body)
+    out += _harness_table(runs)
     for file, caption in plots:
         out += ["", f"## {caption}", "", f"![{caption}]({file})"]
     return "\n".join(out) + "\n"

@@ -6,7 +6,8 @@ Result layout (what ``cpt-jax eval --out`` writes and ``cpt-jax report`` reads a
     {"checkpoint": str, "params": int, "seconds": float,
      "tasks":   {task: {"acc", "acc_norm", "n", "chance", "seconds"}},
      "domains": {domain: {"loss", "ppl", "tokens"}},
-     "summary": {"avg": {...}, "worst": {...}, "upstream": {...}, "downstream": {...}}}
+     "summary": {"avg": {...}, "worst": {...}, "upstream": {...}, "downstream": {...}},
+     "harness": {task: {metric: value}}}   # lm-evaluation-harness tasks, when asked for
 """
 
 from __future__ import annotations
@@ -28,9 +29,15 @@ RESULT_NAME = EVAL
 
 
 def check_section(eval_cfg: Any) -> None:
-    """The ``eval`` section (zero-shot tasks): batch size > 0, limit >= 0."""
+    """The ``eval`` section (zero-shot tasks): batch size > 0, limit >= 0; harness tasks need
+    lm-eval installed and one process."""
     checks.positive("eval.batch_size", eval_cfg.batch_size)
     checks.at_least_zero("eval.limit", eval_cfg.limit, "0 = all")
+    if eval_cfg.harness_tasks:
+        from cpt_jax.eval import harness
+
+        harness.require()
+        harness.parse_tasks(eval_cfg.harness_tasks)
 
 
 def config_from_json(path: str | os.PathLike) -> Any:
@@ -87,9 +94,12 @@ def evaluate_checkpoint(
     data_dir: str | None = None,
     tokenizer: str | None = None,
     log=print,
+    harness: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Zero-shot ``tasks`` (comma names or JSONL paths) and, when ``cfg`` is given, the held-out
-    loss of ``domains`` (comma names; ``None`` = every domain of ``cfg``'s data)."""
+    loss of ``domains`` (comma names; ``None`` = every domain of ``cfg``'s data). ``harness``
+    (``{"tasks": [names], "include": DIR or None, "fewshot": N or None}``) runs lm-evaluation-harness tasks on the
+    same params; its whole result dict is returned under ``"harness_raw"``."""
     from cpt_jax.eval import multiple_choice, perplexity
     from cpt_jax.model import checkpoint as ckpt_lib
     from cpt_jax.model import pythia
@@ -110,6 +120,8 @@ def evaluate_checkpoint(
             result["tasks"][task.name] = res
             log(f"  {task.name}: acc {res['acc']:.4f}  acc_norm {res['acc_norm']:.4f}  "
                 f"(n={res['n']}, {res['seconds']:.1f}s)")
+    if harness:
+        result.update(run_harness(params, mcfg, checkpoint, harness, tokenizer, batch_size, limit, log))
     if cfg is not None and domains != "none":
         wanted = None if domains is None else _names(domains)
         sets = eval_sets(cfg, wanted)
@@ -123,6 +135,21 @@ def evaluate_checkpoint(
             [d for d in _names(cfg.data.downstream) if d in result["domains"]])
     result["seconds"] = round(time.perf_counter() - start, 2)
     return result
+
+
+def run_harness(params: Any, mcfg: Any, checkpoint: str, harness: dict[str, Any], tokenizer: str | None,
+                batch_size: int, limit: int, log=print) -> dict[str, Any]:
+    """``{"harness": {task: {metric: value}}, "harness_raw": lm-eval's result}`` for the params."""
+    from cpt_jax.eval import harness as harness_lib
+
+    harness_lib.require()
+    lm = harness_lib.HarnessLM(checkpoint, params=params, config=mcfg, tokenizer=tokenizer,
+                               batch_size=batch_size)
+    raw = harness_lib.evaluate(lm, harness["tasks"], harness.get("include"), limit or None, harness.get("fewshot"))
+    found = harness_lib.metrics(raw)
+    for task, values in found.items():
+        log(f"  harness {task}: " + "  ".join(f"{k} {v:.4f}" for k, v in values.items() if "stderr" not in k))
+    return {"harness": found, "harness_raw": raw}
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -143,4 +170,12 @@ def format_table(result: dict[str, Any]) -> str:
             if group in s:
                 label = f"{group} ({s[group]['domain']})" if group == "worst" else group
                 lines.append(f"{label:<25}{s[group]['loss']:>9.4f}{s[group]['ppl']:>11.2f}")
+    if result.get("harness"):
+        lines += [""] if lines else []
+        lines.append(f"{'harness task':<24}{'metric':<24}{'value':>10}{'stderr':>10}")
+        for task, values in result["harness"].items():
+            for metric, v in values.items():
+                if not metric.endswith("_stderr") and "_stderr," not in metric:
+                    err = values.get(metric.replace(",", "_stderr,") if "," in metric else f"{metric}_stderr")
+                    lines.append(f"{task:<24}{metric:<24}{v:>10.4f}" + (f"{err:>10.4f}" if err is not None else ""))
     return "\n".join(lines) if lines else "(nothing evaluated)"

@@ -42,7 +42,8 @@ _printed: set[str] = set()
 def rotary_cos_sin(
     positions: jax.Array, rotary_dim: int, base: float, scaling: float = 1.0
 ) -> tuple[jax.Array, jax.Array]:
-    """cos/sin tables ``[T, 2 * ceil(r/2)]`` for NeoX rotary on the first r dims of a head.
+    """cos/sin tables ``[..., T, 2 * ceil(r/2)]`` for NeoX rotary on the first r dims of a head
+    (``positions`` ``[T]``, or ``[B, T]`` for per-row positions).
 
     ``inv_freq_i = 1 / base**(2i / r)``; angles are the elementwise product ``pos * inv_freq``
     in fp32 (a matmul at reduced precision corrupts them). ``scaling > 1`` interpolates
@@ -50,34 +51,48 @@ def rotary_cos_sin(
     """
     inv_freq = 1.0 / (base ** (jnp.arange(0, rotary_dim, 2, dtype=jnp.float32) / rotary_dim))
     pos = positions.astype(jnp.float32) / scaling
-    angles = pos[:, None] * inv_freq[None, :]
+    angles = pos[..., None] * inv_freq
     angles = jnp.concatenate([angles, angles], axis=-1)
     return jnp.cos(angles), jnp.sin(angles)
 
 
 def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """``x_r * cos + rotate_half(x_r) * sin`` on the first ``cos.shape[-1]`` dims of each head."""
+    """``x_r * cos + rotate_half(x_r) * sin`` on the first ``cos.shape[-1]`` dims of each head;
+    ``cos`` / ``sin`` are ``[T, w]`` (shared by all rows) or ``[B, T, w]``."""
     width = cos.shape[-1]
     if width == 0:
         return x
     rot, rest = x[..., :width].astype(jnp.float32), x[..., width:]
     half = width // 2
     rotated = jnp.concatenate([-rot[..., half:], rot[..., :half]], axis=-1)
-    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    cos, sin = (cos[None], sin[None]) if cos.ndim == 2 else (cos, sin)
+    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
     out = (rot * cos + rotated * sin).astype(x.dtype)
     return jnp.concatenate([out, rest], axis=-1)
 
 
-def _scores_softmax_values(q: jax.Array, k: jax.Array, v: jax.Array, q_offset: int | jax.Array) -> jax.Array:
-    """Causal attention of queries starting at absolute position ``q_offset`` over all keys."""
+def _scores_softmax_values(
+    q: jax.Array, k: jax.Array, v: jax.Array, q_offset: int | jax.Array, key_ok: jax.Array | None = None
+) -> jax.Array:
+    """Causal attention of queries starting at absolute position ``q_offset`` over all keys
+    (those with ``key_ok [B, S]`` true, when given)."""
     scale = 1.0 / math.sqrt(q.shape[-1])
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
     q_pos = q_offset + jnp.arange(q.shape[1])
     k_pos = jnp.arange(k.shape[1])
-    causal = q_pos[:, None] >= k_pos[None, :]
-    scores = jnp.where(causal[None, None], scores, jnp.finfo(jnp.float32).min)
+    allowed = (q_pos[:, None] >= k_pos[None, :])[None, None]
+    if key_ok is not None:
+        allowed = allowed & key_ok[:, None, None, :]
+    scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     return jnp.einsum("bhqk,bkhd->bqhd", probs, v, preferred_element_type=jnp.float32).astype(v.dtype)
+
+
+def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, q_offset: int | jax.Array,
+                     key_ok: jax.Array) -> jax.Array:
+    """Attention of new queries ``[B, t, H, hd]`` at cache slots ``q_offset ..`` over a key/value
+    cache ``[B, S, H, hd]``: slot ``j`` is seen when ``j <= `` the query's slot and ``key_ok[b, j]``."""
+    return _scores_softmax_values(q, k, v, q_offset, key_ok)
 
 
 def _chunked(q: jax.Array, k: jax.Array, v: jax.Array, chunk: int) -> jax.Array:

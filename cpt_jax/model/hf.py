@@ -20,7 +20,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import DTypeLike
 
+from cpt_jax import checks
 from cpt_jax.errors import UserError
 from cpt_jax.model import weight_files
 from cpt_jax.model.pythia import Params, Pythia, PythiaConfig, pure_params
@@ -152,10 +154,13 @@ def _file_dtype(refs: dict[str, Any]) -> str:
     return dt.name
 
 
-def load_params(path: str | Path, dtype: str | None = "float32") -> tuple[Params, PythiaConfig]:
+def load_params(path: str | Path, dtype: DTypeLike | None = "float32") -> tuple[Params, PythiaConfig]:
     """``(params, PythiaConfig)`` from a Hugging Face GPT-NeoX directory. ``dtype=None`` keeps
-    the files' dtype (as stored); otherwise params and compute use ``dtype``."""
+    the files' dtype (as stored); otherwise params and compute use ``dtype`` (``jnp.float32``,
+    ``np.float32`` or ``"float32"``)."""
     path = Path(path)
+    if dtype is not None:
+        dtype = checks.dtype_name("dtype", dtype)
     if not path.is_dir():
         raise UserError(f"Hugging Face directory {path} does not exist")
     refs, _ = weight_files.read_weights(path)
@@ -201,7 +206,7 @@ def load_params(path: str | Path, dtype: str | None = "float32") -> tuple[Params
     return params, c
 
 
-def load(path: str | Path, dtype: str | None = "float32") -> Pythia:
+def load(path: str | Path, dtype: DTypeLike | None = "float32") -> Pythia:
     """A ``Pythia`` NNX model from a Hugging Face GPT-NeoX directory; call it on int ids
     ``[B, T]`` for logits ``[B, T, V]``."""
     params, config = load_params(path, dtype)

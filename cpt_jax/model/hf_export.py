@@ -200,6 +200,23 @@ def resolve_tokenizer(source: str, explicit: str | None, vocab_size: int,
     return text
 
 
+def checkpoint_tokenizer(source: str, explicit: str | None, vocab_size: int) -> Any:
+    """The ``tokenizers.Tokenizer`` that belongs with a checkpoint: ``explicit``, else what
+    :func:`resolve_tokenizer` finds; one ``UserError`` when there is none."""
+    from tokenizers import Tokenizer
+
+    text = resolve_tokenizer(source, explicit, vocab_size)
+    if text is None:
+        raise UserError(f"no tokenizer found for {source} (pass --tokenizer)")
+    return Tokenizer.from_str(text)
+
+
+def eos_id(tokenizer: Any) -> int:
+    """The end-of-text id: ``<|endoftext|>`` where the tokenizer has it, else 0 (as in Pythia)."""
+    eos = tokenizer.token_to_id(EOS_TOKEN)
+    return 0 if eos is None else eos
+
+
 # ---------------------------------------------------------------------------------------
 # the folder
 

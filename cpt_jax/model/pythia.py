@@ -83,8 +83,8 @@ class PythiaConfig:
         if self.hidden_act not in _ACTIVATIONS:
             raise UserError(f"hidden_act '{self.hidden_act}' is not one of {', '.join(_ACTIVATIONS)}")
         checks.choice("model.attention", self.attention, attn_lib.IMPLEMENTATIONS)
-        checks.choice("model.param_dtype", self.param_dtype, DTYPES)
-        checks.choice("model.compute_dtype", self.compute_dtype, DTYPES)
+        for name in ("param_dtype", "compute_dtype"):  # jnp / np dtypes are stored by name
+            object.__setattr__(self, name, checks.dtype_name(f"model.{name}", getattr(self, name), DTYPES))
         checks.choice("model.remat", self.remat, REMATS)
         checks.positive("model.attention_chunk", self.attention_chunk)
         for name in ("attention_block_q", "attention_block_kv"):
@@ -241,14 +241,14 @@ def _linear(x: jax.Array, p: Params) -> jax.Array:
     return y
 
 
-def _attention(x: jax.Array, p: Params, cos: jax.Array, sin: jax.Array, c: PythiaConfig, impl: str) -> jax.Array:
-    b, t, _ = x.shape
-    qkv = _linear(x, p["qkv"]).reshape(b, t, c.num_heads, 3 * c.head_dim)
+def attention_inputs(
+    h: jax.Array, p: Params, cos: jax.Array, sin: jax.Array, c: PythiaConfig
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Rotated ``q``, ``k`` and ``v`` ``[B, T, H, hd]`` of one layer for its LayerNormed input ``h``."""
+    b, t, _ = h.shape
+    qkv = _linear(h, p["qkv"]).reshape(b, t, c.num_heads, 3 * c.head_dim)
     q, k, v = (_heads(y) for y in jnp.split(qkv, 3, axis=-1))
-    q, k = attn_lib.apply_rotary(q, cos, sin), attn_lib.apply_rotary(k, cos, sin)
-    o = attn_lib.causal_attention(q, k, v, impl, c.attention_chunk, c.attention_block_q,
-                                  c.attention_block_kv)
-    return _residual(_linear(_heads(o).reshape(b, t, c.hidden_size), p["out"]))
+    return attn_lib.apply_rotary(q, cos, sin), attn_lib.apply_rotary(k, cos, sin), v
 
 
 def _mlp(x: jax.Array, p: Params, c: PythiaConfig) -> jax.Array:
@@ -266,13 +266,23 @@ def _heads(x: jax.Array) -> jax.Array:
     return layout.constrain(x, "batch", "length", "heads", "head_dim")
 
 
-def _block(x: jax.Array, p: Params, cos: jax.Array, sin: jax.Array, c: PythiaConfig, impl: str) -> jax.Array:
-    x = _residual(x)
-    a = _attention(layer_norm(x, p["ln1"], c.layer_norm_eps), p, cos, sin, c, impl)
+def block_output(x: jax.Array, o: jax.Array, p: Params, c: PythiaConfig) -> jax.Array:
+    """The layer's output for its input ``x`` and attention result ``o`` ``[B, T, H, hd]``:
+    output projection, residual and MLP (parallel or sequential)."""
+    b, t = o.shape[:2]
+    a = _residual(_linear(_heads(o).reshape(b, t, c.hidden_size), p["out"]))
     if c.use_parallel_residual:
         return _residual(x + a + _mlp(layer_norm(x, p["ln2"], c.layer_norm_eps), p, c))
     x = _residual(x + a)
     return _residual(x + _mlp(layer_norm(x, p["ln2"], c.layer_norm_eps), p, c))
+
+
+def _block(x: jax.Array, p: Params, cos: jax.Array, sin: jax.Array, c: PythiaConfig, impl: str) -> jax.Array:
+    x = _residual(x)
+    q, k, v = attention_inputs(layer_norm(x, p["ln1"], c.layer_norm_eps), p, cos, sin, c)
+    o = attn_lib.causal_attention(q, k, v, impl, c.attention_chunk, c.attention_block_q,
+                                  c.attention_block_kv)
+    return block_output(x, o, p, c)
 
 
 _REMAT_POLICIES = {

@@ -130,6 +130,15 @@ def _init_params_from(path: str, abstract: Any, shardings: Any) -> Any:
     return cast(params)
 
 
+def _harness_eval(cfg: Any, mcfg: pythia.PythiaConfig, run_root: Any) -> Any:
+    """The ``eval.harness_tasks`` evaluator, or None when there are none."""
+    if not cfg.eval.harness_tasks:
+        return None
+    from cpt_jax.eval.harness import TrainingEval
+
+    return TrainingEval(cfg.eval, mcfg, run_root)
+
+
 def _check_finite(step: int, metrics: dict[str, Any], last_good: int | None, skipped: int,
                   limit: int) -> int:
     """The count of skipped steps after ``step``: the jitted step never applies a non-finite
@@ -265,16 +274,20 @@ def _train(cfg: Any, plan: _Plan, opened: OpenedRun, eval_sets: Any, wall0: floa
     token_bytes = token_bytes_for(cfg) if evals else None  # bits per byte beside the loss
     rep = sharding.replicated(mesh)
 
+    harness = _harness_eval(cfg, mcfg, run.root)
+
     def run_eval(step: int) -> dict[str, Any]:
-        if not evals:
+        if not evals and harness is None:
             return {}
 
         put = lambda a: sharding.put_global(a, rep)  # noqa: E731
         score = lambda p: evaluate(p, mcfg, evals, put=put, token_bytes=token_bytes)  # noqa: E731
-        res = score(state.params)
-        rec: dict[str, Any] = {"step": step, **to_metrics(res)}
-        if lawa is not None:  # eval_lawa/... and eval_ema/... beside the raw model
+        res = score(state.params) if evals else {}
+        rec: dict[str, Any] = {"step": step, **(to_metrics(res) if res else {})}
+        if lawa is not None and evals:  # eval_lawa/... and eval_ema/... beside the raw model
             rec.update(lawa.eval_metrics(score, state.params))
+        if harness is not None:  # harness/<task>/<metric>, in process on the live params
+            rec.update(harness(state.params))
         writer.write(rec)
         return res
 

@@ -160,18 +160,24 @@ class MetricsWriter:
         print(("\r\033[K" if self._tty else "") + text, end=end, file=sys.stderr, flush=True)
 
     def _print_eval(self, step: int, record: dict[str, Any]) -> None:
-        """``eval step 200 | general 3.2141 | mydomain 2.9012 | avg 3.0577`` for an eval record."""
+        """``eval step 200 | general 3.2141 | mydomain 2.9012 | avg 3.0577`` for an eval record,
+        and ``harness step 200 | piqa/acc 0.6012 | ...`` when it has harness metrics."""
         if not self.progress_on:
             return
         losses = {k.split("/")[1]: v for k, v in record.items()
                   if k.startswith("eval/") and k.endswith("/loss") and k.count("/") == 2
                   and isinstance(v, float)}
-        if not losses:
-            return
-        groups = ("avg", "worst", "upstream", "downstream")
-        names = [d for d in losses if d not in groups] + [g for g in groups if g in losses]
-        text = f"eval step {step} | " + " | ".join(f"{d} {losses[d]:.4f}" for d in names)
-        print(("\r\033[K" if self._tty else "") + text, file=sys.stderr, flush=True)
+        lines = []
+        if losses:
+            groups = ("avg", "worst", "upstream", "downstream")
+            names = [d for d in losses if d not in groups] + [g for g in groups if g in losses]
+            lines.append(f"eval step {step} | " + " | ".join(f"{d} {losses[d]:.4f}" for d in names))
+        harness = {k[len("harness/"):]: v for k, v in record.items()
+                   if k.startswith("harness/") and "stderr" not in k and isinstance(v, float)}
+        if harness:
+            lines.append(f"harness step {step} | " + " | ".join(f"{k} {v:.4f}" for k, v in harness.items()))
+        for text in lines:
+            print(("\r\033[K" if self._tty else "") + text, file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self._file is not None:
