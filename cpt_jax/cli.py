@@ -25,6 +25,7 @@ from cpt_jax.commands import (
     sweep,
     tokenize,
     train,
+    verify,
     vocab,
 )
 from cpt_jax.commands import eval as eval_verb  # the module name shadows a builtin
@@ -32,7 +33,7 @@ from cpt_jax.errors import UserError
 
 # the verbs, in the order `--help` lists them
 COMMANDS = (model_info, assets, tokenize, convert, schedule, average, corpus, train, eval_verb,
-            experiment, sweep, report, dcpt, doremi, vocab, reproduce)
+            experiment, sweep, report, dcpt, doremi, vocab, reproduce, verify)
 
 
 class _Parser(argparse.ArgumentParser):

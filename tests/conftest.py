@@ -32,3 +32,19 @@ def save_bpe_tokenizer(path: Path, texts: list[str], vocab_size: int = 300) -> P
     tok.train_from_iterator(texts, trainer)
     tok.save(str(path))
     return path
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """``{relative path: sha256 of the content}`` of every file under ``root`` (folders as
+    "dir"): what a test compares before and after a command that must not change a run."""
+    import hashlib
+    import os
+
+    out: dict[str, str] = {}
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs:
+            out[os.path.relpath(os.path.join(dirpath, name), root)] = "dir"
+        for name in files:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                out[os.path.relpath(os.path.join(dirpath, name), root)] = hashlib.sha256(f.read()).hexdigest()
+    return out

@@ -315,12 +315,12 @@ def test_kill_during_convert_keeps_the_previous_checkpoint(tmp_path):
     old = _save(tmp_path / "out", 0)
     new = _save(tmp_path / "src", 1)
     for marker in (".partial", ".partial/params/_CHECKPOINT_METADATA", ".partial/model.json"):
-        _kill_when(CLI + ["convert", "--from", str(tmp_path / "src"), "--to", str(tmp_path / "out")],
-                   tmp_path / "out" / marker)
+        _kill_when(CLI + ["convert", "--from", str(tmp_path / "src"), "--to", str(tmp_path / "out"),
+                          "--force"], tmp_path / "out" / marker)  # out was not made by convert
         now = _load(tmp_path / "out")  # the whole old or the whole new checkpoint, never a mix
         assert _same(now, old) or _same(now, new)
-    subprocess.run(CLI + ["convert", "--from", str(tmp_path / "src"), "--to", str(tmp_path / "out")],
-                   check=True, capture_output=True, cwd=ROOT)
+    subprocess.run(CLI + ["convert", "--from", str(tmp_path / "src"), "--to", str(tmp_path / "out"),
+                          "--force"], check=True, capture_output=True, cwd=ROOT)
     assert _same(_load(tmp_path / "out"), new)
 
 

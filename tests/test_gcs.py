@@ -180,3 +180,26 @@ def test_remote_data_dir_is_staged_once_with_a_line(emulator, capsys):
     assert (local / "code" / "train.bin").read_bytes() == bytes(range(256)) * 3
     assert f"staging gs://{BUCKET}/data" in capsys.readouterr().err
     assert manifest.local_data_dir(os.fspath(src)) == local and not capsys.readouterr().err
+
+
+def test_replacing_a_checkpoint_on_gs_never_removes_the_old_before_the_new_is_complete(emulator):
+    import jax
+
+    from cpt_jax.model import checkpoint, pythia
+
+    mcfg = pythia.PythiaConfig.from_config({"vocab_size": 64, "hidden_size": 16, "num_layers": 1,
+                                            "num_heads": 2})
+    old, new = (jax.device_get(pythia.init_params(mcfg, jax.random.key(s))) for s in (0, 1))
+    path = storage.path(f"gs://{BUCKET}/replace/ck")
+    checkpoint.save_params(path, old, mcfg)
+    first = checkpoint.params_item(path)
+    # a replacement killed while its arrays were being written: only a half item beside the old
+    checkpoint._write_item(path / "params.deadbeef", new)
+    storage.path(path / "params.deadbeef" / "_CHECKPOINT_METADATA").unlink()
+    assert checkpoint.params_item(path) == first
+    assert all(np.array_equal(a, b) for a, b in zip(_leaves(checkpoint.load_params(path)[0]), _leaves(old)))
+    checkpoint.save_params(path, new, mcfg)  # completes, switches, then removes the rest
+    assert checkpoint.params_item(path) != first
+    assert {p.name for p in path.iterdir()} == {"model.json", checkpoint.params_item(path).name,
+                                                "params.current"}
+    assert all(np.array_equal(a, b) for a, b in zip(_leaves(checkpoint.load_params(path)[0]), _leaves(new)))

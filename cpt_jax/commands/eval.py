@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", default=None, help="a tokenizer.json (default: Pythia's, from the assets)")
     p.add_argument("--out", default=None,
                    help="write the results JSON here (default: RUN/eval.json for a run dir)")
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="evaluate even weights holding NaN or inf (refused by default)")
     p.set_defaults(func=run, takes_config=True)
 
 
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     with_domains = cfg is not None and (args.config or run is not None)
     result = runner.evaluate_checkpoint(
         args.checkpoint, cfg if with_domains else None, tasks, args.domains, limit, batch_size,
-        args.data_dir, args.tokenizer)
+        args.data_dir, args.tokenizer, allow_nonfinite=args.allow_nonfinite)
     print(runner.format_table(result))
     out = args.out
     if out is None and run is not None and storage.path(args.checkpoint) == run.root:
