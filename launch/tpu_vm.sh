@@ -45,7 +45,8 @@ gc() {  # run (or with DRY_RUN=1 print) one gcloud command
   gcloud "$@"
 }
 on_all() { gc compute tpus tpu-vm ssh "$TPU_NAME" "${LOC[@]}" --worker=all --command="$1"; }
-worker() { on_all "cd $REPO_DIR && bash launch/tpu_worker.sh $1"; }
+# the job identity of the run's lease: a recreated slice (new hostnames) is still this job
+worker() { on_all "cd $REPO_DIR && CPT_JAX_JOB_ID=tpu:$TPU_NAME bash launch/tpu_worker.sh $1"; }
 tpu_state() {  # the TPU's state, or UNKNOWN when describe fails or prints nothing
   local s
   s=$(gc compute tpus tpu-vm describe "$TPU_NAME" "${LOC[@]}" --format='value(state)' 2>/dev/null) || s=""

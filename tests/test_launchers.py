@@ -27,7 +27,7 @@ case "$4" in
        cd "$FAKE_WORKER" && HOME="$FAKE_WORKER" exec bash -c "$cmd" ;;
   scp) cp "$5" "$FAKE_WORKER/${6#*:}" ;;
   describe) state=READY
-            if [ -s "${FAKE_STATES:-/nonexistent}" ]; then state=$(head -n 1 "$FAKE_STATES"); sed -i 1d "$FAKE_STATES"; fi
+            if [ -s "${FAKE_STATES:-/none}" ]; then state=$(head -n 1 "$FAKE_STATES"); sed -i 1d "$FAKE_STATES"; fi
             [ "$state" != FAIL ] || exit 1
             echo "$state" ;;
   create|delete) ;;
@@ -115,8 +115,8 @@ def test_tpu_dry_run_prints_the_commands_the_real_run_gives(slice_env, tmp_path)
     assert [same_but_archive(c) for c in calls(env)] == [same_but_archive(p[1:]) for p in printed]
     scp, unpack, start = printed
     assert scp[6:] == ["my-v4-32:cpt-jax-sync.tgz", "--zone=us-central2-b", "--project=proj", "--worker=all"]
-    assert start[-1] == ("--command=cd cpt-jax && bash launch/tpu_worker.sh start --config configs/tiny.py "
-                         "--config.train.steps=5")
+    assert start[-1] == ("--command=cd cpt-jax && CPT_JAX_JOB_ID=tpu:my-v4-32 bash launch/tpu_worker.sh "
+                         "start --config configs/tiny.py --config.train.steps=5")
 
 
 def test_tpu_start_wait_status_logs_stop(slice_env, tmp_path):

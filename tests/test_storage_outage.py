@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_deadline_ends_the_process_with_one_line_and_exit_75():
-    code = "import time\nfrom cpt_jax.storage import Deadline\nwith Deadline(0.5, 'saving step 3'):\n    time.sleep(30)\n"
+    code = ("import time\nfrom cpt_jax.storage import Deadline\n"
+            "with Deadline(0.5, 'saving step 3'):\n    time.sleep(30)\n")
     start = time.monotonic()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 75 and time.monotonic() - start < 20
