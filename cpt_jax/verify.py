@@ -67,14 +67,20 @@ def verify_step(run: RunDir, step: int) -> str:
     return _verdict(where, n, nonfinite, digest is not None)
 
 
-def verify_params(path: Any) -> str:
-    """One line about a params checkpoint; raises a UserError naming the first problem."""
-    from cpt_jax.model.checkpoint import locate, recorded_digest
+def params_item(path: Any) -> Any:
+    """The params item of a params checkpoint (a UserError when ``path`` is none)."""
+    from cpt_jax.model.checkpoint import locate
 
     found = locate(path)
     if found is None:
         raise UserError(f"{path} is a Hugging Face folder: it records no digests to verify")
-    _, item = found
+    return found[1]
+
+
+def verify_params(path: Any, item: Any) -> str:
+    """One line about a params checkpoint; raises a UserError naming the first problem."""
+    from cpt_jax.model.checkpoint import recorded_digest
+
     recorded = recorded_digest(item)
     n, nonfinite = _check_arrays(read_item(item), recorded, os.fspath(path), "params")
     return _verdict(os.fspath(path), n, nonfinite, recorded is not None)
@@ -102,7 +108,8 @@ def verify(path: str, say: Callable[[str], None] = print) -> int:
     elif root.parent.name == CHECKPOINTS and root.name.isdigit():
         checks = [lambda: verify_step(RunDir(root.parent.parent), int(root.name))]
     else:
-        checks = [lambda: verify_params(root)]
+        item = params_item(root)  # not a checkpoint at all: one line, exit 2
+        checks = [lambda: verify_params(root, item)]
     failed = 0
     for check in checks:
         try:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from cpt_jax.cli import main
-from conftest import save_word_level_tokenizer, word_level_vocab
+from conftest import save_word_level_tokenizer, tree_digest, word_level_vocab
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.py")
@@ -232,6 +232,168 @@ CASES = {
 }
 
 
+# ---- more: impossible model values, outputs that belong to someone else, damaged run dirs ------
+
+def hf_with(**values):
+    """An HF folder whose config.json has ``values`` changed (model values that cannot be right)."""
+    return lambda r: hf_dir(r, "hf", {**HF_CONFIG, **values})
+
+
+def ckpt_with(model) -> callable:
+    """A params checkpoint folder with this model.json (and an empty params/)."""
+    def make(r: Path) -> Path:
+        (r / "ckpt" / "params").mkdir(parents=True)
+        (r / "ckpt" / "model.json").write_text(model if isinstance(model, str) else json.dumps(model))
+        return r / "ckpt"
+    return make
+
+
+MODEL = {"vocab_size": 64, "hidden_size": 16, "num_layers": 1, "num_heads": 2}
+
+
+def fake_run(*markers: str):
+    """A run directory holding ``markers`` (what a training run leaves: checkpoints/, metrics,
+    summary, lease) beside its config.json."""
+    def make(r: Path) -> Path:
+        run = r / "run"
+        run.mkdir()
+        (run / "config.json").write_text('{"seed": 0}')
+        for name in markers:
+            if name == "checkpoints":
+                (run / name).mkdir()
+            else:
+                (run / name).write_text('{"step": 1}\n')
+        return run
+    return make
+
+
+def foreign(r: Path) -> Path:
+    """A folder of files no cpt-jax verb wrote (a downloaded model, say)."""
+    (r / "dl").mkdir()
+    (r / "dl" / "config.json").write_text('{"model_type": "gpt_neox"}')
+    (r / "dl" / "model.safetensors").write_bytes(b"weights")
+    return r / "dl"
+
+
+def verify(make):
+    return lambda r: ["verify", str(make(r))]
+
+
+def mkdir(name: str):
+    return lambda r: (r / name).mkdir() or r / name
+
+
+def train_into(make_run, *extra: str):
+    return lambda r: ["train", "--config", TINY, f"--config.run_dir={make_run(r)}",
+                      "--config.train.progress=false", *extra]
+
+
+def finished_without_checkpoints(r: Path) -> Path:
+    run = fake_run("checkpoints")(r)
+    (run / "summary.json").write_text(json.dumps({"steps": 5, "interrupted": None}))
+    return run
+
+
+def file_where_checkpoints_go(r: Path) -> Path:
+    run = fake_run("metrics.jsonl")(r)
+    (run / "checkpoints").write_text("not a folder")
+    return run
+
+
+def held_lease(r: Path) -> Path:
+    import socket
+
+    run = r / "run"
+    run.mkdir()
+    (run / "lease.json").write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                                "heartbeat": time.time(), "start": time.time()}))
+    return run
+
+
+RUN_MARKERS = ("checkpoints", "metrics.jsonl", "summary.json", "lease.json")
+CASES.update({
+    **{f"hf {k} {v!r}": (conv(hf_with(**{k: v})), name) for k, v, name in [
+        ("layer_norm_eps", float("nan"), "layer_norm_eps"), ("layer_norm_eps", 0, "layer_norm_eps"),
+        ("layer_norm_eps", -1e-5, "layer_norm_eps"), ("layer_norm_eps", float("inf"), "layer_norm_eps"),
+        ("layer_norm_eps", "abc", "config.json"), ("num_attention_heads", 0, "num_heads"),
+        ("num_attention_heads", -2, "num_heads"), ("num_attention_heads", 3, "divisible"),
+        ("num_hidden_layers", 0, "num_layers"), ("hidden_size", 0, "hidden_size"),
+        ("vocab_size", -5, "vocab_size"), ("vocab_size", "many", "config.json"),
+        ("max_position_embeddings", 0, "max_position_embeddings"), ("rotary_pct", 1.5, "rotary_pct"),
+        ("rotary_pct", float("nan"), "rotary_pct"), ("rotary_emb_base", 0, "rotary_emb_base"),
+        ("rotary_emb_base", float("inf"), "rotary_emb_base"), ("intermediate_size", -1, "intermediate_size"),
+        ("hidden_act", "swish9", "hidden_act"), ("model_type", "llama", "model_type")]},
+    **{f"model.json {k} {v!r}": (conv(ckpt_with({**MODEL, k: v}), "--from"), k) for k, v in [
+        ("num_heads", 0), ("num_layers", -1), ("hidden_size", 0), ("vocab_size", 0),
+        ("layer_norm_eps", float("nan")), ("layer_norm_eps", -1.0), ("rotary_pct", 3.0)]},
+    "model.json a list": (conv(ckpt_with("[1, 2]"), "--from"), "model.json"),
+    "model.json empty": (conv(ckpt_with(""), "--from"), "model.json"),
+    # outputs that are a run, or belong to another verb
+    **{f"convert {flag} into a run dir with {m}": (
+        (lambda flag, m: lambda r: ["convert", "--from", str(r / "src"), flag, str(fake_run(m)(r))])(flag, m),
+        "is a training run directory") for flag in ("--to", "--to-hf") for m in RUN_MARKERS},
+    **{f"average into a run dir with {m}": (
+        (lambda m: lambda r: ["average", "--ckpt", str(r / "c1"), "--out", str(fake_run(m)(r))])(m),
+        "is a training run directory") for m in RUN_MARKERS},
+    "average --to-hf into a run dir": (lambda r: ["average", "--ckpt", str(r / "c1"), "--out", str(r / "avg"),
+                                                  "--to-hf", str(fake_run("checkpoints")(r))], "training run"),
+    "convert over a downloaded model": (lambda r: ["convert", "--from", str(r / "src"), "--to-hf",
+                                                   str(foreign(r))], "not written by convert"),
+    "convert --to over foreign files": (lambda r: ["convert", "--from", str(r / "src"), "--to",
+                                                   str(foreign(r))], "not written by convert"),
+    "convert --to a file": (lambda r: ["convert", "--from", str(r / "src"), "--to",
+                                       str(write("out", "keep")(r))], "not a folder"),
+    "average over foreign files": (lambda r: ["average", "--ckpt", str(r / "c1"), "--out", str(foreign(r))],
+                                   "not written by average"),
+    "vocab extend into a run dir": (lambda r: ["vocab", "extend", "--corpus", str(write("c.txt", "hi")(r)),
+                                               "--new-tokens", "3", "--checkpoint", str(r / "src"),
+                                               "--out", str(fake_run("checkpoints")(r))], "training run"),
+    "vocab extend over foreign files": (lambda r: ["vocab", "extend", "--corpus", str(write("c.txt", "hi")(r)),
+                                                   "--new-tokens", "3", "--checkpoint", str(r / "src"),
+                                                   "--out", str(foreign(r))], "not written by vocab extend"),
+    "vocab extend zero tokens": (lambda r: ["vocab", "extend", "--corpus", "c.txt", "--new-tokens", "0",
+                                            "--checkpoint", "x", "--out", "y"], "--new-tokens"),
+    # verify
+    "verify missing path": (verify(lambda r: r / "nothing"), "nothing"),
+    "verify a file": (verify(write("f.bin", "x")), "f.bin"),
+    "verify an empty folder": (verify(mkdir("empty")), "empty"),
+    "verify a Hugging Face folder": (verify(lambda r: hf_dir(r, "hf")), "Hugging Face"),
+    "verify a run without steps": (verify(fake_run("checkpoints")), "no complete checkpoint"),
+    "verify a run whose checkpoints is a file": (verify(file_where_checkpoints_go), "not a folder"),
+    # eval and average sources
+    "eval checkpoint missing": (lambda r: ["eval", "--checkpoint", str(r / "gone"), "--tasks", "none"], "gone"),
+    "eval checkpoint is a file": (lambda r: ["eval", "--checkpoint", str(write("ck", "x")(r)), "--tasks", "none"], "ck"),
+    "eval checkpoint empty dir": (lambda r: ["eval", "--checkpoint", str(mkdir("ck")(r)), "--tasks", "none"], "ck"),
+    "eval negative limit": (lambda r: ["eval", "--checkpoint", str(mkdir("ck")(r)), "--limit", "-1"], "--limit"),
+    "eval zero batch": (lambda r: ["eval", "--checkpoint", str(mkdir("ck")(r)), "--batch-size", "0"], "--batch-size"),
+    "eval model.json NaN eps": (lambda r: ["eval", "--checkpoint", str(ckpt_with({**MODEL, "layer_norm_eps": float("nan")})(r)),
+                                           "--tasks", "none"], "layer_norm_eps"),
+    "average ckpt is an HF dir": (lambda r: ["average", "--ckpt", str(hf_dir(r, "hf")), "--out", str(r / "avg")], "params"),
+    "average ckpt is a file": (lambda r: ["average", "--ckpt", str(write("c1", "x")(r)), "--out", str(r / "avg")], "c1"),
+    "average ckpt empty dir": (lambda r: ["average", "--ckpt", str(mkdir("c1")(r)), "--out", str(r / "avg")], "c1"),
+    "average ckpt with --last": (lambda r: ["average", "--ckpt", "a", "--last", "2", "--out", str(r / "avg")], "--run"),
+    "average run whose checkpoints is a file": (lambda r: ["average", "--run", str(file_where_checkpoints_go(r)),
+                                                           "--last", "1", "--out", str(r / "avg")], "checkpoints"),
+    # config values of the new sections
+    "storage timeout 0": (sched("storage.timeout_s=0"), "storage.timeout_s"),
+    "storage timeout negative": (sched("storage.timeout_s=-5"), "storage.timeout_s"),
+    "storage timeout nan": (sched("storage.timeout_s=nan"), "storage.timeout_s"),
+    "force not a bool": (sched("train.force=perhaps"), "train.force"),
+    "lease timeout 0": (sched("train.lease_timeout_s=0"), "lease_timeout_s"),
+    "negative checkpoint every": (sched("checkpoint.every=-2"), "checkpoint.every"),
+    "keep_steps not integers": (sched("checkpoint.keep_steps=a,b"), "keep_steps"),
+    "eval_steps outside the run": (sched("train.eval_steps=999999"), "eval_steps"),
+    "eval_steps not numbers": (sched("train.eval_steps=soon"), "eval_steps"),
+    "negative vocab_chunk": (sched("train.vocab_chunk=-1"), "vocab_chunk"),
+    # train into damaged or occupied run dirs
+    "train run_dir is a file": (train_into(write("runfile", "x")), "not a folder"),
+    "train checkpoints is a file": (train_into(file_where_checkpoints_go), "not a folder"),
+    "train run dir in use": (train_into(held_lease), "in use by pid"),
+    "train finished run without checkpoints": (train_into(finished_without_checkpoints, "--config.train.steps=5"),
+                                               "finished at step 5 earlier"),
+})
+
+
 def _snapshot(root: Path) -> dict[str, tuple]:
     out = {}
     for dirpath, dirs, files in os.walk(root):
@@ -244,7 +406,7 @@ def _snapshot(root: Path) -> dict[str, tuple]:
 
 
 def test_the_table_is_large_enough():
-    assert len(CASES) >= 60
+    assert len(CASES) >= 150
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -252,7 +414,7 @@ def test_bad_input_is_one_line(case, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     make_argv, names = CASES[case]
     argv = make_argv(tmp_path)
-    before = _snapshot(tmp_path)
+    before = _snapshot(tmp_path), tree_digest(tmp_path)
     capsys.readouterr()
     try:
         code = main(argv)
@@ -264,7 +426,7 @@ def test_bad_input_is_one_line(case, tmp_path, capsys, monkeypatch):
     assert len(lines) == 1, err
     assert "Traceback" not in err and "error" in lines[0]
     assert names in lines[0], lines[0]
-    assert _snapshot(tmp_path) == before, "files were written or deleted"
+    assert (_snapshot(tmp_path), tree_digest(tmp_path)) == before, "files were written, changed or deleted"
 
 
 # ---- kill -9 during writes -------------------------------------------------------------------

@@ -186,6 +186,7 @@ def load_params(path: str | Path, dtype: str | None = "float32") -> tuple[Params
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"Hugging Face directory {path} does not exist")
+    read_config(path)  # impossible values are refused before any weight is read
     refs, _ = weight_files.read_weights(path)
     refs = {k[len("model."):] if k.startswith("model.gpt_neox.") else k: v for k, v in refs.items()}
     dtype = dtype or _file_dtype(refs)

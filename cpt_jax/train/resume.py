@@ -90,12 +90,12 @@ def open_run(cfg: Any, log: Log = _stderr) -> OpenedRun:
     run = RunDir(cfg.run_dir)
     main = jax.process_index() == 0
     run.check_layout()  # before the lease: nothing is written into a damaged layout
-    if main:
-        run.root.mkdir(parents=True, exist_ok=True)
     lease, error = None, ""
     if main:
-        lease = Lease(run.file("lease.json"), cfg.train.lease_timeout_s, log)
-        try:
+        try:  # a finished run is refused before anything (even the lease) is written
+            _check_not_finished(run, int(cfg.train.steps), bool(cfg.train.get("force", False)))
+            run.root.mkdir(parents=True, exist_ok=True)
+            lease = Lease(run.file("lease.json"), cfg.train.lease_timeout_s, log)
             lease.acquire()
         except UserError as err:
             lease, error = None, str(err)
@@ -124,6 +124,19 @@ def open_run(cfg: Any, log: Log = _stderr) -> OpenedRun:
     return opened
 
 
+def _check_not_finished(run: RunDir, total: int, force: bool) -> None:
+    """A run whose summary says it finished, but whose final checkpoint is gone, is refused
+    (nothing to do) unless ``force``."""
+    if force or run.finished_summary(total, need_checkpoint=False) is None:
+        return
+    newest = run.latest_step()
+    if newest != total:
+        raise UserError(
+            f"{run} finished at step {total} earlier ({SUMMARY} says so), but its final checkpoint "
+            f"is gone (newest: {newest}): nothing to do; `train --force` (or train.force=True) "
+            "trains it again from there")
+
+
 def _record(run: RunDir, current: dict, opened: OpenedRun, total: int, allow: bool, force: bool,
             log: Log) -> None:
     """Process 0: the start/resume line and the config record (or the finished line)."""
@@ -136,11 +149,7 @@ def _record(run: RunDir, current: dict, opened: OpenedRun, total: int, allow: bo
             f"{run} holds a checkpoint at step {opened.resumed}, past train.steps = "
             f"{total}: raise train.steps to continue it, or use a new run_dir")
     opened.finished = run.finished_summary(total)
-    if opened.finished is None and run.finished_summary(total, need_checkpoint=False) and not force:
-        raise UserError(
-            f"{run} finished at step {total} earlier ({SUMMARY} says so), but its final checkpoint "
-            f"is gone (newest: {opened.resumed}): nothing to do; `train --force` (or "
-            "train.force=True) trains it again from there")
+    _check_not_finished(run, total, force)
     if opened.finished is not None:
         check_config(run, current, opened.resumed, allow)  # refused changes are refused here too
         log(f"{run} finished at step {total} earlier ({SUMMARY} is there): nothing to do")
