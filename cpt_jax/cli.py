@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         code = args.func(args)
     except (UserError, OSError, EOFError) as err:
         print(f"cpt-jax {args.verb}: error: {one_line(err)}", file=sys.stderr)
-        return 2
+        # storage or a peer unreachable: a temporary failure (75) that a restart loop retries
+        return 75 if isinstance(err, (ConnectionError, TimeoutError)) else 2
     return int(code or 0)
 
 

@@ -87,3 +87,15 @@ def test_a_full_disk_is_one_line_and_keeps_the_earlier_checkpoints(tmp_path, mon
     with pytest.raises(UserError, match=r"checkpoints: 1,000 bytes free, checkpoint step 4 needs about [0-9,]+"):
         loop.run(load_cfg(str(run), ["train.steps=4", *common]), eval_sets={})
     assert RunDir(run).complete_steps() == [2]
+
+
+def test_an_unreachable_endpoint_is_a_temporary_failure(monkeypatch, capsys):
+    from cpt_jax import cli
+    from cpt_jax.commands import verify
+
+    def refused(args):
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr(verify, "run", refused)
+    assert cli.main(["verify", "gs://bucket/run"]) == 75
+    assert capsys.readouterr().err.strip() == "cpt-jax verify: error: Connection refused"
