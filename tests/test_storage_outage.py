@@ -99,3 +99,20 @@ def test_an_unreachable_endpoint_is_a_temporary_failure(monkeypatch, capsys):
     monkeypatch.setattr(verify, "run", refused)
     assert cli.main(["verify", "gs://bucket/run"]) == 75
     assert capsys.readouterr().err.strip() == "cpt-jax verify: error: Connection refused"
+
+
+def test_convert_onto_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys):
+    import jax
+
+    from cpt_jax import storage
+    from cpt_jax.cli import main
+    from cpt_jax.model import checkpoint, pythia
+
+    mcfg = pythia.PythiaConfig.from_config({"vocab_size": 64, "hidden_size": 16, "num_layers": 1, "num_heads": 2})
+    checkpoint.save_params(tmp_path / "src", jax.device_get(pythia.init_params(mcfg, jax.random.key(0))), mcfg)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(storage.shutil, "disk_usage", lambda _: usage._replace(free=10))
+    capsys.readouterr()
+    assert main(["convert", "--from", str(tmp_path / "src"), "--to", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "10 bytes free, the params checkpoint needs about" in err

@@ -145,12 +145,21 @@ def _save_remote(path: Any, params: Params, model_config: PythiaConfig, digest: 
 
 
 def _write_item(item: Any, params: Params) -> None:
+    """Write one orbax params item; a full disk is one line naming it and the bytes needed."""
     import orbax.checkpoint as ocp
 
+    needed = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+    if jax.process_index() == 0:
+        storage.check_free_space(item.parent, needed, "the params checkpoint")
     ckptr = ocp.StandardCheckpointer()
     try:
         ckptr.save(item, params, force=True)
         ckptr.wait_until_finished()
+    except Exception as err:  # orbax wraps the OSError of its writer threads
+        if not storage.is_disk_full(err):
+            raise
+        raise UserError(f"{item}: no space left on the device (the params checkpoint needs about "
+                        f"{needed:,} bytes)") from None
     finally:
         ckptr.close()
 
