@@ -320,7 +320,7 @@ def validate(cfg: ConfigDict) -> None:
     from cpt_jax import checks, doremi_workflow, lawa_online, optim, schedules, sharding
     from cpt_jax.data import pipeline
     from cpt_jax.eval import runner
-    from cpt_jax.model import pythia
+    from cpt_jax.model import hf, pythia
     from cpt_jax.train import checkpoint, loop
 
     t = cfg.train
@@ -331,7 +331,8 @@ def validate(cfg: ConfigDict) -> None:
     schedules.check_section(cfg.schedule, cfg.optim.peak_lr, t.steps)
     sharding.check_section(cfg.mesh)
     checkpoint.check_section(cfg.checkpoint)
-    checks.positive("storage.timeout_s", cfg.storage.timeout_s)
+    checks.positive_number("storage.timeout_s", cfg.storage.timeout_s)
+    hf.check_values(dict(cfg.model), "model")  # NaN or <= 0 eps and the like, as in a config.json
     doremi_workflow.check_section(cfg.doremi, t.init_from)
     lawa_online.check_section(cfg.lawa)
     runner.check_section(cfg.eval)

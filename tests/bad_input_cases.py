@@ -306,6 +306,17 @@ def held_lease(r: Path) -> Path:
     return run
 
 
+def saved_run(config: str | None, step: int = 2):
+    """A run dir holding ``config`` as config.json (None: none) and one complete step."""
+    def make(r: Path) -> Path:
+        run = r / "run"
+        (run / "checkpoints" / str(step) / "params").mkdir(parents=True)
+        if config is not None:
+            (run / "config.json").write_text(config)
+        return run
+    return make
+
+
 RUN_MARKERS = ("checkpoints", "metrics.jsonl", "summary.json", "lease.json")
 CASES.update({
     **{f"hf {k} {v!r}": (conv(hf_with(**{k: v})), name) for k, v, name in [
@@ -381,10 +392,32 @@ CASES.update({
     "eval_steps outside the run": (sched("train.eval_steps=999999"), "eval_steps"),
     "eval_steps not numbers": (sched("train.eval_steps=soon"), "eval_steps"),
     "negative vocab_chunk": (sched("train.vocab_chunk=-1"), "vocab_chunk"),
+    # values that cannot be right, one key at a time
+    **{f"override {o}": (sched(o), o.split("=")[0]) for o in [
+        "train.micro_batches=0", "train.batch_size=0", "train.seq_len=0", "train.seq_len=-64",
+        "train.eval_batches=0", "optim.b2=1.0", "optim.b1=-0.1", "optim.eps=-1", "optim.eps=nan",
+        "optim.weight_decay=-1", "optim.grad_clip=-1", "model.num_layers=0", "model.hidden_size=0",
+        "model.vocab_size=0", "model.num_heads=0", "model.rotary_emb_base=0",
+        "model.max_position_embeddings=0", "data.replay_fraction=-0.1", "eval.batch_size=0",
+        "eval.limit=-1", "checkpoint.keep_steps=1;2", "mesh.tensor=0", "mesh.fsdp=-3",
+        "lawa.every=-1", "data.workers=abc", "storage.timeout_s=inf"]},
+    **{f"override {o}": (sched(o), o.split("=")[0].split(".")[1]) for o in [
+        "model.layer_norm_eps=0", "model.layer_norm_eps=nan", "model.layer_norm_eps=-1e-5",
+        "model.intermediate_size=-4", "model.rope_scaling=0"]},
     # train into damaged or occupied run dirs
     "train run_dir is a file": (train_into(write("runfile", "x")), "not a folder"),
     "train checkpoints is a file": (train_into(file_where_checkpoints_go), "not a folder"),
     "train run dir in use": (train_into(held_lease), "in use by pid"),
+    "train resume changing the seed": (train_into(saved_run('{"seed": 0}'), "--config.seed=5"), "seed: 0 -> 5"),
+    "train resume changing the batch": (train_into(saved_run('{"train": {"batch_size": 8}}'), "--config.train.batch_size=4"),
+                                        "train.batch_size: 8 -> 4"),
+    "train resume changing the model": (train_into(saved_run('{"model": {"hidden_size": 32}}')), "model.hidden_size: 32 -> 64"),
+    "train resume changing the data": (train_into(saved_run('{"data": {"replay_fraction": 0.5}}')), "data.replay_fraction"),
+    "train resume without config or record": (train_into(saved_run(None)), "holds no run record"),
+    "train resume with damaged config and no record": (train_into(saved_run("{oops")), "config.json is damaged"),
+    "train resume with config not an object": (train_into(saved_run("[1]")), "config.json is damaged"),
+    "train checkpoint past train.steps": (train_into(saved_run('{"seed": 0}', 200), "--config.train.steps=5"),
+                                          "past train.steps"),
     "train finished run without checkpoints": (train_into(finished_without_checkpoints, "--config.train.steps=5"),
                                                "finished at step 5 earlier"),
 })
