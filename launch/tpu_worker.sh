@@ -11,6 +11,9 @@
 # (setsid + nohup: a dropped ssh connection does not reach it), output appended to
 # STATE_DIR/train-HOST.log. Each start has its own id (STATE_DIR/current) and its session writes
 # its exit code to STATE_DIR/exit_code.ID, so a previous run ending late never shows as this one.
+# A trainer aborted by jax's coordination service (a peer died or stopped answering: SIGABRT,
+# 134, with "heartbeat" or "coordination" in its last log lines) is recorded as 75, a temporary
+# failure that `tpu_vm.sh start --restart` starts again, with one line saying so.
 # status: STATE is running | exited | absent; CODE the exit code (- while running); NOTE is
 # interrupted (stopped by a signal, checkpoint saved), stopped (by `stop`) or -.
 # Environment: STATE_DIR (default ~/.cpt-jax), CPT_JAX (default .venv/bin/cpt-jax), GRACE (120).
@@ -65,6 +68,11 @@ case "${1:-}" in
       "${@:2}" &
       echo $! >"$0/train.pid"
       rc=0; wait $! || rc=$?
+      if [ "$rc" = 134 ] && sed -n "/ start $1:/,\$p" "$0/train-$(hostname).log" | tail -n 60 |
+          grep -qiE "heartbeat|coordination"; then
+        echo "$(hostname): the trainer was aborted because another process died or stopped answering: exit 75 (restart)"
+        rc=75
+      fi
       echo "$rc" >"$0/exit_code.$1"
     ' "$STATE" "$id" "$CPT" train "$@" --config.mesh.distributed=on >>"$LOG" 2>&1 </dev/null &
     for _ in $(seq 50); do [ -f "$STATE/train.pid" ] && break; sleep 0.1; done

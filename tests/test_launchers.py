@@ -227,3 +227,21 @@ def test_slurm_tasks_sharing_a_node_each_bind_their_own_gpus(tmp_path):
            "SLURM_NTASKS_PER_NODE": "2"}
     out = run(["bash", str(LAUNCH / "slurm_task.sh")], env)
     assert out.returncode == 2 and "3 GPUs" in out.stderr and "2 tasks" in out.stderr
+
+
+def test_tpu_worker_records_an_abort_by_the_coordination_service_as_75(slice_env, tmp_path):
+    trainer = script(tmp_path / "trainer", """
+        #!/usr/bin/env bash
+        echo "F0000 coordination_service_agent.cc:123] Heartbeat to coordination service failed" >&2
+        kill -ABRT $$
+    """)
+    env = {**slice_env, "CPT_JAX": str(trainer)}
+    tpu = ["bash", str(LAUNCH / "tpu_vm.sh")]
+    assert run(tpu + ["start", "--config", "configs/tiny.py"], env).returncode == 0
+    waited = run(tpu + ["wait"], env)
+    assert waited.returncode == 75 and waited.stdout.startswith("exited 75"), waited.stdout
+    log = run(tpu + ["logs", "3"], env).stdout
+    assert "another process died or stopped answering: exit 75" in log
+    other = script(tmp_path / "crash", "#!/usr/bin/env bash\necho 'some other fatal error' >&2\nkill -ABRT $$\n")
+    assert run(tpu + ["start", "--config", "configs/tiny.py"], {**env, "CPT_JAX": str(other)}).returncode == 0
+    assert run(tpu + ["wait"], env).returncode == 134  # not every abort is a lost peer
