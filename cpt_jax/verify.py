@@ -10,7 +10,7 @@ before digests were recorded is reported as such (readable, but not verifiable).
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -37,13 +37,30 @@ def read_item(item: Any) -> dict[str, np.ndarray]:
     return {integrity.leaf_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(out)[0]}
 
 
-def _check_arrays(arrays: dict[str, np.ndarray], recorded: dict[str, str] | None, where: str,
-                  item: str) -> tuple[int, int]:
+def iter_arrays(item: Any) -> Iterator[tuple[str, np.ndarray]]:
+    """``(leaf name, array)`` of an orbax item, a group of leaves (no bigger than the largest)
+    at a time for the plain nested dicts params are, so host memory stays about one leaf group;
+    other trees (optimizer states) are read whole."""
+    from cpt_jax.lawa import leaf_groups
+    from cpt_jax.tree_io import leaf_specs, restore_numpy
+
+    try:
+        specs = leaf_specs(os.fspath(item))
+    except (UserError, AttributeError, TypeError):  # not a tree of dicts
+        yield from read_item(item).items()
+        return
+    for group in leaf_groups(specs):
+        yield from restore_numpy(os.fspath(item), group).items()
+
+
+def _check_arrays(arrays: Iterable[tuple[str, np.ndarray]], recorded: dict[str, str] | None,
+                  where: str, item: str) -> tuple[int, int]:
     """``(arrays checked, non-finite arrays)``; a digest mismatch raises."""
     digests, bad = {}, 0
-    for name, x in arrays.items():
+    for name, x in arrays:
         digests[name], count = integrity.array_digest_np(x)
         bad += bool(count)
+        del x
     integrity.compare(recorded, digests, where, item)
     return len(digests), bad
 
@@ -62,7 +79,7 @@ def verify_step(run: RunDir, step: int) -> str:
     for item in ("params", "opt_state", "extras"):
         if not (step_dir / item).is_dir():
             continue
-        k, bad = _check_arrays(read_item(step_dir / item), (digest or {}).get(item), where, item)
+        k, bad = _check_arrays(iter_arrays(step_dir / item), (digest or {}).get(item), where, item)
         n, nonfinite = n + k, nonfinite + bad
     return _verdict(where, n, nonfinite, digest is not None)
 
@@ -82,7 +99,7 @@ def verify_params(path: Any, item: Any) -> str:
     from cpt_jax.model.checkpoint import recorded_digest
 
     recorded = recorded_digest(item)
-    n, nonfinite = _check_arrays(read_item(item), recorded, os.fspath(path), "params")
+    n, nonfinite = _check_arrays(iter_arrays(item), recorded, os.fspath(path), "params")
     return _verdict(os.fspath(path), n, nonfinite, recorded is not None)
 
 
