@@ -85,9 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = args.func(args)
     except (UserError, OSError, EOFError) as err:
-        print(f"cpt-jax {args.verb}: error: {one_line(err)}", file=sys.stderr)
         # storage or a peer unreachable: a temporary failure (75) that a restart loop retries
-        return 75 if isinstance(err, (ConnectionError, TimeoutError)) else 2
+        temporary = isinstance(err, (ConnectionError, TimeoutError))
+        tail = " (storage did not answer: a temporary failure, exit 75)" if temporary else ""
+        print(f"cpt-jax {args.verb}: error: {one_line(err)}{tail}", file=sys.stderr)
+        return 75 if temporary else 2
     return int(code or 0)
 
 

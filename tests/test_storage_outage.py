@@ -98,7 +98,21 @@ def test_an_unreachable_endpoint_is_a_temporary_failure(monkeypatch, capsys):
 
     monkeypatch.setattr(verify, "run", refused)
     assert cli.main(["verify", "gs://bucket/run"]) == 75
-    assert capsys.readouterr().err.strip() == "cpt-jax verify: error: Connection refused"
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cpt-jax verify: error: Connection refused") and "exit 75" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_a_verb_on_a_silent_endpoint_fails_within_the_request_timeout(black_hole, tmp_path):
+    pytest.importorskip("gcsfs")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", STORAGE_EMULATOR_HOST=black_hole,
+               CPT_JAX_GCS_REQUEST_TIMEOUT_S="1", CPT_JAX_CACHE=str(tmp_path / "cache"))
+    cmd = [sys.executable, "-c", "import sys; from cpt_jax.cli import main; sys.exit(main(sys.argv[1:]))",
+           "verify", "gs://bucket/run"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    assert out.returncode == 75, out.stderr[-2000:]
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "storage did not answer" in lines[0]
 
 
 def test_convert_onto_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys):
