@@ -1,10 +1,12 @@
 """Opening a run directory for training: one writer, the same experiment, a readable checkpoint.
 
-``open_run`` takes the directory's lease (``cpt_jax.lease``), checks that every process sees
-the same directory, finds the newest complete step, says whether the run starts, resumes or is
+``open_run`` refuses a finished run whose checkpoints are gone, takes the directory's lease
+(``cpt_jax.lease``), checks that every process sees the same directory, moves empty or cut-short
+step folders aside, finds the newest complete step, says whether the run starts, resumes or is
 already finished, and records the config (refusing a resume that would change what the
-checkpoint means; ``cpt_jax.run_dir.record_config``). ``restore_newest`` restores the newest
-step and falls back, with one line, to the one before when it cannot be read.
+checkpoint means; ``cpt_jax.run_dir.record_config``). Process 0 makes each of these decisions
+and broadcasts them. ``restore_newest`` restores the newest step and falls back, with one line,
+to the one before when it cannot be read or fails its integrity check.
 """
 
 from __future__ import annotations
@@ -161,8 +163,10 @@ def _record(run: RunDir, current: dict, opened: OpenedRun, total: int, allow: bo
 
 def restore_newest(ckpts: Any, run: RunDir, newest: int, target: Any, log: Log = _stderr
                    ) -> tuple[Any, dict[str, Any], int]:
-    """Restore the newest complete step; when it cannot be read, warn in one line, move it
-    aside (``<step>.unreadable``, never deleted) and use the step before it."""
+    """Restore the newest complete step: process 0 chooses it, every process restores it. When
+    it cannot be read or fails its integrity check on any process, all of them take the step
+    before it; process 0 warns in one line and moves the bad step aside
+    (``<step>.unreadable``, never deleted)."""
     main = jax.process_index() == 0
     steps = [s for s in run.complete_steps() if s <= newest] if main else []
     first_error: UserError | None = None
