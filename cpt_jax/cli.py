@@ -26,6 +26,7 @@ from cpt_jax.commands import (
     sweep,
     tokenize,
     train,
+    verify,
     vocab,
 )
 from cpt_jax.commands import compile as compile_verb  # the module names shadow builtins
@@ -34,7 +35,7 @@ from cpt_jax.errors import UserError
 
 # the verbs, in the order `--help` lists them
 COMMANDS = (model_info, assets, tokenize, convert, schedule, average, corpus, train, compile_verb,
-            eval_verb, generate, experiment, sweep, report, dcpt, doremi, vocab, reproduce)
+            eval_verb, generate, experiment, sweep, report, dcpt, doremi, vocab, reproduce, verify)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -86,8 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = args.func(args)
     except (UserError, OSError, EOFError) as err:
-        print(f"cpt-jax {args.verb}: error: {one_line(err)}", file=sys.stderr)
-        return 2
+        # storage or a peer unreachable: a temporary failure (75) that a restart loop retries
+        temporary = isinstance(err, (ConnectionError, TimeoutError))
+        tail = " (storage did not answer: a temporary failure, exit 75)" if temporary else ""
+        print(f"cpt-jax {args.verb}: error: {one_line(err)}{tail}", file=sys.stderr)
+        return 75 if temporary else 2
     return int(code or 0)
 
 

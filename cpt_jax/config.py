@@ -62,6 +62,7 @@ def defaults() -> ConfigDict:
     c.train.vocab_chunk = 0  # > 0: loss over blocks of this many positions, never full [B, T, V] logits
     c.train.init_from = ""  # orbax params checkpoint to continue from (fresh optimizer state)
     c.train.allow_config_change = False  # resume even when model/data/batch/seq_len/seed changed
+    c.train.force = False  # train again a run whose summary says it finished (`train --force`)
     c.train.lease_timeout_s = 300.0  # a run dir's lease is taken over after this long without heartbeat
     c.train.log_every = 10
     c.train.eval_every = 0  # 0: evaluate only at the end
@@ -108,6 +109,9 @@ def defaults() -> ConfigDict:
     c.checkpoint.keep = 3
     c.checkpoint.keep_steps = ""  # comma-separated steps never deleted
     c.checkpoint.async_save = True
+
+    c.storage = ConfigDict()
+    c.storage.timeout_s = 300.0  # a storage step (open, save, sync, restore) longer than this: exit 75
 
     c.data = ConfigDict()
     c.data.source = "synthetic"  # synthetic | tokenized
@@ -318,10 +322,10 @@ def validate(cfg: ConfigDict) -> None:
     """Check keys and types against ``defaults()``, then each section's values by the module
     that uses them; raise one ``UserError``. (Those modules import jax, hence the late imports.)"""
     _check_keys(cfg, defaults(), "")
-    from cpt_jax import doremi_workflow, lawa_online, optim, schedules, sharding
+    from cpt_jax import checks, doremi_workflow, lawa_online, optim, schedules, sharding
     from cpt_jax.data import pipeline
     from cpt_jax.eval import runner
-    from cpt_jax.model import pythia
+    from cpt_jax.model import hf, pythia
     from cpt_jax.train import checkpoint, loop
 
     t = cfg.train
@@ -332,6 +336,8 @@ def validate(cfg: ConfigDict) -> None:
     schedules.check_section(cfg.schedule, cfg.optim.peak_lr, t.steps)
     sharding.check_section(cfg.mesh)
     checkpoint.check_section(cfg.checkpoint)
+    checks.positive_number("storage.timeout_s", cfg.storage.timeout_s)
+    hf.check_values(dict(cfg.model), "model")  # NaN or <= 0 eps and the like, as in a config.json
     doremi_workflow.check_section(cfg.doremi, t.init_from)
     lawa_online.check_section(cfg.lawa)
     runner.check_section(cfg.eval)

@@ -23,8 +23,9 @@ import numpy as np
 
 from cpt_jax import storage
 from cpt_jax.errors import UserError
+from cpt_jax.integrity import array_digest_np, compare, refuse_nonfinite
 from cpt_jax.tree_io import accumulator_dtype, leaf_specs, restore_numpy, unflatten
-from cpt_jax.run_dir import MODEL, PARAMS_ITEM, RunDir
+from cpt_jax.run_dir import RunDir
 
 Tree = dict[str, Any]
 
@@ -36,6 +37,7 @@ class Source:
     label: str
     params_dir: str
     model: dict[str, Any]
+    digest: dict[str, str] | None = None  # recorded at save (None: not recorded, not checked)
 
 
 # ---------------------------------------------------------------------------------------
@@ -121,19 +123,26 @@ def _short(steps: list[int]) -> str:
 
 def run_sources(run_dir: str, steps: list[int]) -> list[Source]:
     """Sources for some steps of a training run (model shape from ``RUN/model.json``)."""
+    from cpt_jax.model.checkpoint import config_to_dict, locate, recorded_digest
+
     run = RunDir(run_dir)
-    model = storage.read_json(run.file(MODEL))
-    return [Source(f"step {s}", os.fspath(run.step_dir(s) / PARAMS_ITEM), model) for s in steps]
+    sources = []
+    for s in steps:
+        config, item = locate(run.step_dir(s)) or (None, None)  # the model the step recorded
+        sources.append(Source(f"step {s}", os.fspath(item), config_to_dict(config), recorded_digest(item)))
+    return sources
 
 
 def dir_source(path: str) -> Source:
     """A source from a params-only checkpoint dir or one run step dir ``RUN/checkpoints/<step>``."""
-    path = storage.path(path)
-    if not (path / PARAMS_ITEM).is_dir():
+    from cpt_jax.model.checkpoint import config_to_dict, locate, recorded_digest
+
+    found = locate(storage.path(path))
+    if found is None:  # a Hugging Face folder
         raise UserError(f"{path} holds no orbax params item (no params/ inside)")
-    own, run_model = path / MODEL, path.parent.parent / MODEL
-    model = storage.read_json(own if own.exists() else run_model)
-    return Source(os.fspath(path), os.fspath(path / PARAMS_ITEM), model)
+    config, item = found
+    return Source(os.fspath(storage.path(path)), os.fspath(item), config_to_dict(config),
+                  recorded_digest(item))
 
 
 # ---------------------------------------------------------------------------------------
@@ -214,13 +223,15 @@ def _return_freed_buffers_to_os() -> None:
 def average(
     sources: list[Source],
     restore: Callable[[str, list[str]], dict[str, np.ndarray]] = restore_numpy,
+    allow_nonfinite: bool = False,
 ) -> Tree:
     """Uniform mean of the sources' params, ``theta_bar = (1/k) sum_i theta_i``, streaming.
 
     Leaf-group-major: for each group of leaves (no bigger than the largest leaf), restore that
     group from each checkpoint in turn and add it into an fp32 running sum (fp64 for fp64
     leaves), then divide by k and cast back to the leaf's dtype. Peak host memory: one copy of
-    the result plus about two groups in flight, whatever k is.
+    the result plus about two groups in flight, whatever k is. Each array read is checked
+    against its source's recorded digest, and NaN or inf is refused unless ``allow_nonfinite``.
     """
     specs = check_compatible(sources)
     _return_freed_buffers_to_os()
@@ -232,6 +243,7 @@ def average(
             part = restore(src.params_dir, group)
             for path in group:
                 x = np.asarray(part.pop(path))
+                _check_leaf(src, path, x, allow_nonfinite)
                 if path not in acc:
                     want = accumulator_dtype(specs[path][1])
                     acc[path] = x if x.dtype == want and x.flags.writeable else x.astype(want)
@@ -248,12 +260,20 @@ def average(
     return unflatten({path: out[path] for path in specs})
 
 
+def _check_leaf(src: Source, path: str, x: np.ndarray, allow_nonfinite: bool) -> None:
+    """One array of a source: its recorded digest, and no NaN or inf unless allowed."""
+    digest, bad = array_digest_np(x)
+    if src.digest is not None:
+        compare({path: src.digest.get(path, "(none recorded)")}, {path: digest}, src.label)
+    refuse_nonfinite({path: bad}, src.label, allow_nonfinite)
+
+
 def iter_window_averages(
-    run_dir: str, spans: list[list[int]]
+    run_dir: str, spans: list[list[int]], allow_nonfinite: bool = False
 ) -> Iterator[tuple[list[int], Tree]]:
     """One average per window (each summed afresh: exact, k restores per window)."""
     for span in spans:
-        yield span, average(run_sources(run_dir, span))
+        yield span, average(run_sources(run_dir, span), allow_nonfinite=allow_nonfinite)
 
 
 # ---------------------------------------------------------------------------------------
@@ -267,15 +287,3 @@ def save_average(out_dir: str, params: Tree, model: dict[str, Any], info: dict[s
 
     out = save_params(out_dir, params, config_from_dict(model))
     storage.write_json(out / "lawa.json", info)
-
-
-def check_out_dir(path: str) -> None:
-    """The output must not exist yet, or be empty (never overwrite a checkpoint); what an
-    interrupted earlier write left in the staging folder ``.partial`` does not count."""
-    from cpt_jax.model.checkpoint import STAGING
-
-    out = storage.path(path)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output {path} already exists and is not a directory")
-    if out.exists() and any(child.name != STAGING for child in out.iterdir()):
-        raise UserError(f"output {path} already exists and is not empty")

@@ -3,10 +3,13 @@
 ``RUN/lease.json`` is created only if absent (``O_EXCL`` locally, ``ifGenerationMatch=0`` on
 Cloud Storage), renewed by a heartbeat thread, and deleted when the run ends. A second run on the
 same directory stops with one line naming the holder. A lease is taken over, with a printed line,
-when its heartbeat is older than ``stale_after_s`` or its holder is a dead process on this host
-(a killed run). Every write after the first is conditional on the lease being the one last seen
-(the object generation on Cloud Storage, the file's content locally), so two runs that both see
-a stale lease cannot both take it.
+when its heartbeat is older than ``stale_after_s``, its holder is a dead process on this host
+(a killed run), or its holder belongs to the same job (``job_identity``: a SLURM job requeued
+onto other nodes, a TPU VM recreated under a new hostname) -- that job restarted, so its old
+holder is gone; a different job still waits for the heartbeat to go stale. Every write after
+the first is conditional on the lease being the one last seen (the object generation on Cloud
+Storage, the file's content locally), so two runs that both see a stale lease cannot both take
+it.
 """
 
 from __future__ import annotations
@@ -135,6 +138,17 @@ class _GcsStore:
             pass
 
 
+def job_identity() -> str:
+    """Which job this process belongs to: ``CPT_JAX_JOB_ID`` (set by a launcher), else
+    ``slurm:<SLURM_JOB_ID>``, else ``tpu:<TPU_NAME>``; empty when none is known."""
+    if os.environ.get("CPT_JAX_JOB_ID"):
+        return os.environ["CPT_JAX_JOB_ID"]
+    for var, kind in (("SLURM_JOB_ID", "slurm"), ("TPU_NAME", "tpu")):
+        if os.environ.get(var):
+            return f"{kind}:{os.environ[var]}"
+    return ""
+
+
 def _alive_here(holder: dict) -> bool:
     """False when ``holder`` is a process of this host that no longer exists."""
     if holder.get("host") != socket.gethostname():
@@ -157,7 +171,7 @@ class Lease:
         self._store = _GcsStore(self.file) if storage.is_remote(self.file) else _LocalStore(self.file)
         self._log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self._me = {"host": socket.gethostname(), "pid": os.getpid(), "id": uuid.uuid4().hex,
-                    "start": time.time()}
+                    "start": time.time(), "job": job_identity()}
         self._token: Any = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -180,15 +194,23 @@ class Lease:
                 holder = json.loads(seen[0])
             except ValueError:
                 holder = {}
-            age = time.time() - float(holder.get("heartbeat", 0))
-            if age < self.stale_after_s and _alive_here(holder):
+            if not isinstance(holder, dict):
+                holder = {}
+            try:
+                age = time.time() - float(holder.get("heartbeat", 0))
+            except (TypeError, ValueError):
+                age = float("inf")  # a damaged lease record holds nothing
+            same_job = bool(self._me["job"]) and holder.get("job") == self._me["job"]
+            if age < self.stale_after_s and _alive_here(holder) and not same_job:
                 raise UserError(
                     f"{self.file.parent} is in use by pid {holder.get('pid')} on "
                     f"{holder.get('host')} (started {_when(holder.get('start'))}, heartbeat "
                     f"{age:.0f}s ago); stop that run or use another run_dir")
             self._token = self._store.replace(self._record(), seen[1])
             if self._token is not None:
-                why = "is no longer running" if not _alive_here(holder) else f"went silent {age:.0f}s ago"
+                why = ("is no longer running" if not _alive_here(holder) else
+                       f"belongs to this job ({self._me['job']}), which restarted" if same_job else
+                       f"went silent {age:.0f}s ago")
                 self._log(f"taking over the lease of {self.file.parent}: pid {holder.get('pid')} on "
                           f"{holder.get('host')} {why}")
                 return self._start_heartbeat()

@@ -42,6 +42,9 @@ def check_section(optim_cfg: Any) -> None:
     for name in ("b1", "b2"):
         checks.unit_interval(f"optim.{name}", optim_cfg[name], closed_top=False)
     checks.at_least_zero("optim.skip_nonfinite", optim_cfg.skip_nonfinite, "0 = stop at the first")
+    checks.positive_number("optim.eps", optim_cfg.eps)
+    for name, note in (("weight_decay", "0 = none"), ("grad_clip", "0 disables")):
+        checks.at_least_zero(f"optim.{name}", optim_cfg[name], note)
 
 
 def _key_names(path: tuple) -> list[str]:

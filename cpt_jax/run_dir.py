@@ -6,10 +6,12 @@
                               a resume at <step> changed it)
     RUN/model.json            the PythiaConfig fields
     RUN/metrics.jsonl         one JSON object per line with "step" (train log lines, eval lines)
+    RUN/metrics.jsonl.bad     lines of metrics.jsonl that did not parse, moved here on resume
     RUN/summary.json          written when the run ends (finished or interrupted)
     RUN/eval.json             ``cpt-jax eval --out``
     RUN/lease.json            the lease of the run writing here (``cpt_jax.lease``)
-    RUN/checkpoints/<step>/   orbax steps: params, opt_state, extras, meta, lawa
+    RUN/checkpoints/<step>/   orbax steps: params, opt_state, extras, meta, lawa (meta holds
+                              the run's record, the model and the arrays' digests)
     RUN/lawa/<step>/params    online LAWA snapshots (disk store)
     RUN/tensorboard/          TensorBoard events
 
@@ -40,7 +42,7 @@ PARAMS_ITEM = "params"
 # keys whose change makes a checkpoint mean something else: refused on resume unless allowed
 MEANING_KEYS = ("model.", "data.", "seed", "train.batch_size", "train.seq_len")
 # keys that never matter to a resume
-IGNORED_KEYS = ("run_dir", "train.allow_config_change")
+IGNORED_KEYS = ("run_dir", "train.allow_config_change", "train.force")
 
 
 class RunDir:
@@ -73,6 +75,12 @@ class RunDir:
         """A training run wrote here (its config and its checkpoints folder exist)."""
         return self.file(CONFIG).exists() and self.checkpoints.is_dir()
 
+    def check_layout(self) -> None:
+        """The run dir and its ``checkpoints`` entry are folders where they exist (one line)."""
+        for entry in (self.root, self.checkpoints):
+            if entry.exists() and not entry.is_dir():
+                raise UserError(f"{entry} is not a folder: move it away or use another run_dir")
+
     # -- checkpoints --------------------------------------------------------------------
 
     def complete_steps(self) -> list[int]:
@@ -81,6 +89,7 @@ class RunDir:
         are never listed."""
         import orbax.checkpoint as ocp
 
+        self.check_layout()
         if not self.checkpoints.is_dir():
             return []
         steps = []
@@ -94,13 +103,30 @@ class RunDir:
         steps = self.complete_steps()
         return steps[-1] if steps else None
 
-    def set_aside(self, step: int) -> Any:
-        """Move an unreadable step out of the way (renamed, never deleted); returns its new path."""
-        src, dst = self.step_dir(step), self.checkpoints / f"{step}.unreadable"
+    def step_meta(self, step: int) -> dict[str, Any] | None:
+        """The ``meta`` record of one step (None when missing or unreadable)."""
+        try:
+            meta = storage.read_json(self.step_dir(step) / "meta" / "metadata", missing_ok=True)
+        except UserError:
+            return None
+        return meta if isinstance(meta, dict) else None
+
+    def incomplete_steps(self) -> list[int]:
+        """Step folders that are not complete checkpoints (empty, or cut short), ascending."""
+        if not self.checkpoints.is_dir():
+            return []
+        complete = set(self.complete_steps())
+        return sorted(int(p.name) for p in self.checkpoints.iterdir()
+                      if p.name.isdigit() and int(p.name) not in complete)
+
+    def set_aside(self, step: int, why: str = "unreadable") -> Any:
+        """Move an unreadable (or incomplete) step out of the way (renamed ``<step>.<why>``,
+        never deleted); returns its new path."""
+        src, dst = self.step_dir(step), self.checkpoints / f"{step}.{why}"
         n = 1
         while dst.exists():
             n += 1
-            dst = self.checkpoints / f"{step}.unreadable{n}"
+            dst = self.checkpoints / f"{step}.{why}{n}"
         src.rename(dst)
         return dst
 
@@ -131,15 +157,22 @@ class RunDir:
 
 
 def _lines_with_records(text: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """``(line, record)`` for each line of a JSON-lines text holding an object with a ``step``;
-    a torn line (hard kill) is skipped."""
+    """``(line, record)`` for each line of a JSON-lines text holding an object with an integer
+    ``step``; a torn line (hard kill) or any other damaged line is skipped."""
     for line in text.splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict) and "step" in rec:
+        rec = _record_of(line)
+        if rec is not None:
             yield line, rec
+
+
+def _record_of(line: str) -> dict[str, Any] | None:
+    """The metrics record of one line, or None when it does not parse as one."""
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return None
+    step = rec.get("step") if isinstance(rec, dict) else None
+    return rec if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 def parse_jsonl(text: str) -> list[dict[str, Any]]:
@@ -154,19 +187,32 @@ def merge_by_step(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [merged[s] for s in sorted(merged)]
 
 
-def trim_metrics(file: Path, last_step: int | None) -> int:
+def trim_metrics(file: Path, last_step: int | None, log: Any = None) -> int:
     """Drop the lines of steps after ``last_step`` (all lines when None) from a local metrics
-    file: what a run logged past its last checkpoint is logged again on resume. Returns how
-    many lines were dropped."""
+    file: what a run logged past its last checkpoint is logged again on resume. Lines that do
+    not parse are moved to ``metrics.jsonl.bad`` with a one-line warning (never lost). Returns
+    how many lines left the file."""
     if not file.is_file():
         return 0
-    text = file.read_text()
-    lines = text.splitlines()
+    text = file.read_bytes().decode(errors="replace")
+    lines = [line for line in text.splitlines() if line.strip()]
     keep = [line for line, rec in _lines_with_records(text)
             if last_step is not None and int(rec["step"]) <= last_step]
-    if len(keep) != len(lines):
+    bad = [line for line in lines if _record_of(line) is None]
+    if bad:
+        with open(f"{file}.bad", "a") as out:
+            out.write("".join(f"{line}\n" for line in bad))
+        (log or _stderr)(f"warning: {len(bad)} line(s) of {file} do not parse as metrics records: "
+                         f"moved to {file.name}.bad")
+    if len(keep) != len(text.splitlines()):
         storage.write_text(file, "".join(f"{line}\n" for line in keep))
-    return len(lines) - len(keep)
+    return len(text.splitlines()) - len(keep)
+
+
+def _stderr(line: str) -> None:
+    import sys
+
+    print(line, file=sys.stderr, flush=True)
 
 
 # -- config history -------------------------------------------------------------------------
@@ -196,9 +242,38 @@ def config_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
         if before == after:
             continue
         line = f"{key}: {before!r} -> {after!r}"
-        meaning = any(key == k or (k.endswith(".") and key.startswith(k)) for k in MEANING_KEYS)
-        (refused if meaning else allowed).append(line)
+        (refused if _is_meaning(key) else allowed).append(line)
     return refused, allowed
+
+
+def _is_meaning(key: str) -> bool:
+    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in MEANING_KEYS)
+
+
+def run_record(config: dict) -> dict[str, Any]:
+    """The keys of a config that give a checkpoint its meaning (``MEANING_KEYS``), flattened:
+    stored in every checkpoint step, so a resume is checked even without ``config.json``."""
+    return {k: v for k, v in flatten(config).items() if _is_meaning(k)}
+
+
+def _try_json(file: Any) -> Any:
+    try:
+        return storage.read_json(file, missing_ok=True)
+    except UserError:
+        return None
+
+
+def _saved_config(run: RunDir, resumed: int) -> tuple[dict | None, str]:
+    """What the run was started with: ``config.json``, else (missing or damaged) the record in
+    the checkpoint step ``resumed``; ``(None, why)`` when neither can be read."""
+    saved = _try_json(run.file(CONFIG))
+    if isinstance(saved, dict):
+        return saved, ""
+    record = (run.step_meta(resumed) or {}).get("run")
+    if isinstance(record, dict):
+        return record, ""
+    state = "missing" if not run.file(CONFIG).exists() else "damaged"
+    return None, f"its {CONFIG} is {state} and checkpoint step {resumed} holds no run record"
 
 
 def check_config(run: RunDir, current: dict, resumed: int | None,
@@ -206,9 +281,14 @@ def check_config(run: RunDir, current: dict, resumed: int | None,
     """The stored config and every change of ``current`` against it (``(None, [])`` for a fresh
     start); a change of a ``MEANING_KEYS`` key is refused in one line listing each difference,
     unless ``allow_change``."""
-    saved = run.read_json(CONFIG) if resumed is not None else None
-    if not isinstance(saved, dict):
+    if resumed is None:
         return None, []
+    saved, why = _saved_config(run, resumed)
+    if saved is None:
+        if allow_change:
+            return None, []
+        raise UserError(f"cannot tell whether resuming {run} from step {resumed} changes what its "
+                        f"checkpoint means: {why} (set train.allow_config_change=True to resume)")
     refused, allowed = config_changes(saved, current)
     if refused and not allow_change:
         raise UserError(
@@ -223,6 +303,11 @@ def record_config(run: RunDir, current: dict, resumed: int | None, allow_change:
     first); when a resume changed it, the previous config is kept as ``config.<resumed>.json``
     and the changes are printed."""
     saved, changes = check_config(run, current, resumed, allow_change)
+    file = run.file(CONFIG)
+    if resumed is not None and file.exists() and not isinstance(_try_json(file), dict):
+        kept = run.file(f"{CONFIG}.damaged")
+        storage.write_text(kept, file.read_bytes().decode(errors="replace"))
+        log(f"{file} was damaged: kept as {kept.name}; checked against the record of step {resumed}")
     if saved is not None:
         if changes:
             log(f"config changed at step {resumed} (previous config kept as config.{resumed}.json): "

@@ -7,11 +7,17 @@ folder named ``gs:``.
 
 The Cloud Storage endpoint comes from ``STORAGE_EMULATOR_HOST`` when it is set (what Google's
 clients and gcsfs honour); tensorstore is pointed at the same endpoint, so a local emulator
-serves the whole program.
+serves the whole program. Each gcsfs request times out after ``CPT_JAX_GCS_REQUEST_TIMEOUT_S``
+seconds (120); gcsfs retries it with backoff, then fails (a ``TimeoutError``: exit 75).
 
 Object stores cannot rename or append: JSON files are written whole (one object write is
 atomic), local ones through a temporary file and ``os.replace``; appended logs are mirrored
 (``Mirror``) from a local folder and uploaded whole.
+
+A storage step that does not finish within its deadline (``Deadline``: training's
+``storage.timeout_s``) ends the program with one line and exit code 75 (``EX_TEMPFAIL``): what
+is saved stays saved, and a restart loop (``launch/tpu_vm.sh --restart``, SLURM ``--requeue``)
+tries again later. A full local disk is one line naming the folder and the bytes needed.
 """
 
 from __future__ import annotations
@@ -33,6 +39,61 @@ import numpy as np
 from cpt_jax.errors import UserError
 
 REMOTE_PREFIXES = ("gs://",)
+TEMPFAIL = 75  # exit code of a temporary failure (sysexits.h EX_TEMPFAIL): a restart may succeed
+
+
+class Deadline:
+    """``with Deadline(seconds, "saving checkpoint step 8"):`` -- when the block is still
+    running after ``seconds`` (storage that stopped answering, a peer that is gone), print one
+    line and end the process with exit code 75. Blocked C threads cannot be interrupted, hence
+    a hard exit; what earlier steps saved is complete and stays."""
+
+    def __init__(self, seconds: float, what: str) -> None:
+        import threading
+
+        self.seconds, self.what = float(seconds), what
+        self._timer = threading.Timer(self.seconds, self._expire)
+        self._timer.daemon = True
+
+    def _expire(self) -> None:
+        print(f"cpt-jax: error: no answer within {self.seconds:.0f}s while {self.what} (storage or "
+              f"another process stopped responding): stopping with exit code {TEMPFAIL}, a "
+              "temporary failure; what was saved is kept and a restart resumes from it",
+              file=sys.stderr, flush=True)
+        os._exit(TEMPFAIL)
+
+    def __enter__(self) -> "Deadline":
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._timer.cancel()
+
+
+def check_free_space(folder: Any, needed: int, what: str) -> None:
+    """A local ``folder`` must have ``needed`` bytes free (one line naming both, else)."""
+    if is_remote(folder) or needed <= 0:
+        return
+    probe = Path(os.fspath(folder))
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < needed:
+        raise UserError(f"{folder}: {free:,} bytes free, {what} needs about {needed:,}: free "
+                        "some space (or lower checkpoint.keep) and run again")
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Whether ``err`` (or anything in its cause chain) is an out-of-space error."""
+    import errno
+
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if getattr(err, "errno", None) == errno.ENOSPC or "No space left on device" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def is_remote(p: Any) -> bool:
@@ -45,8 +106,11 @@ def _configure_gcs() -> None:
     the same folders), and an emulator at ``STORAGE_EMULATOR_HOST`` serves tensorstore too."""
     import fsspec.config
 
+    timeout = float(os.environ.get("CPT_JAX_GCS_REQUEST_TIMEOUT_S", "120"))
     for protocol in ("gs", "gcs"):
-        fsspec.config.conf.setdefault(protocol, {})["use_listings_cache"] = False
+        conf = fsspec.config.conf.setdefault(protocol, {})
+        conf["use_listings_cache"] = False
+        conf.setdefault("requests_timeout", timeout)  # a silent endpoint: gcsfs retries, then fails
     host = os.environ.get("STORAGE_EMULATOR_HOST")
     if not host:
         return

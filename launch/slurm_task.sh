@@ -1,22 +1,34 @@
 #!/usr/bin/env bash
-# One SLURM task of launch/slurm_gpu.sbatch: the JAX process of this node, owning every GPU
-# the task sees. Runs `cpt-jax train "$@"`; its exit code is the task's.
+# One SLURM task of launch/slurm_gpu.sbatch: one JAX process, owning every GPU the task sees,
+# or, when several tasks share a node (SLURM_NTASKS_PER_NODE > 1), task SLURM_LOCALID's equal
+# share of them (task 1 of 4 on 8 GPUs: GPUs 2,3). Runs `cpt-jax train "$@"`; its exit code is
+# the task's.
 #
 # Environment (all optional): CPT_JAX (the cpt-jax executable, default .venv/bin/cpt-jax),
-# JAX_LOCAL_DEVICE_IDS (default: every visible GPU), XLA_FLAGS (the GPU flags below are
-# appended), JAX_COORDINATOR_PORT (default: derived from SLURM_JOB_ID by jax).
+# JAX_LOCAL_DEVICE_IDS (default: this task's share of the visible GPUs), XLA_FLAGS (the GPU
+# flags below are appended), JAX_COORDINATOR_PORT (default: derived from SLURM_JOB_ID by jax).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 CPT=${CPT_JAX:-"$ROOT/.venv/bin/cpt-jax"}
 [ -x "$CPT" ] || CPT=cpt-jax
-# jax's SLURM detection gives process k only GPU SLURM_LOCALID; this process owns them all.
+# jax's SLURM detection gives process k only GPU SLURM_LOCALID; this process owns its share.
 if [ -z "${JAX_LOCAL_DEVICE_IDS:-}" ]; then
   if [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then
     n=$(tr ',' '\n' <<<"$CUDA_VISIBLE_DEVICES" | grep -c .)
   else
     n=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
   fi
-  if [ "${n:-0}" -gt 0 ]; then export JAX_LOCAL_DEVICE_IDS=$(seq -s, 0 $((n - 1))); fi
+  per_node=${SLURM_NTASKS_PER_NODE:-${SLURM_TASKS_PER_NODE:-1}}
+  per_node=${per_node%%[!0-9]*}  # "4(x2)" -> 4
+  per_node=${per_node:-1}
+  if [ "${n:-0}" -gt 0 ]; then
+    if [ $((n % per_node)) -ne 0 ]; then
+      echo "slurm_task.sh: $n GPUs on $(hostname) cannot be shared evenly by $per_node tasks" >&2
+      exit 2
+    fi
+    share=$((n / per_node)); first=$((${SLURM_LOCALID:-0} * share))
+    export JAX_LOCAL_DEVICE_IDS=$(seq -s, "$first" $((first + share - 1)))
+  fi
 fi
 # Overlap collectives and weight prefetch with compute (see docs/perf_notes.md).
 export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_latency_hiding_scheduler=true \

@@ -15,11 +15,13 @@
 # wait: polls until no worker runs; exits with the first non-zero training exit code (or 0).
 # stop: SIGTERM on every worker: all finish the same step, save a checkpoint and exit.
 # start --restart: stays, polls every POLL seconds, and starts the run again when it was
-# interrupted (a maintenance event, a spot preemption) -- training resumes from the newest
-# checkpoint under RUN_DIR/checkpoints. A preempted spot VM (state not READY) is waited for, or
-# with CREATE_ARGS set deleted and created again (`gcloud compute tpus tpu-vm create NAME
-# CREATE_ARGS`, e.g. "--accelerator-type=v5litepod-16 --version=v2-alpha-tpuv5-lite --spot")
-# and set up. It ends with the run: 0 when finished or stopped, else the failing exit code.
+# interrupted (a maintenance event, a spot preemption) or exited 75 (a temporary failure: a
+# storage outage, a lost peer) -- training resumes from the newest checkpoint under
+# RUN_DIR/checkpoints. A TPU that is not READY is waited for; with CREATE_ARGS set, one that two
+# describes in a row (POLL s apart) report PREEMPTED or TERMINATED is deleted and created again
+# (`gcloud compute tpus tpu-vm create NAME CREATE_ARGS`, e.g. "--accelerator-type=v5litepod-16
+# --version=v2-alpha-tpuv5-lite --spot") and set up; a describe that fails is never read as a
+# state. It ends with the run: 0 when finished or stopped, else the failing exit code.
 #
 # Environment: TPU_NAME, ZONE (required), PROJECT, REPO_DIR (on the workers, relative to the
 # home directory; default cpt-jax), POLL (seconds, default 60), DRY_RUN=1 (print the gcloud
@@ -43,8 +45,20 @@ gc() {  # run (or with DRY_RUN=1 print) one gcloud command
   gcloud "$@"
 }
 on_all() { gc compute tpus tpu-vm ssh "$TPU_NAME" "${LOC[@]}" --worker=all --command="$1"; }
-worker() { on_all "cd $REPO_DIR && bash launch/tpu_worker.sh $1"; }
-tpu_state() { gc compute tpus tpu-vm describe "$TPU_NAME" "${LOC[@]}" --format='value(state)' 2>/dev/null || true; }
+# the job identity of the run's lease: a recreated slice (new hostnames) is still this job
+worker() { on_all "cd $REPO_DIR && CPT_JAX_JOB_ID=tpu:$TPU_NAME bash launch/tpu_worker.sh $1"; }
+tpu_state() {  # the TPU's state, or UNKNOWN when describe fails or prints nothing
+  local s
+  s=$(gc compute tpus tpu-vm describe "$TPU_NAME" "${LOC[@]}" --format='value(state)' 2>/dev/null) || s=""
+  echo "${s:-UNKNOWN}"
+}
+gone() {  # two describes POLL s apart agree the TPU was preempted or terminated
+  local first=$1 second
+  [[ $first =~ ^(PREEMPTED|TERMINATED)$ ]] || return 1
+  sleep "$POLL"
+  second=$(tpu_state)
+  [ "$second" = "$first" ]
+}
 
 ARGS=()
 EXTRA=$TMP/extra  # files from outside the repository, shipped as .launch/NAME
@@ -117,10 +131,17 @@ watch() {  # the restart loop of `start --restart`
   while :; do
     sleep "$POLL"
     state=$(tpu_state)
+    if [ "$state" = UNKNOWN ]; then
+      echo "$(date -u +%FT%TZ) describing $TPU_NAME failed: asking again in $POLL s" >&2
+      continue
+    fi
     if [ "$state" != READY ]; then
-      echo "$(date -u +%FT%TZ) $TPU_NAME is ${state:-unreachable}" >&2
-      if [ -n "${CREATE_ARGS:-}" ] && [[ $state =~ ^(PREEMPTED|TERMINATED|STOPPED|)$ ]]; then recreate; fi
+      echo "$(date -u +%FT%TZ) $TPU_NAME is $state" >&2
+      fresh=""
+      if [ -n "${CREATE_ARGS:-}" ] && gone "$state"; then recreate; fresh=1; fi
       while [ "$(tpu_state)" != READY ]; do sleep "$POLL"; done
+      # a slice that came back by itself with the run still going is left alone
+      if [ -z "$fresh" ] && grep -q '^running' <<<"$(statuses)"; then continue; fi
       start
       continue
     fi
@@ -128,10 +149,10 @@ watch() {  # the restart loop of `start --restart`
     [ -n "$lines" ] && ! grep -q '^running' <<<"$lines" || continue
     echo "$lines" >&2
     if grep -q ' stopped ' <<<"$lines"; then return 0; fi
-    rc=$(awk '$1 == "exited" && $2 != "0" { print $2; exit }' <<<"$lines")
+    rc=$(awk '$1 == "exited" && $2 != "0" && $2 != "75" { print $2; exit }' <<<"$lines")
     if [ -n "$rc" ]; then return "$rc"; fi
-    if grep -q ' interrupted ' <<<"$lines"; then
-      echo "$(date -u +%FT%TZ) interrupted: starting again from the newest checkpoint" >&2
+    if grep -qE ' interrupted |^exited 75 ' <<<"$lines"; then
+      echo "$(date -u +%FT%TZ) interrupted or a temporary failure (75): starting again from the newest checkpoint" >&2
       start
       continue
     fi

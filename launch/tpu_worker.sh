@@ -9,7 +9,11 @@
 # start first ends a run still going here (SIGTERM, then SIGKILL after GRACE seconds) and any
 # process holding the TPU, and removes libtpu's lockfile; then runs training in its own session
 # (setsid + nohup: a dropped ssh connection does not reach it), output appended to
-# STATE_DIR/train-HOST.log, exit code written to STATE_DIR/exit_code.
+# STATE_DIR/train-HOST.log. Each start has its own id (STATE_DIR/current) and its session writes
+# its exit code to STATE_DIR/exit_code.ID, so a previous run ending late never shows as this one.
+# A trainer aborted by jax's coordination service (a peer died or stopped answering: SIGABRT,
+# 134, with "heartbeat" or "coordination" in its last log lines) is recorded as 75, a temporary
+# failure that `tpu_vm.sh start --restart` starts again, with one line saying so.
 # status: STATE is running | exited | absent; CODE the exit code (- while running); NOTE is
 # interrupted (stopped by a signal, checkpoint saved), stopped (by `stop`) or -.
 # Environment: STATE_DIR (default ~/.cpt-jax), CPT_JAX (default .venv/bin/cpt-jax), GRACE (120).
@@ -22,6 +26,8 @@ HOST=$(hostname)
 LOG="$STATE/train-$HOST.log"
 
 pid_of() { [ -f "$STATE/$1.pid" ] && cat "$STATE/$1.pid" || true; }
+current() { [ -f "$STATE/current" ] && cat "$STATE/current" || true; }
+code_file() { echo "$STATE/exit_code.$(current)"; }
 running() { local p; p=$(pid_of train); [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }
 
 stop_run() {  # SIGTERM the trainer, wait up to GRACE s, then SIGKILL its whole session
@@ -32,7 +38,7 @@ stop_run() {  # SIGTERM the trainer, wait up to GRACE s, then SIGKILL its whole 
   if running; then
     kill -KILL -- "-$s" 2>/dev/null || kill -KILL "$p" 2>/dev/null || true
   else  # let the session record the exit code
-    for ((i = 0; i < 50; i++)); do [ -z "$p" ] || [ -f "$STATE/exit_code" ] && break; sleep 0.1; done
+    for ((i = 0; i < 50; i++)); do [ -z "$p" ] || [ -f "$(code_file)" ] && break; sleep 0.1; done
   fi
 }
 
@@ -52,29 +58,39 @@ case "${1:-}" in
     shift
     clean
     mkdir -p "$STATE"
-    rm -f "$STATE/exit_code" "$STATE/stopped" "$STATE/train.pid" "$STATE/session.pid"
-    echo "=== $(date -u +%FT%TZ) start: $*" >>"$LOG"
+    rm -f "$STATE"/exit_code* "$STATE/stopped" "$STATE/train.pid" "$STATE/session.pid"
+    id="$(date -u +%Y%m%dT%H%M%S).$$"
+    echo "$id" >"$STATE/current"
+    echo "=== $(date -u +%FT%TZ) start $id: $*" >>"$LOG"
     # shellcheck disable=SC2016
     setsid nohup bash -c '
       echo $$ >"$0/session.pid"
-      "${@}" &
+      "${@:2}" &
       echo $! >"$0/train.pid"
       rc=0; wait $! || rc=$?
-      echo "$rc" >"$0/exit_code"
-    ' "$STATE" "$CPT" train "$@" --config.mesh.distributed=on >>"$LOG" 2>&1 </dev/null &
+      if [ "$rc" = 134 ] && sed -n "/ start $1:/,\$p" "$0/train-$(hostname).log" | tail -n 60 |
+          grep -qiE "heartbeat|coordination"; then
+        echo "$(hostname): the trainer was aborted because another process died or stopped answering: exit 75 (restart)"
+        rc=75
+      fi
+      echo "$rc" >"$0/exit_code.$1"
+    ' "$STATE" "$id" "$CPT" train "$@" --config.mesh.distributed=on >>"$LOG" 2>&1 </dev/null &
     for _ in $(seq 50); do [ -f "$STATE/train.pid" ] && break; sleep 0.1; done
+    [ -f "$STATE/train.pid" ] || echo 127 >"$STATE/exit_code.$id"  # the session never came up
     echo "$HOST: started (log $LOG)"
     ;;
   status)
     if running; then
       echo "running - - $HOST"
-    elif [ -f "$STATE/exit_code" ]; then
+    elif [ -f "$(code_file)" ]; then
       note=-
-      last=$(grep '"interrupted":' "$LOG" 2>/dev/null | tail -n 1 || true)
+      last=$(sed -n "/^=== .* start $(current):/,\$p" "$LOG" 2>/dev/null | grep '"interrupted":' | tail -n 1 || true)
       if [ -f "$STATE/stopped" ]; then note=stopped
       elif [[ $last == *'"SIG'* ]]; then note=interrupted
       fi
-      echo "exited $(cat "$STATE/exit_code") $note $HOST"
+      echo "exited $(cat "$(code_file)") $note $HOST"
+    elif [ -n "$(current)" ] && [ ! -f "$STATE/train.pid" ]; then
+      echo "running - - $HOST"  # started, its trainer not yet up
     else
       echo "absent - - $HOST"
     fi

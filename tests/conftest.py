@@ -70,3 +70,19 @@ def tiny_pythia(root: Path, seed: int = 0, std: float = 0.3, max_len: int = 128,
     ckpt = checkpoint.save_params(root / "ckpt", params, config)
     assert cli.main(["convert", "--from", str(ckpt), "--to-hf", str(root / "hf"), "--tokenizer", str(tok)]) == 0
     return ckpt, root / "hf", params, config
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """``{relative path: sha256 of the content}`` of every file under ``root`` (folders as
+    "dir"): what a test compares before and after a command that must not change a run."""
+    import hashlib
+    import os
+
+    out: dict[str, str] = {}
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs:
+            out[os.path.relpath(os.path.join(dirpath, name), root)] = "dir"
+        for name in files:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                out[os.path.relpath(os.path.join(dirpath, name), root)] = hashlib.sha256(f.read()).hexdigest()
+    return out

@@ -180,3 +180,86 @@ def test_remote_data_dir_is_staged_once_with_a_line(emulator, capsys):
     assert (local / "code" / "train.bin").read_bytes() == bytes(range(256)) * 3
     assert f"staging gs://{BUCKET}/data" in capsys.readouterr().err
     assert manifest.local_data_dir(os.fspath(src)) == local and not capsys.readouterr().err
+
+
+def test_replacing_a_checkpoint_on_gs_never_removes_the_old_before_the_new_is_complete(emulator):
+    import jax
+
+    from cpt_jax.model import checkpoint, pythia
+
+    mcfg = pythia.PythiaConfig.from_config({"vocab_size": 64, "hidden_size": 16, "num_layers": 1,
+                                            "num_heads": 2})
+    old, new = (jax.device_get(pythia.init_params(mcfg, jax.random.key(s))) for s in (0, 1))
+    path = storage.path(f"gs://{BUCKET}/replace/ck")
+    checkpoint.save_params(path, old, mcfg)
+    first = checkpoint.params_item(path)
+    # a replacement killed while its arrays were being written: only a half item beside the old
+    checkpoint._write_item(path / "params.deadbeef", new)
+    storage.path(path / "params.deadbeef" / "_CHECKPOINT_METADATA").unlink()
+    assert checkpoint.params_item(path) == first
+    assert all(np.array_equal(a, b) for a, b in zip(_leaves(checkpoint.load_params(path)[0]), _leaves(old)))
+    checkpoint.save_params(path, new, mcfg)  # completes, switches, then removes the rest
+    assert checkpoint.params_item(path) != first
+    assert {p.name for p in path.iterdir()} == {"model.json", checkpoint.params_item(path).name,
+                                                "params.current"}
+    assert all(np.array_equal(a, b) for a, b in zip(_leaves(checkpoint.load_params(path)[0]), _leaves(new)))
+
+
+def _bucket_digest(prefix: str) -> dict[str, str]:
+    """``{object: md5}`` of everything under a gs:// prefix."""
+    import hashlib
+
+    root = storage.path(prefix)
+    return {os.fspath(f): hashlib.md5(f.read_bytes()).hexdigest() for f in storage.files(root)} if root.exists() else {}
+
+
+def _gs_run(name: str, *extra: str) -> str:
+    """A run directory on gs:// as a training run leaves it (config, metrics, a checkpoints
+    folder with one object) plus ``extra`` objects."""
+    run = storage.path(f"gs://{BUCKET}/bad/{name}")
+    (run / "config.json").write_text('{"seed": 0}')
+    (run / "metrics.jsonl").write_text('{"step": 1, "train/loss": 3.0}\n')
+    (run / "checkpoints" / "README").write_text("steps go here")
+    for obj in extra:
+        (run / obj).write_text("x")
+    return os.fspath(run)
+
+
+def _gs_foreign() -> str:
+    """A downloaded model on gs:// (files no cpt-jax verb wrote)."""
+    folder = storage.path(f"gs://{BUCKET}/bad/downloaded")
+    (folder / "config.json").write_text('{"model_type": "gpt_neox"}')
+    (folder / "model.safetensors").write_bytes(b"weights")
+    return os.fspath(folder)
+
+
+GS_CASES = {
+    "convert --to a gs run dir": (lambda: ["convert", "--from", "x", "--to", _gs_run("a")], "training run"),
+    "convert --to-hf a gs run dir": (lambda: ["convert", "--from", "x", "--to-hf", _gs_run("b")], "training run"),
+    "average into a gs run dir": (lambda: ["average", "--ckpt", "x", "--out", _gs_run("c")], "training run"),
+    "convert over gs foreign files": (lambda: ["convert", "--from", "x", "--to-hf", _gs_foreign()],
+                                      "not written by convert"),
+    "verify a missing gs path": (lambda: ["verify", f"gs://{BUCKET}/bad/nothing"], "does not exist"),
+    "verify a gs run without steps": (lambda: ["verify", _gs_run("e")], "no complete checkpoint"),
+    "eval a missing gs checkpoint": (lambda: ["eval", "--checkpoint", f"gs://{BUCKET}/bad/none", "--tasks", "none"],
+                                     "does not exist"),
+    "average a gs run without steps": (lambda: ["average", "--run", _gs_run("f"), "--last", "1", "--out",
+                                                f"gs://{BUCKET}/bad/avg"], "no finished checkpoints"),
+    "convert from a gs path of nothing": (lambda: ["convert", "--from", f"gs://{BUCKET}/bad/void", "--to",
+                                                   f"gs://{BUCKET}/bad/out"], "does not exist"),
+    "gs path without a bucket": (lambda: ["verify", "gs://"], "needs a bucket"),
+}
+
+
+@pytest.mark.parametrize("case", list(GS_CASES))
+def test_bad_gs_input_is_one_line_and_changes_no_object(emulator, case, capsys):
+    from cpt_jax.cli import main
+
+    make, names = GS_CASES[case]
+    argv = make()
+    before = _bucket_digest(f"gs://{BUCKET}/bad")
+    capsys.readouterr()
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and names in err, err
+    assert _bucket_digest(f"gs://{BUCKET}/bad") == before

@@ -255,3 +255,29 @@ def _main(spec: dict) -> None:
 
 if __name__ == "__main__":
     _main(json.loads(sys.argv[1]))
+
+
+def test_an_altered_newest_step_makes_every_process_fall_back_together(slurm_run, tmp_path):
+    """Process 0 lists the steps and decides the one to restore: when the newest fails its
+    integrity check, both processes resume from the step before, retraining it to the same
+    losses as the uninterrupted run."""
+    from test_integrity import alter_one_value
+
+    run_dir = tmp_path / "run"
+    cmd = [cpt_jax(), "train", *cli_args(run_dir, FSDP4 + ["checkpoint.every=6", "checkpoint.keep=0"])]
+    for phase in ("first", "resumed"):
+        port = free_port()
+        logs = [tmp_path / f"{phase}{r}.log" for r in range(2)]
+        codes = run_all([cmd, cmd], [coordinator_env(port, r) for r in range(2)], logs, timeout=240)
+        assert codes == [0, 0], "\n".join(log.read_text()[-2000:] for log in logs)
+        if phase == "first":
+            assert RunDir(run_dir).complete_steps() == [6, 12]
+            alter_one_value(run_dir / "checkpoints" / "12" / "params")
+            (run_dir / "summary.json").unlink()
+    said = logs[0].read_text()
+    assert "checkpoint step 12 cannot be restored" in said and "resuming from step 6" in said
+    assert "fails its integrity check" in said
+    assert (run_dir / "checkpoints" / "12.unreadable" / "params").is_dir()
+    got, ref = step_losses(run_dir), step_losses(slurm_run)
+    np.testing.assert_allclose([got[s] for s in range(7, STEPS + 1)], [ref[s] for s in range(7, STEPS + 1)],
+                               rtol=1e-5)

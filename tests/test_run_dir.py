@@ -223,3 +223,25 @@ def test_init_from_another_head_count_is_refused_before_anything_is_written(tmp_
     with pytest.raises(UserError, match=rf"model.num_heads is {other.num_heads} there but {mcfg.num_heads}"):
         loop.run(cfg, eval_sets={})
     assert not (tmp_path / "run").exists()
+
+
+def test_lease_of_the_same_job_is_taken_over_at_once_another_job_waits(tmp_path, monkeypatch):
+    file = tmp_path / "lease.json"
+    held = {"host": "node-7", "pid": 4242, "heartbeat": time.time(), "start": time.time(), "job": "slurm:42"}
+    file.write_text(json.dumps(held))
+    monkeypatch.delenv("CPT_JAX_JOB_ID", raising=False)
+    monkeypatch.delenv("TPU_NAME", raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "43")  # another job: the live heartbeat keeps it out
+    with pytest.raises(UserError, match="in use by pid 4242 on node-7"):
+        Lease(file, stale_after_s=60).acquire()
+    monkeypatch.setenv("SLURM_JOB_ID", "42")  # the same job, requeued onto other nodes
+    said: list[str] = []
+    lease = Lease(file, stale_after_s=60, log=said.append)
+    lease.acquire()
+    assert "belongs to this job (slurm:42), which restarted" in said[-1]
+    assert json.loads(file.read_text())["job"] == "slurm:42" and json.loads(file.read_text())["pid"] == os.getpid()
+    lease.release()
+    file.write_text("[1, 2]")  # a damaged lease record holds nothing
+    lease = Lease(file, stale_after_s=60, log=said.append)
+    lease.acquire()
+    lease.release()

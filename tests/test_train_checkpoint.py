@@ -29,7 +29,8 @@ def test_keep_last_and_listed_steps_and_skip_half_written(tmp_path):
     assert run.latest_step() == 6
     restored, meta = ck.restore(5, _state(0))
     ck.close()
-    assert meta == {"step": 5, "data": {"step": 5}} and int(restored.step) == 5
+    assert {k: meta[k] for k in ("step", "data")} == {"step": 5, "data": {"step": 5}} and int(restored.step) == 5
+    assert set(meta["digest"]) == {"params", "opt_state", "extras"} and "meta_digest" in meta
     np.testing.assert_array_equal(np.asarray(restored.params["w"]), np.full((4, 2), 5.0))
     np.testing.assert_array_equal(np.asarray(restored.params["b"]), np.arange(2.0) + 5)
     assert restored.extras == {}

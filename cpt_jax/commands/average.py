@@ -6,7 +6,7 @@ import argparse
 import os
 import time
 
-from cpt_jax import lawa, storage
+from cpt_jax import lawa, ownership, storage
 from cpt_jax.errors import UserError
 
 
@@ -34,6 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, help="output params-only checkpoint dir")
     p.add_argument("--to-hf", dest="to_hf", help="also write a Hugging Face dir of the average")
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="average even checkpoints holding NaN or inf (refused by default)")
+    p.add_argument("--force", action="store_true",
+                   help="write even into a run directory or over files average did not write")
     p.set_defaults(func=run)
 
 
@@ -48,15 +52,16 @@ def _parse_steps(text: str | None) -> list[int] | None:
 
 def run(args: argparse.Namespace) -> int:
     explicit = _parse_steps(args.steps)
-    lawa.check_out_dir(args.out)
-    if args.to_hf:
-        lawa.check_out_dir(args.to_hf)
+    outs = [o for o in (args.out, args.to_hf) if o]
+    for out in outs:
+        ownership.check(out, "average", args.force)  # before reading anything
     start = time.perf_counter()
     if args.ckpt:
         if args.last is not None or args.every is not None or explicit or args.windows:
             raise UserError("--ckpt averages exactly the dirs given; --last/--every/--steps/--windows need --run")
         sources = [lawa.dir_source(path) for path in args.ckpt]
-        params = lawa.average(sources)
+        params = lawa.average(sources, allow_nonfinite=args.allow_nonfinite)
+        _claim(outs, args.force)
         info = {"sources": [s.label for s in sources]}
         lawa.save_average(args.out, params, sources[0].model, info)
         _maybe_hf(args.to_hf, params, sources[0].model)
@@ -72,9 +77,9 @@ def run(args: argparse.Namespace) -> int:
         if args.last is None:
             raise UserError("--windows needs --last K (the window size)")
         spans = lawa.windows(available, args.last, args.every, args.allow_uneven)
-        storage.path(args.out).mkdir(parents=True, exist_ok=True)
+        _claim(outs, args.force)
         model = lawa.run_sources(args.run, spans[0][:1])[0].model
-        for span, params in lawa.iter_window_averages(args.run, spans):
+        for span, params in lawa.iter_window_averages(args.run, spans, args.allow_nonfinite):
             lawa.save_average(
                 os.fspath(storage.path(args.out) / str(span[-1])), params, model,
                 {"run": os.fspath(storage.path(args.run)), "steps": span},
@@ -87,11 +92,17 @@ def run(args: argparse.Namespace) -> int:
     gaps = sorted({b - a for a, b in zip(steps, steps[1:])})
     print(f"averaging steps {steps}" + (f" (gaps {gaps})" if len(gaps) > 1 else ""))
     sources = lawa.run_sources(args.run, steps)
-    params = lawa.average(sources)
+    params = lawa.average(sources, allow_nonfinite=args.allow_nonfinite)
+    _claim(outs, args.force)
     lawa.save_average(args.out, params, sources[0].model, {"run": os.fspath(storage.path(args.run)), "steps": steps})
     _maybe_hf(args.to_hf, params, sources[0].model)
     print(f"averaged steps {steps} -> {args.out} ({time.perf_counter() - start:.1f}s)")
     return 0
+
+
+def _claim(outs: list[str], force: bool) -> None:
+    for out in outs:
+        ownership.claim(out, "average", force)
 
 
 def _maybe_hf(out: str | None, params: dict, model: dict) -> None:

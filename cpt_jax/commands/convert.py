@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cpt_jax import storage
+from cpt_jax import integrity, ownership, storage
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,6 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "model.safetensors.index.json (default 5GB)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="cast the weights (default: keep the source dtype)")
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="convert even weights holding NaN or inf (refused by default)")
+    p.add_argument("--force", action="store_true",
+                   help="write even into a run directory or over files convert did not write")
     p.set_defaults(func=run)
 
 
@@ -40,15 +44,19 @@ def run(args: argparse.Namespace) -> int:
 
     from cpt_jax.model import checkpoint, hf
 
+    target = args.to_hf or args.to
+    ownership.check(target, "convert", args.force)  # before reading anything
     if args.from_hf:
         params, config = hf.load_params(storage.readable_dir(args.from_hf, "hf"), dtype=None)
+        integrity.refuse_nonfinite(integrity.tree_digest(params)[1], args.from_hf, args.allow_nonfinite)
     else:
-        params, config = checkpoint.load_params(args.from_ckpt)
+        params, config = checkpoint.load_params(args.from_ckpt, allow_nonfinite=args.allow_nonfinite)
     if args.dtype:
-        params = jax.tree.map(lambda x: x.astype(jnp.dtype(args.dtype)), params)
+        params = integrity.cast(params, jnp.dtype(args.dtype))
         config = dataclasses.replace(config, param_dtype=args.dtype, compute_dtype=args.dtype)
     n = sum(x.size for x in jax.tree.leaves(params))
     src = args.from_hf or args.from_ckpt
+    ownership.claim(target, "convert", args.force)
     if args.to_hf:
         from cpt_jax.model import hf_export
 

@@ -40,6 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="write lm-eval's results JSON here, as lm-eval writes it")
     p.add_argument("--out", default=None,
                    help="write the results JSON here (default: RUN/eval.json for a run dir)")
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="evaluate even weights holding NaN or inf (refused by default)")
     p.set_defaults(func=run, takes_config=True)
 
 
@@ -80,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     with_domains = cfg is not None and (args.config or run is not None)
     result = runner.evaluate_checkpoint(
         args.checkpoint, cfg if with_domains else None, tasks, args.domains, limit, batch_size,
-        args.data_dir, args.tokenizer, harness=harness)
+        args.data_dir, args.tokenizer, harness=harness, allow_nonfinite=args.allow_nonfinite)
     raw = result.pop("harness_raw", None)
     if args.harness_out and raw is not None:
         from cpt_jax.eval import harness as harness_lib

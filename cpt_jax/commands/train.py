@@ -17,6 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "130 when stopped by SIGINT (checkpoint saved), 2 for bad input or a non-finite loss.",
     )
     p.add_argument("--config", required=True, help="experiment file defining get_config()")
+    p.add_argument("--force", action="store_true",
+                   help="train again a run that finished but whose final checkpoint is gone")
     p.set_defaults(func=run, takes_config=True)
 
 
@@ -24,6 +26,8 @@ def run(args: argparse.Namespace) -> int:
     from cpt_jax.train import loop
 
     cfg = config_lib.load(args.config, args.config_overrides)
+    if args.force:
+        cfg.train.force = True
     summary = loop.run(cfg)
     import jax
 

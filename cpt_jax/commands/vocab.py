@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from cpt_jax import vocab
+from cpt_jax import ownership, vocab
 from cpt_jax.data import readers
 from cpt_jax.data.tokenizer import load_tokenizer, pythia_tokenizer
 from cpt_jax.errors import UserError
@@ -26,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="params checkpoint, run dir or Hugging Face dir to resize")
     e.add_argument("--out", required=True,
                    help="output dir: tokenizer.json, vocab.json, model.json + params/")
+    e.add_argument("--force", action="store_true",
+                   help="write even into a run directory or over files vocab extend did not write")
     e.set_defaults(func=run_extend)
 
 
@@ -36,6 +38,7 @@ def run_extend(args: argparse.Namespace) -> int:
 
     if args.new_tokens <= 0:
         raise UserError(f"--new-tokens must be > 0, got {args.new_tokens}")
+    ownership.check(args.out, "vocab extend", args.force)  # before reading anything
     base = load_tokenizer(args.base_tokenizer) if args.base_tokenizer else pythia_tokenizer()
     docs = list(readers.iter_documents(readers.expand_inputs(args.corpus), args.text_field))
     if not docs:
@@ -56,7 +59,7 @@ def run_extend(args: argparse.Namespace) -> int:
     before = vocab.tokens_per_byte(base, docs)
     after = vocab.tokens_per_byte(extended, docs)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    ownership.claim(out, "vocab extend", args.force)
     extended.save(str(out / "tokenizer.json"))
     save_params(out, params, config)
     info = {

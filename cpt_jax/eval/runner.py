@@ -95,11 +95,13 @@ def evaluate_checkpoint(
     tokenizer: str | None = None,
     log=print,
     harness: dict[str, Any] | None = None,
+    allow_nonfinite: bool = False,
 ) -> dict[str, Any]:
     """Zero-shot ``tasks`` (comma names or JSONL paths) and, when ``cfg`` is given, the held-out
     loss of ``domains`` (comma names; ``None`` = every domain of ``cfg``'s data). ``harness``
     (``{"tasks": [names], "include": DIR or None, "fewshot": N or None}``) runs lm-evaluation-harness tasks on the
-    same params; its whole result dict is returned under ``"harness_raw"``."""
+    same params; its whole result dict is returned under ``"harness_raw"``. NaN or inf weights
+    are refused unless ``allow_nonfinite``."""
     from cpt_jax.eval import multiple_choice, perplexity
     from cpt_jax.model import checkpoint as ckpt_lib
     from cpt_jax.model import pythia
@@ -107,7 +109,7 @@ def evaluate_checkpoint(
     start = time.perf_counter()
     task_names = _names(tasks)
     loaded = [tasks_lib.load_task(name, data_dir, limit) for name in task_names]  # fail early
-    params, mcfg = ckpt_lib.load_params(checkpoint)
+    params, mcfg = ckpt_lib.load_params(checkpoint, allow_nonfinite=allow_nonfinite)
     params = multiple_choice.on_device(params)
     result: dict[str, Any] = {"checkpoint": os.fspath(checkpoint), "params": pythia.count_params(mcfg),
                               "tasks": {}, "domains": {}}

@@ -4,12 +4,15 @@
 Layout of a params checkpoint directory::
 
     DIR/model.json   the PythiaConfig fields
-    DIR/params/      an orbax StandardSave item holding the plain params dict
+    DIR/params/      an orbax StandardSave item holding the plain params dict, with a copy of
+                     model.json and digest.json (one digest per array, ``cpt_jax.integrity``)
 
 ``load_params`` also reads a training run directory (its latest complete step under
 ``RUN/checkpoints``, shape from ``RUN/model.json``), one step directory ``RUN/checkpoints/<step>``
 (only its ``params`` item is restored), and a Hugging Face directory (has ``config.json``).
-Every path may be local or ``gs://`` (``cpt_jax.storage``).
+Every path may be local or ``gs://`` (``cpt_jax.storage``). Reading checks every array
+against the digest recorded at save (in ``digest.json``, or in a step's ``meta``) and refuses
+non-finite weights unless allowed.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any, Iterator
 import jax
 import numpy as np
 
-from cpt_jax import storage
+from cpt_jax import integrity, storage
 from cpt_jax.errors import UserError
 from cpt_jax.model import hf, pythia
 from cpt_jax.model.pythia import PythiaConfig
@@ -33,7 +36,8 @@ Params = dict[str, Any]
 
 MODEL_JSON = "model.json"
 PARAMS_ITEM = "params"
-STAGING = ".partial"  # save_params writes here first
+STAGING = ".partial"  # save_params writes here first (local)
+POINTER = "params.current"  # gs://: names the params item in use
 
 
 def config_to_dict(config: PythiaConfig) -> dict[str, Any]:
@@ -44,8 +48,10 @@ def config_to_dict(config: PythiaConfig) -> dict[str, Any]:
 def config_from_dict(values: dict[str, Any], source: str = "model.json") -> PythiaConfig:
     """PythiaConfig from a dict; keys that are not fields are ignored, bad values are a UserError."""
     fields = {f.name for f in dataclasses.fields(PythiaConfig)}
+    known = {k: v for k, v in values.items() if k in fields}
+    hf.check_values(known, source)
     try:
-        return PythiaConfig(**{k: v for k, v in values.items() if k in fields})
+        return PythiaConfig(**known)
     except TypeError as err:
         raise UserError(f"{source}: {_one_line(err)}") from None
 
@@ -72,33 +78,88 @@ def save_params(path: Any, params: Params, model_config: PythiaConfig) -> Any:
     a complete checkpoint (only a kill between those two steps, while the model's shape
     changes, leaves the old ``model.json`` beside the new params: while ``.partial/`` is there,
     readers take the copy of ``model.json`` inside ``params/``, which moves with the params).
-    Object stores (``gs://``) cannot
-    rename: the new item is copied over the old one only once complete in ``.partial/``, and
-    ``model.json`` is written last; a kill during that copy leaves the complete new checkpoint
-    in ``.partial/``.
+    Object stores (``gs://``) cannot rename: the new item is written beside the old one as
+    ``params.<token>/`` (with its own ``model.json``), and only once it is complete does the
+    one small object ``params.current`` switch to name it; the old item is deleted after that.
+    A kill at any moment leaves the pointer naming a complete item.
     """
     path = storage.path(path)
+    digest = integrity.tree_digest(params)[0]  # every process: a collective for global arrays
+    if storage.is_remote(path):
+        return _save_remote(path, params, model_config, digest)
     staging = path / STAGING
     staging.mkdir(parents=True, exist_ok=True)
     _write_item(staging / PARAMS_ITEM, params)
     if jax.process_index() != 0:
         return path
     storage.write_json(staging / MODEL_JSON, config_to_dict(model_config))
-    storage.write_json(staging / PARAMS_ITEM / MODEL_JSON, config_to_dict(model_config))
-    if storage.is_remote(path):
-        _replace_remote(staging, path)
-    else:
-        _replace_local(staging, path)
+    _write_records(staging / PARAMS_ITEM, model_config, digest)
+    _replace_local(staging, path)
+    return path
+
+
+def params_item(path: Any) -> Any:
+    """The params item of the params checkpoint ``path``: the one ``params.current`` names
+    (written on object stores), else ``path/params``."""
+    pointer = path / POINTER
+    if not pointer.exists():
+        return path / PARAMS_ITEM
+    name = pointer.read_text().strip()
+    if not name.startswith(f"{PARAMS_ITEM}.") or "/" in name:
+        raise UserError(f"{pointer} does not name a params item (holds {name[:40]!r})")
+    return path / name
+
+
+def _shared_token() -> str:
+    """A fresh name part, the same on every process."""
+    import uuid
+
+    token = uuid.uuid4().int % (2**31)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        token = int(multihost_utils.broadcast_one_to_all(np.int32(token)))
+    return f"{token:08x}"
+
+
+def _write_records(item: Any, model_config: PythiaConfig, digest: dict[str, str]) -> None:
+    """The item's own copy of ``model.json`` and its digests."""
+    storage.write_json(item / MODEL_JSON, config_to_dict(model_config))
+    storage.write_json(item / integrity.DIGEST_FILE, digest)
+
+
+def _save_remote(path: Any, params: Params, model_config: PythiaConfig, digest: dict[str, str]) -> Any:
+    """Object stores: the new item beside the old one, then the pointer, then the cleanup."""
+    item = path / f"{PARAMS_ITEM}.{_shared_token()}"
+    _write_item(item, params)
+    if jax.process_index() != 0:
+        return path
+    _write_records(item, model_config, digest)
+    storage.write_text(path / POINTER, item.name)  # the switch: one small object write
+    storage.write_json(path / MODEL_JSON, config_to_dict(model_config))
+    for old in path.iterdir():  # the previous item (and any an interrupted save left)
+        stale = old.name == PARAMS_ITEM or old.name.startswith(f"{PARAMS_ITEM}.")
+        if stale and old.name != item.name and old.is_dir() or old.name == STAGING:
+            old.rmtree()
     return path
 
 
 def _write_item(item: Any, params: Params) -> None:
+    """Write one orbax params item; a full disk is one line naming it and the bytes needed."""
     import orbax.checkpoint as ocp
 
+    needed = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+    if jax.process_index() == 0:
+        storage.check_free_space(item.parent, needed, "the params checkpoint")
     ckptr = ocp.StandardCheckpointer()
     try:
         ckptr.save(item, params, force=True)
         ckptr.wait_until_finished()
+    except Exception as err:  # orbax wraps the OSError of its writer threads
+        if not storage.is_disk_full(err):
+            raise
+        raise UserError(f"{item}: no space left on the device (the params checkpoint needs about "
+                        f"{needed:,} bytes)") from None
     finally:
         ckptr.close()
 
@@ -135,20 +196,6 @@ def _exchange(a: str, b: str) -> bool:
     return rc == 0
 
 
-def _replace_remote(staging: Any, path: Any) -> None:
-    """Object stores: copy the complete staged item over the old one, then ``model.json``."""
-    path.mkdir(parents=True, exist_ok=True)
-    target = path / PARAMS_ITEM
-    if target.exists():
-        target.rmtree()
-    for src in storage.files(staging / PARAMS_ITEM):
-        dst = target / os.fspath(src)[len(os.fspath(staging / PARAMS_ITEM)) + 1:]
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        src.copy(dst, overwrite=True)
-    storage.write_text(path / MODEL_JSON, (staging / MODEL_JSON).read_text())
-    staging.rmtree()
-
-
 @contextlib.contextmanager
 def _quiet_absl() -> Iterator[None]:
     logger = logging.getLogger("absl")
@@ -183,27 +230,37 @@ def restore_params_item(item_dir: Any, shardings: Any = None) -> Params:
         ckptr.close()
 
 
-def _locate(path: Any) -> tuple[PythiaConfig, Any] | None:
+def _step_config(run: RunDir, step: int) -> PythiaConfig:
+    """The model of one training step: the one it recorded, else the run's ``model.json``."""
+    model = (run.step_meta(step) or {}).get("model")
+    if isinstance(model, dict):
+        return config_from_dict(model, f"checkpoint step {step} ({run.step_dir(step)}) meta")
+    return read_model_json(run.file(MODEL_JSON))
+
+
+def locate(path: Any) -> tuple[PythiaConfig, Any] | None:
     """``(config, params item)`` of a params checkpoint, run or step directory; None for a
     Hugging Face directory."""
     if not path.exists():
         raise UserError(f"checkpoint path {path} does not exist")
     if not path.is_dir():
         raise UserError(f"checkpoint path {path} is not a directory")
-    if (path / MODEL_JSON).exists() and (path / PARAMS_ITEM).is_dir():
+    item = params_item(path)
+    if (path / MODEL_JSON).exists() and item.is_dir():
         # a save interrupted after the params swap (its .partial/ is still there) may have left
-        # the old model.json: the copy inside params/ moved with the params
-        inner = path / PARAMS_ITEM / MODEL_JSON
-        interrupted = (path / STAGING).exists() and inner.exists()
-        return read_model_json(inner if interrupted else path / MODEL_JSON), path / PARAMS_ITEM
+        # the old model.json: the copy inside the item moved with the params (and on gs://,
+        # where the pointer switches first, the item's own copy is the one that matches)
+        inner = item / MODEL_JSON
+        own = ((path / STAGING).exists() or item.name != PARAMS_ITEM) and inner.exists()
+        return read_model_json(inner if own else path / MODEL_JSON), item
     if (path / CHECKPOINTS).is_dir():
         run = RunDir(path)
         step = run.latest_step()
         if step is None:
             raise UserError(f"no complete checkpoint step with a params item under {run.checkpoints}")
-        return read_model_json(path / MODEL_JSON), run.step_dir(step) / PARAMS_ITEM
-    if (path / PARAMS_ITEM).is_dir() and path.parent.name == CHECKPOINTS:
-        return read_model_json(path.parent.parent / MODEL_JSON), path / PARAMS_ITEM
+        return _step_config(run, step), run.step_dir(step) / PARAMS_ITEM
+    if (path / PARAMS_ITEM).is_dir() and path.parent.name == CHECKPOINTS and path.name.isdigit():
+        return _step_config(RunDir(path.parent.parent), int(path.name)), path / PARAMS_ITEM
     if (path / "config.json").exists():
         return None
     raise UserError(
@@ -215,22 +272,60 @@ def _locate(path: Any) -> tuple[PythiaConfig, Any] | None:
 def source_config(path: Any) -> PythiaConfig:
     """The model config of anything ``load_params`` reads, without reading any weights."""
     path = storage.path(path)
-    found = _locate(path)
+    found = locate(path)
     return found[0] if found else hf.read_config(storage.readable_dir(path, "hf"))
 
 
-def load_params(path: Any, shardings: Any = None) -> tuple[Params, PythiaConfig]:
+def load_params(path: Any, shardings: Any = None, allow_nonfinite: bool = False,
+                hint: str = "pass --allow-nonfinite to use it anyway") -> tuple[Params, PythiaConfig]:
     """``(params, PythiaConfig)`` from a params checkpoint, a training run directory (latest
     step), one step directory ``RUN/checkpoints/<step>``, or a Hugging Face directory (fp32
     host arrays); orbax items are placed with ``shardings`` (a tree matching the params) or
-    on this process's first device."""
+    on this process's first device. Every array is checked against its recorded digest, and
+    NaN or inf weights are refused unless ``allow_nonfinite`` (one line each)."""
     path = storage.path(path)
-    found = _locate(path)
+    found = locate(path)
     if found is None:
-        return hf.load_params(storage.readable_dir(path, "hf"))
-    config, item = found
-    _check_shapes(param_specs(item), config, item)
-    return restore_params_item(item, shardings), config
+        params, config = hf.load_params(storage.readable_dir(path, "hf"))
+        recorded, where = None, os.fspath(path)
+    else:
+        config, item = found
+        _check_shapes(param_specs(item), config, item)
+        params = restore_params_item(item, shardings)
+        recorded, where = recorded_digest(item), _where(item)
+    digest, nonfinite = integrity.tree_digest(params)
+    integrity.compare(recorded, digest, where)
+    integrity.refuse_nonfinite(nonfinite, where, allow_nonfinite, hint)
+    return params, config
+
+
+def _is_step(item: Any) -> bool:
+    return item.parent.parent.name == CHECKPOINTS and item.parent.name.isdigit()
+
+
+def _where(item: Any) -> str:
+    """How messages name the checkpoint holding the params ``item``."""
+    if _is_step(item):
+        return f"checkpoint step {item.parent.name} ({item.parent})"
+    return os.fspath(item.parent)
+
+
+def recorded_digest(item: Any) -> dict[str, str] | None:
+    """The digests recorded for a params item (its ``digest.json``, or its step's ``meta``,
+    itself checked against its own digest); None for a checkpoint saved before digests were
+    recorded."""
+    own = item / integrity.DIGEST_FILE
+    if own.exists():
+        digest = storage.read_json(own)
+        return digest if isinstance(digest, dict) else {"(digest.json)": "not an object"}
+    step_dir = item.parent
+    if not _is_step(item):
+        return None
+    meta = RunDir(step_dir.parent.parent).step_meta(int(step_dir.name))
+    if meta is None:
+        raise UserError(f"{_where(item)}: its meta record is missing or unreadable")
+    integrity.check_meta(meta, _where(item))
+    return (meta.get("digest") or {}).get("params")
 
 
 def param_specs(item_dir: Any) -> Params:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,7 @@ def config_from_hf(hf: dict[str, Any], dtype: str = "float32") -> PythiaConfig:
         raise UserError(f"config.json: model_type '{hf.get('model_type')}' is not gpt_neox")
     try:
         pct, base, factor = _rotary(hf)
-        return PythiaConfig(
+        fields = dict(
             vocab_size=int(hf["vocab_size"]),
             hidden_size=int(hf["hidden_size"]),
             num_layers=int(hf["num_hidden_layers"]),
@@ -84,8 +85,35 @@ def config_from_hf(hf: dict[str, Any], dtype: str = "float32") -> PythiaConfig:
         )
     except KeyError as err:
         raise UserError(f"config.json: required key {err.args[0]} is missing") from None
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, OverflowError) as err:
         raise UserError(f"config.json: {err}") from None
+    check_values(fields, "config.json")
+    return PythiaConfig(**fields)
+
+
+# fields that must be positive (sizes) and positive finite (floats) in any model config
+_SIZES = ("vocab_size", "hidden_size", "num_layers", "num_heads", "max_position_embeddings")
+_FLOATS = ("layer_norm_eps", "rotary_emb_base", "rope_scaling")
+
+
+def check_values(fields: dict[str, Any], where: str) -> None:
+    """Refuse model values that cannot be right (zero heads or layers, NaN or <= 0 eps, a
+    rotary fraction outside 0..1), in one line naming ``where`` and the field."""
+    for name in _SIZES:
+        if name in fields and not (isinstance(fields[name], int) and fields[name] > 0):
+            raise UserError(f"{where}: {name} must be a positive integer, got {fields[name]!r}")
+    if fields.get("intermediate_size") not in (None, 0) and not (
+            isinstance(fields["intermediate_size"], int) and fields["intermediate_size"] > 0):
+        raise UserError(f"{where}: intermediate_size must be positive, got {fields['intermediate_size']!r}")
+    for name in _FLOATS:
+        value = fields.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise UserError(f"{where}: {name} must be a positive finite number, got {value!r}")
+    pct = fields.get("rotary_pct")
+    if pct is not None and not (isinstance(pct, (int, float)) and 0 <= pct <= 1):
+        raise UserError(f"{where}: rotary_pct must be within 0..1, got {pct!r}")
 
 
 def config_to_hf(c: PythiaConfig, dtype: str) -> dict[str, Any]:
@@ -163,6 +191,7 @@ def load_params(path: str | Path, dtype: DTypeLike | None = "float32") -> tuple[
         dtype = checks.dtype_name("dtype", dtype)
     if not path.is_dir():
         raise UserError(f"Hugging Face directory {path} does not exist")
+    read_config(path)  # impossible values are refused before any weight is read
     refs, _ = weight_files.read_weights(path)
     refs = {k[len("model."):] if k.startswith("model.gpt_neox.") else k: v for k, v in refs.items()}
     dtype = dtype or _file_dtype(refs)

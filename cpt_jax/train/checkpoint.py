@@ -6,7 +6,10 @@ Each step directory holds the composite items
     opt_state  StandardSave of the optax state (fp32 moments, counts)
     extras     StandardSave of the objective's state (omitted when it is empty: orbax cannot
                write an empty tree; restoring then keeps the objective's fresh extras)
-    meta       JsonSave: {"step", "data": {"step"}, "tokens", "wall_time_s", "time"}
+    meta       JsonSave: {"step", "data": {"step"}, "tokens", "wall_time_s", "time", "run",
+               "model", "digest", "meta_digest"}: "run" is the run's record (what a resume
+               may not change), "digest" one per array of params, opt_state and extras
+               (``cpt_jax.integrity``), "meta_digest" one of the record itself
 
 Saves are asynchronous (``checkpoint.async_save``): the step's arrays are copied off the devices
 and written in the background while training goes on. Orbax writes each step under a temporary
@@ -14,8 +17,10 @@ name and renames it (or writes ``commit_success.txt`` on object stores) only whe
 half-written step is never listed or restored. The newest ``checkpoint.keep`` steps and every
 step in ``checkpoint.keep_steps`` are kept (keep <= 0 keeps all).
 
-Restoring takes the *current* run's shardings: a run saved on 8 devices restores on 4. Which
-steps are complete is the run directory's business (``RunDir.complete_steps``).
+Restoring takes the *current* run's shardings: a run saved on 8 devices restores on 4, and
+checks every array against its digest (a mismatch is a ``UserError`` naming the step, so the
+resume falls back to the step before). Which steps are complete is the run directory's
+business (``RunDir.complete_steps``).
 """
 
 from __future__ import annotations
@@ -25,13 +30,14 @@ from typing import Any
 import jax
 import numpy as np
 
-from cpt_jax import checks, storage, tree_io
+from cpt_jax import checks, integrity, storage, tree_io
 from cpt_jax.errors import UserError
 from cpt_jax.model.checkpoint import restore_params_item
 from cpt_jax.run_dir import RunDir
 from cpt_jax.train.state import TrainState
 
 ITEMS = ("params", "opt_state", "extras", "meta", "lawa")  # lawa: RunCheckpoints.save host_items
+DIGESTED = ("params", "opt_state", "extras")
 
 
 def check_section(ckpt_cfg: Any) -> None:
@@ -77,6 +83,14 @@ class RunCheckpoints:
         """Start saving ``state`` at ``meta["step"]`` (asynchronously when configured);
         ``host_items`` are extra named trees of host arrays (e.g. the LAWA window), empty ones skipped."""
         a = self._ocp.args
+        step = int(meta["step"])
+        needed = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(
+            (state.params, state.opt_state, state.extras)))
+        if jax.process_index() == 0:
+            storage.check_free_space(self.directory, needed, f"checkpoint step {step}")
+        meta = dict(meta, digest={name: integrity.tree_digest(getattr(state, name))[0]
+                                  for name in DIGESTED})
+        meta["meta_digest"] = integrity.meta_digest(meta)
         items = {
             "params": a.StandardSave(state.params),
             "opt_state": a.StandardSave(state.opt_state),
@@ -87,7 +101,19 @@ class RunCheckpoints:
         for name, tree in (host_items or {}).items():
             if jax.tree.leaves(tree):
                 items[name] = a.StandardSave(tree)
-        self.manager.save(int(meta["step"]), args=a.Composite(**items), force=True)
+        self._needed = needed
+        self._full_disk_is_one_line(step, lambda: self.manager.save(step, args=a.Composite(**items), force=True))
+
+    def _full_disk_is_one_line(self, step: int | None, write: Any) -> None:
+        """Run ``write``; an out-of-space error anywhere in it becomes one UserError line."""
+        try:
+            write()
+        except Exception as err:  # orbax wraps the OSError of its writer threads
+            if not storage.is_disk_full(err):
+                raise
+            which = f"checkpoint step {step}" if step is not None else "a checkpoint"
+            raise UserError(f"{self.directory}: no space left on the device while writing {which} "
+                            f"(it needs about {getattr(self, '_needed', 0):,} bytes)") from None
 
     def restore(self, step: int, target: TrainState) -> tuple[TrainState, dict[str, Any]]:
         """Restore ``step`` onto ``target``'s shapes and shardings (ShapeDtypeStructs with
@@ -111,6 +137,13 @@ class RunCheckpoints:
             ) from None
         extras = out["extras"] if has_extras else target.extras
         meta = dict(out["meta"])
+        where = f"checkpoint step {step} ({step_dir})"
+        integrity.check_meta(meta, where)
+        recorded = meta.get("digest") or {}
+        for name, tree in (("params", out["params"]), ("opt_state", out["opt_state"]),
+                           ("extras", extras if has_extras else None)):
+            if tree is not None and name in recorded:
+                integrity.compare(recorded[name], integrity.tree_digest(tree)[0], where, name)
         state = TrainState(
             step=jax.device_put(np.int32(meta["step"]), _sharding(target.step)),
             params=out["params"],
@@ -128,10 +161,10 @@ class RunCheckpoints:
 
     def wait(self) -> None:
         """Block until pending asynchronous saves are on disk."""
-        self.manager.wait_until_finished()
+        self._full_disk_is_one_line(None, self.manager.wait_until_finished)
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        self.wait()
         self.manager.close()
 
 

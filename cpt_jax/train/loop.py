@@ -20,6 +20,7 @@ run stops with a ``UserError`` naming the newest checkpoint, whose params are fi
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import sys
@@ -29,7 +30,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from cpt_jax import checks, sharding, vocab
+from cpt_jax import checks, sharding, storage, vocab
 from cpt_jax.config import to_dict
 from cpt_jax.errors import UserError
 from cpt_jax.eval.perplexity import evaluate, to_metrics, token_bytes_for
@@ -37,7 +38,7 @@ from cpt_jax.lawa_online import OnlineLawa
 from cpt_jax.model import pythia
 from cpt_jax.model.checkpoint import config_to_dict, load_params, source_config
 from cpt_jax.optim import make_optimizer
-from cpt_jax.run_dir import MODEL, SUMMARY, RunDir
+from cpt_jax.run_dir import MODEL, SUMMARY, RunDir, run_record
 from cpt_jax.schedules import make_schedule
 from cpt_jax.train import banner
 from cpt_jax.train.checkpoint import RunCheckpoints
@@ -121,7 +122,7 @@ def _check_init_from(path: str, abstract: Any, mcfg: pythia.PythiaConfig) -> Non
 def _init_params_from(path: str, abstract: Any, shardings: Any) -> Any:
     """Weights of ``train.init_from`` (checked by ``_check_init_from``), restored straight into
     ``shardings`` (each process reads its own shards) and cast to the model's dtypes."""
-    params, _ = load_params(path, shardings)
+    params, _ = load_params(path, shardings, hint="train.init_from needs finite weights")
     if not all(isinstance(x, jax.Array) and x.sharding == s for x, s in
                zip(jax.tree.leaves(params), jax.tree.leaves(shardings))):  # a Hugging Face dir
         params = sharding.put_global(jax.tree.map(np.asarray, params), shardings)
@@ -179,7 +180,8 @@ def run(
     sharding.maybe_initialize_distributed(cfg)
     wall0 = time.time()
     plan = _plan(cfg, objective, trainable, data)
-    opened = open_run(cfg)
+    with storage.Deadline(cfg.storage.timeout_s, f"opening the run dir {cfg.run_dir}"):
+        opened = open_run(cfg)
     try:
         if opened.finished is not None:
             return opened.finished
@@ -236,13 +238,15 @@ def _train(cfg: Any, plan: _Plan, opened: OpenedRun, eval_sets: Any, wall0: floa
         plan.mesh, plan.mcfg, plan.data, plan.objective, plan.abstract, plan.shard)
     abstract_params, tx, schedule = abstract.params, plan.tx, plan.schedule
     run, resumed = opened.run, opened.resumed
+    timeout = cfg.storage.timeout_s  # each storage step: past it, exit 75 (storage.Deadline)
     ckpts = RunCheckpoints(run, cfg.checkpoint)
     domains = list(data.domains)
     if resumed is not None:
         target = jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shard
         )
-        state, meta, resumed = restore_newest(ckpts, run, resumed, target)
+        with storage.Deadline(timeout, f"restoring from {run.checkpoints}"):
+            state, meta, resumed = restore_newest(ckpts, run, resumed, target)
         if isinstance(meta.get("data"), dict) and "domains" in meta["data"]:
             data.resume_step(meta["data"])  # refuses a checkpoint whose domain ids differ
         if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(state.extras)):
@@ -258,8 +262,9 @@ def _train(cfg: Any, plan: _Plan, opened: OpenedRun, eval_sets: Any, wall0: floa
     if lawa is not None and resumed is not None:
         lawa.load_state(ckpts.restore_host_item(resumed, "lawa") or {}, like=state.params)
 
+    record, model_record = run_record(to_dict(cfg)), config_to_dict(mcfg)  # stored in each step
     if main:
-        run.write_json(MODEL, config_to_dict(mcfg))
+        run.write_json(MODEL, model_record)
     n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_params))
     flops_tok = flops_per_token(mcfg, t, n_params)
     peak = peak_flops(jax.devices()[0])
@@ -322,9 +327,11 @@ def _train(cfg: Any, plan: _Plan, opened: OpenedRun, eval_sets: Any, wall0: floa
         nonlocal last_good, last_saved
         data_state = data.state(step)
         meta = {"step": step, "data": data_state, "tokens": step * tok_step,
-                "wall_time_s": time.time() - wall0, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        ckpts.save(state, meta, host_items={"lawa": lawa.state()} if lawa is not None else None)
-        writer.sync()
+                "wall_time_s": time.time() - wall0, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "run": record, "model": model_record}
+        with storage.Deadline(timeout, f"saving checkpoint step {step} to {run.checkpoints}"):
+            ckpts.save(state, meta, host_items={"lawa": lawa.state()} if lawa is not None else None)
+            writer.sync()
         last_good = last_saved = step
 
     extra_evals = eval_steps(cfg.train)
@@ -366,13 +373,16 @@ def _train(cfg: Any, plan: _Plan, opened: OpenedRun, eval_sets: Any, wall0: floa
         if interrupted is None and done == total:
             final_eval = run_eval(done)
     except BaseException:
-        ckpts.wait()  # leave the last good checkpoint complete on disk
+        with storage.Deadline(timeout, "finishing the last checkpoint write"), contextlib.suppress(UserError):
+            ckpts.wait()  # leave the last good checkpoint complete on disk
         raise
     finally:
         getattr(source, "close", lambda: None)()  # stops prefetch threads / workers
         stop.restore()
-        writer.close()
-    ckpts.close()
+        with storage.Deadline(timeout, f"writing the metrics of {run}"):
+            writer.close()
+    with storage.Deadline(timeout, f"finishing the checkpoint writes under {run.checkpoints}"):
+        ckpts.close()
     summary = {
         "run_dir": str(run),
         "steps": done,

@@ -1,10 +1,12 @@
 """Opening a run directory for training: one writer, the same experiment, a readable checkpoint.
 
-``open_run`` takes the directory's lease (``cpt_jax.lease``), checks that every process sees
-the same directory, finds the newest complete step, says whether the run starts, resumes or is
+``open_run`` refuses a finished run whose checkpoints are gone, takes the directory's lease
+(``cpt_jax.lease``), checks that every process sees the same directory, moves empty or cut-short
+step folders aside, finds the newest complete step, says whether the run starts, resumes or is
 already finished, and records the config (refusing a resume that would change what the
-checkpoint means; ``cpt_jax.run_dir.record_config``). ``restore_newest`` restores the newest
-step and falls back, with one line, to the one before when it cannot be read.
+checkpoint means; ``cpt_jax.run_dir.record_config``). Process 0 makes each of these decisions
+and broadcasts them. ``restore_newest`` restores the newest step and falls back, with one line,
+to the one before when it cannot be read or fails its integrity check.
 """
 
 from __future__ import annotations
@@ -52,6 +54,15 @@ def _on_all(ok: bool, why: str) -> None:
         raise UserError(why)
 
 
+def _from_main(value: int) -> int:
+    """Process 0's ``value`` on every process."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+
+    return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
+
+
 def check_shared(run: RunDir) -> None:
     """With several processes, every one must see the files process 0 writes in ``run``
     (otherwise checkpoints never commit): a one-line error names the run dir."""
@@ -80,38 +91,67 @@ def open_run(cfg: Any, log: Log = _stderr) -> OpenedRun:
     """Lease, shared-directory check, resume point and config record of ``cfg.run_dir``."""
     run = RunDir(cfg.run_dir)
     main = jax.process_index() == 0
-    if main:
-        run.root.mkdir(parents=True, exist_ok=True)
+    run.check_layout()  # before the lease: nothing is written into a damaged layout
     lease, error = None, ""
     if main:
-        lease = Lease(run.file("lease.json"), cfg.train.lease_timeout_s, log)
-        try:
+        try:  # a finished run is refused before anything (even the lease) is written
+            _check_not_finished(run, int(cfg.train.steps), bool(cfg.train.get("force", False)))
+            run.root.mkdir(parents=True, exist_ok=True)
+            lease = Lease(run.file("lease.json"), cfg.train.lease_timeout_s, log)
             lease.acquire()
         except UserError as err:
             lease, error = None, str(err)
     _on_all(not error, error or f"process 0 could not take the lease of {run}")
-    opened = OpenedRun(run, lease, run.latest_step(), None)
+    opened = OpenedRun(run, lease, None, None)
     try:
         check_shared(run)
         total = int(cfg.train.steps)
-        if opened.resumed is not None and opened.resumed > total:
-            raise UserError(
-                f"{run} holds a checkpoint at step {opened.resumed}, past train.steps = {total}: "
-                "raise train.steps to continue it, or use a new run_dir")
-        current = to_dict(cfg)
-        if main:
-            _record(run, current, opened, total, bool(cfg.train.allow_config_change), log)
-        else:
-            opened.finished = run.finished_summary(total)
+        error = ""
+        if main:  # process 0 decides: the resume point, the record, whether anything is left
+            try:
+                _record(run, to_dict(cfg), opened, total, bool(cfg.train.allow_config_change),
+                        bool(cfg.train.get("force", False)), log)
+            except UserError as err:
+                error = str(err)
+        _on_all(not error, error or f"process 0 refused to open {run} (its error is in its log)")
+        resumed = _from_main(-1 if opened.resumed is None else opened.resumed)
+        opened.resumed = None if resumed < 0 else resumed
+        if not _from_main(int(opened.finished is not None)):
+            opened.finished = None
+        elif opened.finished is None:
+            opened.finished = run.finished_summary(total, need_checkpoint=False) or {"steps": total}
     except BaseException:
         opened.close()
         raise
     return opened
 
 
-def _record(run: RunDir, current: dict, opened: OpenedRun, total: int, allow: bool, log: Log) -> None:
+def _check_not_finished(run: RunDir, total: int, force: bool) -> None:
+    """A run whose summary says it finished, but whose final checkpoint is gone, is refused
+    (nothing to do) unless ``force``."""
+    if force or run.finished_summary(total, need_checkpoint=False) is None:
+        return
+    newest = run.latest_step()
+    if newest != total:
+        raise UserError(
+            f"{run} finished at step {total} earlier ({SUMMARY} says so), but its final checkpoint "
+            f"is gone (newest: {newest}): nothing to do; `train --force` (or train.force=True) "
+            "trains it again from there")
+
+
+def _record(run: RunDir, current: dict, opened: OpenedRun, total: int, allow: bool, force: bool,
+            log: Log) -> None:
     """Process 0: the start/resume line and the config record (or the finished line)."""
+    for step in run.incomplete_steps():  # they would block the save of their step
+        moved = run.set_aside(step, "incomplete")
+        log(f"checkpoint step {step} is empty or incomplete: moved to {moved.name}")
+    opened.resumed = run.latest_step()
+    if opened.resumed is not None and opened.resumed > total:
+        raise UserError(
+            f"{run} holds a checkpoint at step {opened.resumed}, past train.steps = "
+            f"{total}: raise train.steps to continue it, or use a new run_dir")
     opened.finished = run.finished_summary(total)
+    _check_not_finished(run, total, force)
     if opened.finished is not None:
         check_config(run, current, opened.resumed, allow)  # refused changes are refused here too
         log(f"{run} finished at step {total} earlier ({SUMMARY} is there): nothing to do")
@@ -123,28 +163,49 @@ def _record(run: RunDir, current: dict, opened: OpenedRun, total: int, allow: bo
 
 def restore_newest(ckpts: Any, run: RunDir, newest: int, target: Any, log: Log = _stderr
                    ) -> tuple[Any, dict[str, Any], int]:
-    """Restore the newest complete step; when it cannot be read, warn in one line, move it
-    aside (``<step>.unreadable``, never deleted) and use the step before it."""
-    steps = [s for s in run.complete_steps() if s <= newest]
+    """Restore the newest complete step: process 0 chooses it, every process restores it. When
+    it cannot be read or fails its integrity check on any process, all of them take the step
+    before it; process 0 warns in one line and moves the bad step aside
+    (``<step>.unreadable``, never deleted)."""
+    main = jax.process_index() == 0
+    steps = [s for s in run.complete_steps() if s <= newest] if main else []
     first_error: UserError | None = None
-    for step in reversed(steps):
+    tried: list[int] = []
+    while True:
+        left = [s for s in steps if s not in tried]
+        step = _from_main(left[-1] if left else -1)  # process 0 decides which step to try
+        if step < 0:
+            raise first_error or UserError(f"no checkpoint under {run.checkpoints} can be restored")
         try:
             state, meta = ckpts.restore(step, target)
+            ok = True
         except UserError as err:
-            first_error = first_error or err
+            first_error, ok = first_error or err, False
+        if not _everywhere(ok):  # every process restores the same step, or none does
+            tried.append(step)
+            first_error = first_error or UserError(f"step {step}: another process could not restore it")
             continue
-        if step != newest:
-            for bad in [s for s in steps if s > step] if jax.process_index() == 0 else []:
-                moved = run.set_aside(bad)
-                log(f"checkpoint step {bad} cannot be restored ({_reason(first_error)}); moved "
-                    f"to {moved.name}, resuming from step {step}")
-            if jax.process_count() > 1:
-                from jax.experimental import multihost_utils
+        break
+    if tried:
+        for bad in tried if main else []:
+            moved = run.set_aside(bad)
+            log(f"checkpoint step {bad} cannot be restored ({_reason(first_error)}); moved "
+                f"to {moved.name}, resuming from step {step}")
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
 
-                multihost_utils.sync_global_devices("cpt_jax_set_aside")
-            ckpts.reload()
-        return state, meta, step
-    raise first_error or UserError(f"no checkpoint under {run.checkpoints}")
+            multihost_utils.sync_global_devices("cpt_jax_set_aside")
+        ckpts.reload()
+    return state, meta, step
+
+
+def _everywhere(ok: bool) -> bool:
+    """Whether ``ok`` holds on every process."""
+    if jax.process_count() == 1:
+        return ok
+    from jax.experimental import multihost_utils
+
+    return bool(np.min(multihost_utils.process_allgather(np.int32(ok))))
 
 
 def _reason(err: UserError | None) -> str:
