@@ -122,7 +122,9 @@ def estimate_gib(preset: str, rows: int, chips: int, remat: str) -> float:
 def table(rows: list[dict], columns: tuple[str, ...]) -> str:
     """A markdown table: preset x topology, each cell rows per chip, remat, peak and the
     analytic estimate's ratio to it."""
-    got = {(r["preset"], r["topology"]): r for r in rows}
+    got = {}
+    for r in rows:  # the first measurement of a cell counts
+        got.setdefault((r["preset"], r["topology"]), r)
     out = ["| preset | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
     for preset in PRESETS:
         cells = []
@@ -132,6 +134,8 @@ def table(rows: list[dict], columns: tuple[str, ...]) -> str:
                 cells.append("not compiled yet")
             elif not r["rows_per_chip"]:
                 cells.append(f"does not fit ({r.get('why', '')})")
+            elif r["rows_per_chip"] >= 64:
+                cells.append(f">= 64 rows (the search's cap), remat {r['remat']}, {r['peak_gib']:.1f} GiB at 64")
             else:
                 est = estimate_gib(preset, r["rows_per_chip"], topology.parse(name).chips, r["remat"])
                 cells.append(f"{r['rows_per_chip']} rows, remat {r['remat']}, {r['peak_gib']:.1f} GiB "
@@ -151,7 +155,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.table:
         rows = [json.loads(line) for line in Path(args.table).read_text().splitlines() if line.strip()]
-        tpu = tuple(dict.fromkeys(r["topology"] for r in rows if topology.parse(r["topology"]).platform == "tpu"))
+        tpu = tuple(dict.fromkeys(list(TPU_COLUMNS) + [r["topology"] for r in rows
+                                                       if topology.parse(r["topology"]).platform == "tpu"]))
         print(table(rows, tpu) + "\n\n" + table(rows, GPU_COLUMNS))
         return
     cells = [tuple(c.split("@")) for c in args.cells.split(",") if c]

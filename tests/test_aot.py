@@ -51,8 +51,8 @@ def _compile_many(cases: dict[str, tuple[str, list[str], dict]]) -> dict[str, di
     """``{name: (topology, overrides, options)}`` -> ``{name: Plan as dict}``, one subprocess."""
     code = textwrap.dedent(f"""
         import dataclasses, json, sys
+        from cpt_jax.aot import plan, topology  # first: the CUDA compiler's path before jax loads
         from cpt_jax import config as config_lib, layout
-        from cpt_jax.aot import plan, topology
         out = {{}}
         for name, (topo, overrides, opts) in json.loads(sys.argv[1]).items():
             if opts.get("unconstrained"):  # the control: activations left to the partitioner
@@ -177,8 +177,8 @@ def test_fit_batch_finds_the_largest_batch_that_fits(tmp_path):
     cfg = config_lib.load(str(ROOT / "configs" / "tiny.py"), heavy)
     code = textwrap.dedent(f"""
         import json, sys
+        from cpt_jax.aot import plan, topology  # first: the CUDA compiler's path before jax loads
         from cpt_jax import config as config_lib
-        from cpt_jax.aot import plan, topology
         cfg = config_lib.load({str(ROOT / "configs" / "tiny.py")!r}, {heavy!r})
         topo = topology.parse("1xh100")
         best, p = plan.fit_batch(cfg, topo, cache={str(tmp_path)!r})
