@@ -34,6 +34,7 @@ from cpt_jax import checks, integrity, storage, tree_io
 from cpt_jax.errors import UserError
 from cpt_jax.model.checkpoint import restore_params_item
 from cpt_jax.run_dir import RunDir
+from cpt_jax.train.collective import main_checks
 from cpt_jax.train.state import TrainState
 
 ITEMS = ("params", "opt_state", "extras", "meta", "lawa")  # lawa: RunCheckpoints.save host_items
@@ -86,8 +87,8 @@ class RunCheckpoints:
         step = int(meta["step"])
         needed = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(
             (state.params, state.opt_state, state.extras)))
-        if jax.process_index() == 0:
-            storage.check_free_space(self.directory, needed, f"checkpoint step {step}")
+        main_checks(lambda: storage.check_free_space(self.directory, needed, f"checkpoint step {step}"),
+                    f"process 0 found no room for checkpoint step {step} under {self.directory}")
         meta = dict(meta, digest={name: integrity.tree_digest(getattr(state, name))[0]
                                   for name in DIGESTED})
         meta["meta_digest"] = integrity.meta_digest(meta)

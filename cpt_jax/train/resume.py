@@ -23,6 +23,7 @@ from cpt_jax.config import to_dict
 from cpt_jax.errors import UserError
 from cpt_jax.lease import Lease
 from cpt_jax.run_dir import SUMMARY, RunDir, check_config, record_config
+from cpt_jax.train.collective import everywhere, from_main, on_all
 
 Log = Callable[[str], None]
 
@@ -42,25 +43,6 @@ class OpenedRun:
         if self.lease is not None:
             self.lease.release()
             self.lease = None
-
-
-def _on_all(ok: bool, why: str) -> None:
-    """Raise on every process when process 0 (the one that decides) was not ``ok``."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        ok = bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
-    if not ok:
-        raise UserError(why)
-
-
-def _from_main(value: int) -> int:
-    """Process 0's ``value`` on every process."""
-    if jax.process_count() == 1:
-        return value
-    from jax.experimental import multihost_utils
-
-    return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
 
 
 def check_shared(run: RunDir) -> None:
@@ -101,7 +83,7 @@ def open_run(cfg: Any, log: Log = _stderr) -> OpenedRun:
             lease.acquire()
         except UserError as err:
             lease, error = None, str(err)
-    _on_all(not error, error or f"process 0 could not take the lease of {run}")
+    on_all(not error, error or f"process 0 could not take the lease of {run}")
     opened = OpenedRun(run, lease, None, None)
     try:
         check_shared(run)
@@ -113,10 +95,10 @@ def open_run(cfg: Any, log: Log = _stderr) -> OpenedRun:
                         bool(cfg.train.get("force", False)), log)
             except UserError as err:
                 error = str(err)
-        _on_all(not error, error or f"process 0 refused to open {run} (its error is in its log)")
-        resumed = _from_main(-1 if opened.resumed is None else opened.resumed)
+        on_all(not error, error or f"process 0 refused to open {run} (its error is in its log)")
+        resumed = from_main(-1 if opened.resumed is None else opened.resumed)
         opened.resumed = None if resumed < 0 else resumed
-        if not _from_main(int(opened.finished is not None)):
+        if not from_main(int(opened.finished is not None)):
             opened.finished = None
         elif opened.finished is None:
             opened.finished = run.finished_summary(total, need_checkpoint=False) or {"steps": total}
@@ -173,7 +155,7 @@ def restore_newest(ckpts: Any, run: RunDir, newest: int, target: Any, log: Log =
     tried: list[int] = []
     while True:
         left = [s for s in steps if s not in tried]
-        step = _from_main(left[-1] if left else -1)  # process 0 decides which step to try
+        step = from_main(left[-1] if left else -1)  # process 0 decides which step to try
         if step < 0:
             raise first_error or UserError(f"no checkpoint under {run.checkpoints} can be restored")
         try:
@@ -181,7 +163,7 @@ def restore_newest(ckpts: Any, run: RunDir, newest: int, target: Any, log: Log =
             ok = True
         except UserError as err:
             first_error, ok = first_error or err, False
-        if not _everywhere(ok):  # every process restores the same step, or none does
+        if not everywhere(ok):  # every process restores the same step, or none does
             tried.append(step)
             first_error = first_error or UserError(f"step {step}: another process could not restore it")
             continue
@@ -197,15 +179,6 @@ def restore_newest(ckpts: Any, run: RunDir, newest: int, target: Any, log: Log =
             multihost_utils.sync_global_devices("cpt_jax_set_aside")
         ckpts.reload()
     return state, meta, step
-
-
-def _everywhere(ok: bool) -> bool:
-    """Whether ``ok`` holds on every process."""
-    if jax.process_count() == 1:
-        return ok
-    from jax.experimental import multihost_utils
-
-    return bool(np.min(multihost_utils.process_allgather(np.int32(ok))))
 
 
 def _reason(err: UserError | None) -> str:
