@@ -57,7 +57,8 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     ])
     moved = tmp / "fsdp8_on4"
     shutil.copytree(tmp / "fsdp8", moved)
-    shutil.rmtree(moved / "checkpoints" / str(STEPS))
+    shutil.rmtree(moved / "checkpoints" / str(STEPS))  # as if stopped after step 10's save:
+    (moved / "summary.json").unlink()  # a finished run's summary would refuse the resume
     (summary,) = worker(4, [train(moved, "mesh.fsdp=4", "checkpoint.keep=0")])
     assert summary["resumed_from"] == 10 and summary["mesh"]["fsdp"] == 4
     return {"single": single, "fsdp8": tmp / "fsdp8", "d2f2t2": tmp / "d2f2t2", "on4": moved,
