@@ -138,7 +138,8 @@ def table(rows: list[dict], columns: tuple[str, ...]) -> str:
                 cells.append(f">= 64 rows (the search's cap), remat {r['remat']}, {r['peak_gib']:.1f} GiB at 64")
             else:
                 est = estimate_gib(preset, r["rows_per_chip"], topology.parse(name).chips, r["remat"])
-                cells.append(f"{r['rows_per_chip']} rows, remat {r['remat']}, {r['peak_gib']:.1f} GiB "
+                n = r["rows_per_chip"]
+                cells.append(f"{n} row{'s' if n > 1 else ''}, remat {r['remat']}, {r['peak_gib']:.1f} GiB "
                              f"(estimate x{est / r['peak_gib']:.2f})")
         out.append(f"| {preset} | " + " | ".join(cells) + " |")
     return "\n".join(out)
