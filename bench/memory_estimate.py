@@ -221,7 +221,7 @@ if __name__ == "__main__":
     import argparse
 
     ap = argparse.ArgumentParser(description="Analytic memory per Pythia preset on Cloud TPU slices. It runs "
-                                 "5-40%% above what the compilers measure: bench/memory_plan.py (compiled) is "
+                                 "up to 40%% above what the compilers measure: bench/memory_plan.py (compiled) is "
                                  "the plan, this only picks where its search starts")
     ap.add_argument("--seq", type=int, default=2048)
     ap.add_argument("--rows", type=int, default=1, help="sequences per fsdp shard per micro-step")
