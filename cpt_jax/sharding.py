@@ -155,6 +155,14 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(BATCH_AXES))
 
 
+def abstract_batch(mesh: Mesh, batch_size: int, seq_len: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """The train step's batch as sharded shapes: ``tokens [B, T + 1]`` and ``domain [B]``
+    (int32, rows over the batch axes), for compiling the step before any data is read."""
+    rows = batch_sharding(mesh)
+    return {"tokens": jax.ShapeDtypeStruct((batch_size, seq_len + 1), np.int32, sharding=rows),
+            "domain": jax.ShapeDtypeStruct((batch_size,), np.int32, sharding=rows)}
+
+
 def check_batch(mesh: Mesh, batch_size: int, micro_batches: int) -> None:
     """Each micro-batch (``B / M`` rows) must split evenly over ``data * fsdp`` devices.
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from cpt_jax import sharding
 from cpt_jax.aot.topology import Topology
-from cpt_jax.config import comma_list
+from cpt_jax.config import comma_list, to_dict
 from cpt_jax.errors import UserError
 from cpt_jax.model import attention as attn_lib
 from cpt_jax.model import pythia
@@ -105,11 +105,8 @@ def abstract_step(cfg: Any, devices: list[Any], doremi: bool = False,
         objective = NextTokenObjective(mcfg, k, cfg.train.vocab_chunk)
     shard = state_shardings(state, mesh)
     state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, shard)
-    rows = sharding.batch_sharding(mesh)
-    batch = {"tokens": jax.ShapeDtypeStruct((b, t + 1), jnp.int32, sharding=rows),
-             "domain": jax.ShapeDtypeStruct((b,), jnp.int32, sharding=rows)}
     step = make_train_step(objective, tx, schedule, shard, mesh, m)
-    return step, (state, batch), mesh, mcfg
+    return step, (state, sharding.abstract_batch(mesh, b, t)), mesh, mcfg
 
 
 def shard_bytes(tree: Any) -> int:
@@ -132,15 +129,14 @@ def _refused_temp_bytes(message: str) -> int | None:
     return int(float(m.group(1)) * _UNITS[m.group(2)]) if m else None
 
 
-def _attention(mcfg: pythia.PythiaConfig, seq_len: int, mesh: Any, hlo: str, platform: str) -> str:
+def _attention(mcfg: pythia.PythiaConfig, seq_len: int, mesh: Any, hlo: str) -> str:
+    """The implementation compiled, with its fused kernel's count in the program (when there
+    is a program: a refused one has none)."""
     with jax.set_mesh(mesh):
         impl = attn_lib.resolve(mcfg.attention, mcfg.head_dim, jnp.dtype(mcfg.compute_dtype), seq_len,
                                 mcfg.attention_chunk)
     kernel = {"splash": KERNELS["tpu"], "cudnn": KERNELS["gpu"]}.get(impl)
-    if kernel is None:
-        return impl
-    calls = hlo.count(kernel) if hlo else 0
-    return f"{impl} ({kernel} x{calls})" if hlo else impl
+    return f"{impl} ({kernel} x{hlo.count(kernel)})" if kernel and hlo else impl
 
 
 def compile_plan(cfg: Any, topo: Topology, doremi: bool = False, roofline: bool = True,
@@ -180,7 +176,7 @@ def compile_plan(cfg: Any, topo: Topology, doremi: bool = False, roofline: bool 
         flops *= 4 / 3  # the reference model's forward pass (2 of the 6 per parameter)
     plan = Plan(topology=topo.name, chips=topo.chips, mesh=dict(mesh.shape), batch_size=b,
                 micro_batches=cfg.train.micro_batches, seq_len=t, remat=mcfg.remat,
-                attention=_attention(mcfg, t, mesh, hlo, topo.platform),
+                attention=_attention(mcfg, t, mesh, hlo),
                 hbm_bytes_per_chip=topo.chip.hbm_bytes, argument_bytes=arg, temp_bytes=temp,
                 output_bytes=out, alias_bytes=alias, peak_bytes=peak,
                 fits=not refused and peak <= topo.chip.hbm_bytes, flops_per_chip=flops,
@@ -226,8 +222,8 @@ def fit_batch(cfg: Any, topo: Topology, doremi: bool = False, cache: str | None 
     """The largest ``train.batch_size`` (a multiple of the batch shards x micro-batches) whose
     step fits, by doubling then bisection over compiles; ``(0, None)`` when one row per shard
     does not fit."""
-    devices_mesh = sharding.mesh_shape(cfg.mesh, topo.chips)
-    unit = devices_mesh[0] * devices_mesh[1] * cfg.train.micro_batches
+    data, fsdp, _ = sharding.mesh_shape(cfg.mesh, topo.chips)
+    unit = data * fsdp * cfg.train.micro_batches
     limit = max(1, most_rows_per_chip * topo.chips // unit)
     plans: dict[int, Plan] = {}
 
@@ -248,12 +244,8 @@ def fit_batch(cfg: Any, topo: Topology, doremi: bool = False, cache: str | None 
 
 
 def _cache_key(cfg: Any, topo: Topology, doremi: bool, roofline: bool) -> str:
-    import jax as _jax
-
-    from cpt_jax.config import to_dict
-
     wanted = {k: to_dict(cfg)[k] for k in ("model", "train", "mesh", "optim", "schedule")}
-    blob = json.dumps([wanted, topo.name, doremi, roofline, _jax.__version__], sort_keys=True, default=str)
+    blob = json.dumps([wanted, topo.name, doremi, roofline, jax.__version__], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 

@@ -272,9 +272,8 @@ def _train(cfg: Any, plan: _Plan, opened: OpenedRun, eval_sets: Any, wall0: floa
     writer = MetricsWriter(run.root, main, cfg.logging.tensorboard, cfg.train.progress,
                            keep_until=resumed, config=to_dict(cfg))
     train_step = make_train_step(objective, tx, schedule, shard, mesh, m)
-    batch_shape = {"tokens": jax.ShapeDtypeStruct((b, t + 1), np.int32, sharding=sharding.batch_sharding(mesh)),
-                   "domain": jax.ShapeDtypeStruct((b,), np.int32, sharding=sharding.batch_sharding(mesh))}
-    banner.compile_step(train_step, state, batch_shape)  # prints its memory; stops if it cannot fit
+    # prints its memory and stops if it cannot fit
+    banner.compile_step(train_step, state, sharding.abstract_batch(mesh, b, t))
     evals = _eval_sets(cfg, domains) if eval_sets is None else eval_sets
     token_bytes = token_bytes_for(cfg) if evals else None  # bits per byte beside the loss
     rep = sharding.replicated(mesh)
