@@ -5,13 +5,13 @@ equal shares, Pythia's cosine); from it, continual pretraining runs mix Python c
 at ratio r with the general data (``(1 - r)`` split equally) for ``CPT_STEPS`` steps at a
 constant learning rate after a short re-warm, evaluated at ``CPT_EVALS`` and at the end: each
 evaluation is one ``(N, D, r)`` point of the law (D = steps x batch x seq_len CPT tokens).
-``cpt_jax.repro.dcpt`` fits the law on the ``FIT`` widths, predicts the ``HELD`` width, and adds
+``experiments.repro.dcpt`` fits the law on the ``FIT`` widths, predicts the ``HELD`` width, and adds
 runs at the held-out width at the ratio the law chooses (``extra_runs``).
 
-    cpt-jax experiment --config configs/repro_dcpt.py:full   # (or :tiny)
+    PYTHONPATH=. cpt-jax experiment --config configs/repro_dcpt.py:full   # (or :tiny)
 """
 
-from cpt_jax.repro import settings
+from experiments.repro import settings
 
 WIDTHS = {"full": {"fit": (32, 64), "held": 96}, "tiny": {"fit": (16, 32), "held": 48}}
 RATIOS = {"full": (0.2, 0.5, 0.8), "tiny": (0.5,)}

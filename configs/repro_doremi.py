@@ -8,7 +8,7 @@ are the same tiny size (the paper's main model is larger than its proxy). 16 x 6
 step (the same tokens as 8 x 128) so that every proxy batch holds every one of the ten domains.
 """
 
-from cpt_jax.repro import settings
+from experiments.repro import settings
 
 
 def get_config(size="full"):

@@ -6,10 +6,10 @@ reference, equal shares) at a constant LR (after 1% warmup); online LAWA keeps t
 snapshots taken every nu = 4 steps, and every eval scores both the latest parameters
 (``eval/``) and their average (``eval_lawa/``) on the same held-out batches.
 
-    cpt-jax experiment --config configs/repro_lawa.py:full   # (or :tiny)
+    PYTHONPATH=. cpt-jax experiment --config configs/repro_lawa.py:full   # (or :tiny)
 """
 
-from cpt_jax.repro import settings
+from experiments.repro import settings
 
 LRS = {"high": 1e-2, "low": 1e-3}
 

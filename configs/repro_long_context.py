@@ -14,7 +14,7 @@ The part module passes ``train.init_from`` (the pretraining) and evaluates per-p
     cpt-jax reproduce --parts long_context      # (or --size tiny)
 """
 
-from cpt_jax.repro import settings
+from experiments.repro import settings
 
 FACTOR = 4  # s: the new context over the pretraining's
 

@@ -15,12 +15,12 @@ Claim 2, two successive new domains (code_python, then math):
   tokens of the cosine stage it is compared with. The next stage continues from the un-annealed
   end of the previous one.
 
-    cpt-jax experiment --config configs/repro_replay.py:full   # (after configs/repro_pretrain.py)
+    PYTHONPATH=. cpt-jax experiment --config configs/repro_replay.py:full   # (after configs/repro_pretrain.py)
 """
 
 import os
 
-from cpt_jax.repro import settings
+from experiments.repro import settings
 
 SHARES = {"full": (0.0, 0.01, 0.05, 0.10, 0.25), "tiny": (0.0, 0.25)}
 TWO_SEEDS = (0.0, 0.01)  # arms whose difference is small: two seeds each

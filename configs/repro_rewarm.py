@@ -1,7 +1,7 @@
 """Re-warming (Gupta et al. 2023): continue the shared cosine pretraining on code_python.
 
 Every run starts from ``runs/repro/pretrain/cosine`` (``train.init_from``, set by
-``cpt_jax/repro/rewarm.py``; its cosine ended at eta_min = 0.1 eta_max), re-warms linearly from
+``experiments/repro/rewarm.py``; its cosine ended at eta_min = 0.1 eta_max), re-warms linearly from
 that final LR (``schedule.start_lr``) to a new peak over W steps and decays by cosine to 0.1 x
 the new peak over T steps, training on code_python only. Arms:
 
@@ -14,11 +14,11 @@ the new peak over T steps, training on code_python only. Arms:
 ``w1_s0`` (the 1x arm), the two peak arms and ``constant`` also evaluate densely early on
 (``train.eval_steps``) to show the stability gap.
 
-    cpt-jax experiment --config configs/repro_rewarm.py:full \\
+    PYTHONPATH=. cpt-jax experiment --config configs/repro_rewarm.py:full \\
         --config.train.init_from=runs/repro/pretrain/cosine   # (or :tiny)
 """
 
-from cpt_jax.repro import settings
+from experiments.repro import settings
 
 WARMUPS = (0, 1, 2)  # W in steps (full size: % of the 100 continuation steps)
 SEEDS = (0, 1)

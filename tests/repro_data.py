@@ -12,7 +12,7 @@ import numpy as np
 
 from conftest import save_bpe_tokenizer
 from cpt_jax.cli import main
-from cpt_jax.repro.settings import ALL_DOMAINS
+from experiments.repro.settings import ALL_DOMAINS
 
 
 def _documents(domain: str, rng: np.random.RandomState, n_docs: int = 24) -> list[str]:

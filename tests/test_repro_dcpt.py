@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from cpt_jax.repro.dcpt import decide, extrapolates, run_ratio
+from experiments.repro.dcpt import decide, extrapolates, run_ratio
 
 
 def _held(r2_g, r2_d, err_g=0.1, err_d=0.1):

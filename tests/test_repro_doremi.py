@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cpt_jax.repro.doremi import DOMAINS, crossing_step, measure
+from experiments.repro.doremi import DOMAINS, crossing_step, measure
 
 
 def test_crossing_step_interpolates_between_evals():
@@ -41,8 +41,8 @@ def test_measure_average_worst_and_speedup(tmp_path):
 
 
 def test_gain_and_pooled_seed_noise():
-    from cpt_jax.repro.common import combine
-    from cpt_jax.repro.doremi import gain
+    from experiments.repro.common import combine
+    from experiments.repro.doremi import gain
 
     effect, noise = gain([7.0, 7.2], [6.9, 6.95])
     # means 7.1 and 6.925; sample sds 0.1414 and 0.03536; pooled sqrt((0.02 + 0.00125) / 2)

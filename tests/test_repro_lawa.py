@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from cpt_jax.repro.common import combine
-from cpt_jax.repro.lawa import contrast, gains, split
+from experiments.repro.common import combine
+from experiments.repro.lawa import contrast, gains, split
 
 
 def test_gains_are_raw_minus_lawa_where_the_window_is_full(tmp_path):

@@ -8,7 +8,7 @@ import numpy as np
 
 from cpt_jax.data.indexed import IndexedDatasetWriter
 from cpt_jax.data.manifest import update_manifest
-from cpt_jax.repro import long_context as lc
+from experiments.repro import long_context as lc
 
 _spec = importlib.util.spec_from_file_location(
     "repro_long_context_config", Path(__file__).resolve().parents[1] / "configs" / "repro_long_context.py")

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from cpt_jax.repro.common import pooled_sd
-from cpt_jax.repro.replay import chain_verdict, replay_analysis, replay_verdict
+from experiments.repro.common import pooled_sd
+from experiments.repro.replay import chain_verdict, replay_analysis, replay_verdict
 
 
 def _e(up0, up1, a1):

@@ -7,8 +7,8 @@ import math
 import pytest
 
 from cpt_jax.experiment import load_experiment, run_config
-from cpt_jax.repro.common import combine, pooled_sd
-from cpt_jax.repro.rewarm import gap_verdict, stability_gap, trend
+from experiments.repro.common import combine, pooled_sd
+from experiments.repro.rewarm import gap_verdict, stability_gap, trend
 from cpt_jax.schedules import make_schedule
 
 

@@ -4,7 +4,7 @@ hold-out fraction is recovered from the document split."""
 import numpy as np
 
 from cpt_jax.data.tokenize import is_val_document
-from cpt_jax.repro import vocab, vocab_eval
+from experiments.repro import vocab, vocab_eval
 
 
 def test_windows_score_every_target_once():

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from cpt_jax.repro import common, settings
-from cpt_jax.repro.common import Context, Section, pooled_sd
-from cpt_jax.repro.replay_plots import plot_chains, plot_replay
 from cpt_jax.run_dir import RunDir
+from experiments.repro import common, settings
+from experiments.repro.common import Context, Section, pooled_sd
+from experiments.repro.replay_plots import plot_chains, plot_replay
 
 PART = "replay"
 A, B, UP = settings.DOMAIN_A, settings.DOMAIN_B, settings.UPSTREAM

@@ -9,15 +9,15 @@ from typing import Any
 import numpy as np
 from ml_collections import ConfigDict
 
-from cpt_jax.eval.report_plots import _plt, _save, _step_axis
-from cpt_jax.repro import common, settings
+from cpt_jax.eval.report_plots import pyplot, save_figure, step_axis
 from cpt_jax.run_dir import RunDir
 from cpt_jax.schedules import make_schedule
+from experiments.repro import common, settings
 
 
 def plot_replay(an: dict[str, Any], path: Path) -> Path:
     """F and the new domain's loss (mean, one dot per seed) against the replay share."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for ax, key, label in ((axes[0], "forget", "forgetting: upstream loss rise"),
                            (axes[1], "learn", f"{settings.DOMAIN_A} loss (lower = more learned)")):
@@ -36,9 +36,7 @@ def plot_replay(an: dict[str, Any], path: Path) -> Path:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8, frameon=False)
     fig.suptitle("Replay while continuing on new data: forgetting vs learning")
-    _save(fig, path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def lr_curve(run_dir: Path) -> np.ndarray:
@@ -59,7 +57,7 @@ def plot_chains(root: Path, path: Path) -> Path:
     """LR (top) and held-out losses (bottom: upstream, A, B) against steps since the start of
     pretraining; anneal branches dashed, starting where they branch off."""
     base = Path(root).parent
-    plt = _plt()
+    plt = pyplot()
     fig = plt.figure(figsize=(12, 7))
     grid = fig.add_gridspec(2, 3, height_ratios=[1, 1.3])
     lr_ax = fig.add_subplot(grid[0, :])
@@ -105,11 +103,9 @@ def plot_chains(root: Path, path: Path) -> Path:
         ax.set_title(f"held-out loss: {name}")
         ax.set_ylabel("loss (nats / token)")
         ax.grid(True, alpha=0.3)
-        _step_axis(ax)
+        step_axis(ax)
         ax.set_xlabel("steps since the start of pretraining")
     loss_axes[0].legend(fontsize=8, frameon=False)
     fig.suptitle(f"Cosine re-warming vs the infinite schedule: pretraining, then {settings.DOMAIN_A}, "
                  f"then {settings.DOMAIN_B}")
-    _save(fig, path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

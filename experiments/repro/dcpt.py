@@ -20,10 +20,18 @@ from cpt_jax import config as config_lib
 from cpt_jax import dcpt, experiment
 from cpt_jax.dcpt_ratio import best_domain_ratio, curves
 from cpt_jax.errors import UserError
-from cpt_jax.repro import settings
-from cpt_jax.repro.common import (Context, Section, final_losses, group_curve, judge_small,
-                                  md_table, mean_loss, mean_sd)
-from cpt_jax.repro.dcpt_figures import plot_fit, plot_ratio
+from experiments.repro import settings
+from experiments.repro.common import (
+    Context,
+    Section,
+    final_losses,
+    group_curve,
+    judge_small,
+    md_table,
+    mean_loss,
+    mean_sd,
+)
+from experiments.repro.dcpt_figures import plot_fit, plot_ratio
 
 PART = "dcpt"
 TOLERANCE = 0.03  # T: the general loss may rise by 3% over the pre-CPT loss L_g0

@@ -16,9 +16,20 @@ from typing import Any
 
 import numpy as np
 
-from cpt_jax.repro import settings
-from cpt_jax.repro.common import (Context, Section, combine, eval_curve, final_losses, judge, md_table,
-                                  mean_loss, mean_sd, pm)
+from cpt_jax.eval.report_plots import pyplot, save_figure
+from experiments.repro import settings
+from experiments.repro.common import (
+    Context,
+    Section,
+    combine,
+    eval_curve,
+    final_losses,
+    judge,
+    md_table,
+    mean_loss,
+    mean_sd,
+    pm,
+)
 
 PART = "doremi"
 SEEDS = (0, 1)
@@ -88,11 +99,7 @@ def measure(dirs: dict[int, tuple[Path, Path]], steps: int) -> dict[str, Any]:
 
 
 def _plot(path: Path, ref_w: dict, alpha: dict, dirs: dict, res: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(1, 3, figsize=(16, 4.6))
     x = np.arange(len(DOMAINS))
     ax[0].bar(x - 0.2, [ref_w[d] for d in DOMAINS], 0.4, label="reference (token-proportional)")
@@ -120,9 +127,7 @@ def _plot(path: Path, ref_w: dict, alpha: dict, dirs: dict, res: dict) -> None:
     ax[2].set_title("average loss (dotted: baseline's final)")
     ax[2].legend(fontsize=8)
     fig.suptitle("DoReMi: reference -> Group-DRO proxy -> main run on alpha_bar (all the same tiny size)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run(ctx: Context) -> Section:

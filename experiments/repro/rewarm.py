@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 
 from cpt_jax.experiment import step0_losses
-from cpt_jax.repro import common, settings
-from cpt_jax.repro.common import Context, Section, combine, judge, judge_small, md_table, pm, pooled_sd
-from cpt_jax.repro.rewarm_plots import plot_gap, plot_peaks, plot_versus, plot_warmups
+from experiments.repro import common, settings
+from experiments.repro.common import Context, Section, combine, judge, judge_small, md_table, pm, pooled_sd
+from experiments.repro.rewarm_plots import plot_gap, plot_peaks, plot_versus, plot_warmups
 
 PART = "rewarm"
 UP, DOWN = settings.UPSTREAM, (settings.DOMAIN_A,)

@@ -16,8 +16,8 @@ import numpy as np
 from cpt_jax import config as config_lib
 from cpt_jax import experiment
 from cpt_jax.errors import UserError
-from cpt_jax.repro import settings
 from cpt_jax.run_dir import RunDir
+from experiments.repro import settings
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 VERDICTS = ("reproduced", "not reproduced", "inconclusive at this scale")

@@ -16,8 +16,8 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-
-from cpt_jax.repro.common import Context, Section, combine, eval_curve, judge, md_table, mean_sd
+from cpt_jax.eval.report_plots import pyplot, save_figure
+from experiments.repro.common import Context, Section, combine, eval_curve, judge, md_table, mean_sd
 
 PART = "lawa"
 
@@ -43,11 +43,7 @@ def contrast(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
 
 
 def _plot(path: Path, runs: dict[str, tuple[float, str]], g: dict[str, dict[int, float]], steps: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(1, 2, figsize=(12, 4.6))
     for i, (name, (lr, run)) in enumerate(runs.items()):
         raw, avg = eval_curve(run), eval_curve(run, "eval_lawa/avg/loss")
@@ -67,9 +63,7 @@ def _plot(path: Path, runs: dict[str, tuple[float, str]], g: dict[str, dict[int,
     ax[1].set_title("LAWA's gain over training")
     ax[1].legend(fontsize=8)
     fig.suptitle("LAWA (k latest checkpoints averaged) at a high and a low constant learning rate")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run(ctx: Context) -> Section:

@@ -4,28 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-DPI = 130
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    _plt().close(fig)
-    return path
+from cpt_jax.eval.report_plots import pyplot, save_figure
 
 
 def plot_warmups(arms: dict[int, dict[str, list[float]]], T: int, start: tuple[float, float], path: Path) -> Path:
     """(a) final upstream and code_python loss against the warmup W (% of T): each seed and the mean."""
-    fig, axes = _plt().subplots(1, 2, figsize=(9.5, 3.6))
+    fig, axes = pyplot().subplots(1, 2, figsize=(9.5, 3.6))
     ws = sorted(arms)
     pct = [100 * w / T for w in ws]
     for ax, key, title, s0 in zip(axes, ("up", "down"), ("upstream (5 general domains)", "code_python"), start):
@@ -40,12 +24,12 @@ def plot_warmups(arms: dict[int, dict[str, list[float]]], T: int, start: tuple[f
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8, frameon=False)
     fig.suptitle("(a) final losses against the warmup length (re-warm to 1x)", fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_peaks(peaks: list[tuple[float, str]], learn: list[float], forget: list[float], path: Path) -> Path:
     """(b) learning (downstream) and forgetting (upstream) against the re-warmed peak."""
-    fig, ax = _plt().subplots(figsize=(6.2, 3.8))
+    fig, ax = pyplot().subplots(figsize=(6.2, 3.8))
     xs = [x for x, _ in peaks]
     ax.plot(xs, learn, "o-", color="C2", label="learning: code_python loss drop")
     ax.plot(xs, forget, "s-", color="C3", label="forgetting: upstream loss rise")
@@ -57,12 +41,12 @@ def plot_peaks(peaks: list[tuple[float, str]], learn: list[float], forget: list[
     ax.set_title("(b) learning and forgetting against the re-warmed peak", fontsize=11)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, frameon=False)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_versus(curves: dict[str, tuple[dict[int, float], dict[int, float]]], path: Path) -> Path:
     """(c) upstream and code_python loss over the continuation, re-warm vs constant final LR."""
-    fig, axes = _plt().subplots(1, 2, figsize=(9.5, 3.6))
+    fig, axes = pyplot().subplots(1, 2, figsize=(9.5, 3.6))
     for i, (name, (up, down)) in enumerate(curves.items()):
         for ax, c in zip(axes, (up, down)):
             steps = sorted(c)
@@ -74,12 +58,12 @@ def plot_versus(curves: dict[str, tuple[dict[int, float], dict[int, float]]], pa
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8, frameon=False)
     fig.suptitle("(c) re-warming vs holding the pretraining's final LR", fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_gap(curves: dict[str, dict[int, float]], path: Path) -> Path:
     """(d) upstream loss right after the switch (dense early evals): the stability gap."""
-    fig, ax = _plt().subplots(figsize=(6.8, 4.0))
+    fig, ax = pyplot().subplots(figsize=(6.8, 4.0))
     start = None
     for i, (name, c) in enumerate(curves.items()):
         steps = sorted(c)
@@ -97,4 +81,4 @@ def plot_gap(curves: dict[str, dict[int, float]], path: Path) -> Path:
     ax.set_title("(d) stability gap: upstream loss after the switch to code_python", fontsize=11)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, frameon=False)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -8,8 +8,8 @@ import platform
 import time
 from pathlib import Path
 
-from cpt_jax.repro import PARTS
-from cpt_jax.repro.common import Section, training_minutes
+from experiments.repro import PARTS
+from experiments.repro.common import Section, training_minutes
 
 INTRO = """\
 Which of the papers' headline findings hold in cpt-jax, re-measured at CPU scale: tiny Pythia

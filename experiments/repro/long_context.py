@@ -18,8 +18,9 @@ import numpy as np
 from cpt_jax.data.indexed import IndexedDataset
 from cpt_jax.data.manifest import load_manifest, local_data_dir
 from cpt_jax.errors import UserError
-from cpt_jax.repro import settings
-from cpt_jax.repro.common import Context, Section, judge, md_table
+from cpt_jax.eval.report_plots import pyplot, save_figure
+from experiments.repro import settings
+from experiments.repro.common import Context, Section, judge, md_table
 
 PART = "long_context"
 WINDOWS_PER_DOMAIN = {"full": 16, "tiny": 4}
@@ -176,11 +177,7 @@ def _section(ctx, shared, models, windows, t, long_t, long_base) -> Section:
 
 
 def _plot(ctx: Context, models: dict[str, np.ndarray], t: int) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     width = max(1, t // 4)
     styles = [("tab:gray", "-"), ("tab:purple", "--"), ("tab:blue", "-"), ("tab:orange", "-")]
@@ -194,8 +191,6 @@ def _plot(ctx: Context, models: dict[str, np.ndarray], t: int) -> Path:
     ax.set_title("held-out loss by position")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
     path = ctx.image(PART, "position_loss")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
     return path

@@ -25,8 +25,9 @@ from cpt_jax.data.indexed import IndexedDataset
 from cpt_jax.data.manifest import load_manifest, local_data_dir
 from cpt_jax.data.tokenize import is_val_document, load_token_bytes, tokenize_domain
 from cpt_jax.errors import UserError
-from cpt_jax.repro import common, settings, vocab_eval
-from cpt_jax.repro.common import Context, Section, md_table, mean_sd
+from cpt_jax.eval.report_plots import pyplot, save_figure
+from experiments.repro import common, settings, vocab_eval
+from experiments.repro.common import Context, Section, md_table, mean_sd
 
 PART = "vocab"
 NEW_TOKENS = {"full": 1000, "tiny": 40}
@@ -199,11 +200,7 @@ def _plot(ctx: Context, domain: str, runs, tpb, added, whole) -> Path:
     stars, and tokens per byte as bars."""
     base_runs, ext_runs = runs
     start, (end_base, end_ext), steps = whole
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     root = ctx.part_dir(PART)
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [2.2, 1]})
     for names, color, label in ((base_runs, "tab:blue", "base tokenizer"),
@@ -224,8 +221,6 @@ def _plot(ctx: Context, domain: str, runs, tpb, added, whole) -> Path:
     bx.bar_label(bars, fmt="%.3f")
     bx.set_ylabel(f"tokens per byte, held-out {domain}")
     bx.set_title("compression")
-    fig.tight_layout()
     path = ctx.image(PART, "bpb")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
