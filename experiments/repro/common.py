@@ -18,9 +18,9 @@ from cpt_jax import experiment
 from cpt_jax.errors import UserError
 from cpt_jax.run_dir import RunDir
 from experiments.repro import settings
+from experiments.repro.stats import VERDICTS
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-VERDICTS = ("reproduced", "not reproduced", "inconclusive at this scale")
 SECTION_FILE = "section.json"
 
 
@@ -43,6 +43,10 @@ class Context:
         if not path.is_file():
             raise UserError(f"{path} not found: run `cpt-jax reproduce` from a cpt-jax checkout")
         return f"{path}:{self.size}"
+
+    def module(self, name: str) -> Any:
+        """The Python module of ``configs/repro_<name>.py`` (its constants: seeds, arms)."""
+        return config_lib.load_module(self.config_file(name))
 
     def overrides(self, run_dir: Path | str, extra: Sequence[str] = ()) -> list[str]:
         """Run dir, data dir and the vocabulary rows of the data's tokenizer, then ``extra``

@@ -1,25 +1,28 @@
 """LAWA (Kaddour 2022; Sanyal et al. 2023): does the average of the k latest checkpoints beat the
-latest one most early in training and at a high learning rate?
+latest one, most early in training and at a high learning rate?
 
 Per eval step t the gain is ``g_t = L(theta_t) - L(theta_bar_t)`` (mean held-out loss over the
-general domains; > 0: LAWA better), with ``theta_bar_t = (1/k) sum_{i<k} theta_{t - i nu}``. Two
-contrasts, each judged against its standard error from the spread of ``g_t`` over the evals
-(one seed per LR):
-
-- early vs late, at the high LR: mean g over the first half of training minus the second half;
-- high vs low LR: mean g over all evals at the high LR minus the low LR.
+general domains; > 0: LAWA better), with ``theta_bar_t = (1/k) sum_{i<k} theta_{t - i nu}``. Only
+evals whose window ``(k - 1) nu`` is 3-17% of the steps so far count (the paper's range). Per seed,
+early = mean g over the counted evals in the first half of training, late = over the second half.
+Three sub-claims, t tests over seeds (paired by seed where arms share one), Holm-corrected:
+LAWA gains early at the high LR; the gain early exceeds the gain late (high LR, under the cosine
+decay); and the early gain at the high LR exceeds that at the low LR.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+
+import numpy as np
 
 from cpt_jax.eval.report_plots import pyplot, save_figure
-from experiments.repro.common import Context, Section, combine, eval_curve, judge, md_table, mean_sd
+from experiments.repro import stats
+from experiments.repro.common import Context, Section, eval_curve, md_table, pm
 
 PART = "lawa"
+WINDOW_RANGE = (0.03, 0.17)  # (k - 1) nu / t, the paper's windows
 
 
 def gains(run_dir: str | Path) -> dict[int, float]:
@@ -28,88 +31,114 @@ def gains(run_dir: str | Path) -> dict[int, float]:
     return {s: raw[s] - avg[s] for s in sorted(avg) if s in raw}
 
 
-def split(g: dict[int, float], steps: int) -> tuple[list[float], list[float]]:
-    """The gains of the first half of training (step <= steps / 2) and of the second."""
-    return [v for s, v in g.items() if s <= steps / 2], [v for s, v in g.items() if s > steps / 2]
+def counted(g: dict[int, float], window: int) -> dict[int, float]:
+    """The gains at evals whose window is within ``WINDOW_RANGE`` of the steps so far."""
+    lo, hi = WINDOW_RANGE
+    return {s: v for s, v in g.items() if s > 0 and lo <= window / s <= hi}
 
 
-def contrast(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
-    """``mean(a) - mean(b)`` and its standard error ``sqrt(sd_a^2/n_a + sd_b^2/n_b)``
-    (sample sd over the evals; 0 for a single eval)."""
-    if not a or not b:
-        return float("nan"), float("nan")
-    (ma, sa), (mb, sb) = mean_sd(a), mean_sd(b)
-    return ma - mb, math.sqrt(sa ** 2 / len(a) + sb ** 2 / len(b))
+def halves(g: dict[int, float], steps: int) -> tuple[float, float]:
+    """Mean gain over the evals of the first half (step <= steps / 2) and of the second."""
+    early = [v for s, v in g.items() if s <= steps / 2]
+    late = [v for s, v in g.items() if s > steps / 2]
+    return (float(np.mean(early)) if early else np.nan), (float(np.mean(late)) if late else np.nan)
 
 
-def _plot(path: Path, runs: dict[str, tuple[float, str]], g: dict[str, dict[int, float]], steps: int) -> None:
-    plt = pyplot()
-    fig, ax = plt.subplots(1, 2, figsize=(12, 4.6))
-    for i, (name, (lr, run)) in enumerate(runs.items()):
-        raw, avg = eval_curve(run), eval_curve(run, "eval_lawa/avg/loss")
-        ax[0].plot(sorted(raw), [raw[s] for s in sorted(raw)], "-", marker="o", ms=3, color=f"C{i}",
-                   label=f"latest, LR {lr:g}")
-        ax[0].plot(sorted(avg), [avg[s] for s in sorted(avg)], "--", marker="s", ms=3, color=f"C{i}",
-                   label=f"LAWA, LR {lr:g}")
-        ax[1].plot(list(g[name]), list(g[name].values()), "-", marker="o", color=f"C{i}", label=f"LR {lr:g}")
-    ax[0].set_xlabel("training step")
-    ax[0].set_ylabel("mean held-out loss, 5 general domains (nats)")
-    ax[0].set_title("latest checkpoint vs LAWA average")
-    ax[0].legend(fontsize=8)
-    ax[1].axhline(0, color="k", lw=0.8)
-    ax[1].axvline(steps / 2, color="gray", lw=0.8, ls=":", label="early | late")
-    ax[1].set_xlabel("training step")
-    ax[1].set_ylabel("gain: latest - LAWA loss (nats; > 0: LAWA better)")
-    ax[1].set_title("LAWA's gain over training")
-    ax[1].legend(fontsize=8)
-    fig.suptitle("LAWA (k latest checkpoints averaged) at a high and a low constant learning rate")
-    save_figure(fig, path)
+def collect(ctx: Context) -> dict[str, Any]:
+    """Train (or re-read) both LRs x seeds; every run's gains and its counted gains."""
+    shared, runs, _ = ctx.experiment(PART)
+    steps, window = int(shared.train.steps), (int(shared.lawa.k) - 1) * int(shared.lawa.every)
+    part = ctx.part_dir(PART)
+    out: dict[str, dict[int, dict]] = {}
+    for r in runs:
+        arm, seed = r["name"].rsplit("_s", 1)
+        g = gains(part / r["name"])
+        out.setdefault(arm, {})[int(seed)] = {"lr": float(r["set"]["optim.peak_lr"]), "gains": g,
+                                              "counted": counted(g, window), "dir": str(part / r["name"])}
+    return {"steps": steps, "window": window, "k": int(shared.lawa.k), "every": int(shared.lawa.every),
+            "schedule": str(shared.schedule.name), "min_lr_ratio": float(shared.schedule.min_lr_ratio),
+            "eval_every": int(shared.train.eval_every), "arms": out}
+
+
+def judge(m: dict[str, Any]) -> dict[str, Any]:
+    """Preconditions (window 3-17% of the steps so far, a decaying schedule, 3 seeds) and the
+    three sub-claims."""
+    h = {arm: {s: halves(v["counted"], m["steps"]) for s, v in seeds.items()} for arm, seeds in m["arms"].items()}
+    seeds = sorted(set(h["high"]) & set(h["low"]))
+    early = {a: [h[a][s][0] for s in seeds] for a in h}
+    late = {a: [h[a][s][1] for s in seeds] for a in h}
+    tests = [stats.one_sample(early["high"], "gain early, high LR"),
+             stats.paired(early["high"], late["high"], "gain early minus late, high LR"),
+             stats.paired(early["high"], early["low"], "early gain, high minus low LR")]
+    steps_counted = sorted(next(iter(m["arms"]["high"].values()))["counted"])
+    n_early = sum(s <= m["steps"] / 2 for s in steps_counted)
+    fracs = [m["window"] / s for s in steps_counted] or [np.nan]
+    decays = m["schedule"] in ("cosine", "linear") and m["min_lr_ratio"] <= 0.5
+    checks = [
+        stats.Precondition("LAWA window 3-17% of the steps so far at every counted eval, evals in both "
+                           "halves", n_early >= 2 and len(steps_counted) - n_early >= 2,
+                           f"window {m['window']} steps = {100 * max(fracs):.1f}% .. {100 * min(fracs):.1f}% "
+                           f"at steps {steps_counted[0] if steps_counted else '-'}..{m['steps']}; "
+                           f"{n_early} early, {len(steps_counted) - n_early} late evals"),
+        stats.Precondition("a decaying schedule", decays,
+                           f"{m['schedule']}, final LR {m['min_lr_ratio']:g} x peak"),
+        stats.seed_check({a: len(v) for a, v in m["arms"].items()})]
+    verdict, why = stats.verdict_with(checks, tests)
+    return {"early": early, "late": late, "seeds": seeds, "tests": tests, "verdict": verdict, "why": why}
 
 
 def run(ctx: Context) -> Section:
-    shared, runs, _ = ctx.experiment(PART)
-    steps = int(shared.train.steps)
-    part = ctx.part_dir(PART)
-    lrs = {r["name"]: (float(r["set"]["optim.peak_lr"]), str(part / r["name"])) for r in runs}
-    g = {name: gains(run) for name, (_, run) in lrs.items()}
-    halves = {name: split(v, steps) for name, v in g.items()}
-    rows: list[Any] = []
-    for name, (lr, run) in lrs.items():
-        early, late = halves[name]
-        raw = eval_curve(run)
-        rows.append((f"{lr:g}", f"{raw[max(raw)]:.3f}", f"{eval_curve(run, 'eval_lawa/avg/loss')[steps]:.3f}",
-                     _mean(early), _mean(late), _mean(list(g[name].values())),
-                     f"{sum(v > 0 for v in g[name].values())}/{len(g[name])}"))
-    table = md_table(["constant LR", f"latest, step {steps}", f"LAWA, step {steps}",
-                      f"gain, steps <= {steps // 2}", f"gain, steps > {steps // 2}", "gain, all evals",
-                      "evals LAWA better"], rows)
-    table += "\n\nGain = latest - LAWA mean held-out loss (nats), mean ± sd over the evals.\n\n"
-    table += md_table(["step"] + [f"gain, LR {lr:g}" for lr, _ in lrs.values()],
-                      [(s, *[f"{g[n].get(s, float('nan')):+.4f}" for n in lrs]) for s in sorted(g["high"])])
-    early_late, el_noise = contrast(*halves["high"])
-    high_low, hl_noise = contrast(list(g["high"].values()), list(g["low"].values()))
-    v1, v2 = judge(early_late, el_noise, +1), judge(high_low, hl_noise, +1)
-    verdict = combine(v1, v2)
-    image = ctx.image(PART, "gain")
-    _plot(image, lrs, g, steps)
-    hi, lo = lrs["high"][0], lrs["low"][0]
-    halves_txt = "; ".join(f"LR {lrs[n][0]:g}: {_mean(e)} early, {_mean(la)} late" for n, (e, la) in halves.items())
-    why = (f"Mean gain (latest - LAWA, nats; ± sd over the evals): {halves_txt}. "
-           f"At LR {hi:g}, early minus late: {early_late:+.4f} nats "
-           f"(standard error {el_noise:.4f} from the spread over the evals) -> {v1}. Gain at LR {hi:g} minus "
-           f"LR {lo:g}, all evals: {high_low:+.4f} (standard error {hl_noise:.4f}) -> {v2}. Rule: each "
-           "contrast must exceed 2x its standard error with the paper's sign; the claim needs both. "
-           "One seed per LR: the noise is the eval-to-eval spread of the gain, which also holds the "
-           "trend over training. A negative gain means the average lags: the window reaches "
-           f"{(shared.lawa.k - 1) * shared.lawa.every} steps back, which early in a {steps}-step run "
-           "holds clearly worse models, while the paper's windows span a few percent of 143k-step runs "
-           "whose loss falls slowly between checkpoints; a tiny model trained for minutes.")
-    setting = (f"d = 64, L = 2 Pythia (vocabulary 50k), 8 x 128 tokens per step, trained from scratch on the "
-               f"five general domains (equal shares) for {steps} steps at a constant LR of {hi:g} (high) or "
-               f"{lo:g} (low) after 1% warmup; online LAWA with k = {shared.lawa.k} snapshots every "
-               f"nu = {shared.lawa.every} steps; every {shared.train.eval_every} steps the latest parameters "
-               "and their LAWA average are scored on the same held-out batches. From scratch (not from the "
-               "shared pretraining) so that the run covers the early phase where the gain is claimed.")
+    m = collect(ctx)
+    return write(ctx, m, judge(m))
+
+
+def _plot(path: Path, m: dict) -> Path:
+    plt = pyplot()
+    fig, ax = plt.subplots(1, 2, figsize=(12, 4.6))
+    for i, (arm, seeds) in enumerate(m["arms"].items()):
+        lr = next(iter(seeds.values()))["lr"]
+        raw = [eval_curve(v["dir"]) for v in seeds.values()]
+        avg = [eval_curve(v["dir"], "eval_lawa/avg/loss") for v in seeds.values()]
+        for curves, ls, what in ((raw, "-", "latest"), (avg, "--", "LAWA")):
+            steps = sorted(set.intersection(*(set(c) for c in curves)))
+            ax[0].plot(steps, [np.mean([c[s] for c in curves]) for s in steps], ls, color=f"C{i}",
+                       label=f"{what}, LR {lr:g}")
+        steps = sorted(set.intersection(*(set(v["gains"]) for v in seeds.values())))
+        g = np.array([[v["gains"][s] for s in steps] for v in seeds.values()])
+        ax[1].errorbar(steps, g.mean(0), yerr=g.std(0, ddof=1) if len(g) > 1 else None, fmt="-o", ms=3,
+                       capsize=2, color=f"C{i}", label=f"LR {lr:g} (mean ± sd over seeds)")
+    lo, hi = WINDOW_RANGE
+    ax[1].axvspan(m["window"] / hi, m["steps"], color="green", alpha=0.08, label="window 3-17% of the steps")
+    ax[1].axvline(m["steps"] / 2, color="gray", lw=0.8, ls=":", label="early | late")
+    ax[1].axhline(0, color="k", lw=0.8)
+    ax[0].set(xlabel="training step", ylabel="mean held-out loss, 5 general domains (nats)",
+              title="latest checkpoint vs LAWA average (seed mean)")
+    ax[1].set(xlabel="training step", ylabel="gain: latest - LAWA loss (nats; > 0: LAWA better)",
+              title="LAWA's gain over training")
+    for a in ax:
+        a.legend(fontsize=8)
+    fig.suptitle("LAWA (k latest checkpoints averaged) at a high and a low peak LR, cosine schedule")
+    return save_figure(fig, path)
+
+
+def write(ctx: Context, m: dict[str, Any], j: dict[str, Any]) -> Section:
+    steps = m["steps"]
+    rows = [(f"{next(iter(m['arms'][a].values()))['lr']:g}", len(j["early"][a]), pm(j["early"][a], 4),
+             pm(j["late"][a], 4)) for a in m["arms"]]
+    table = md_table(["peak LR", "seeds", f"gain, counted evals <= step {steps // 2}",
+                      f"gain, evals > step {steps // 2}"], rows)
+    table += ("\n\nGain = latest - LAWA mean held-out loss (nats), per seed the mean over the counted evals; "
+              "mean ± sd over seeds.")
+    image = _plot(ctx.image(PART, "gain"), m)
+    why = (f"Rule: t tests over the seeds {', '.join(map(str, j['seeds']))} (the two LRs paired by seed), "
+           f"Holm-corrected across the three sub-claims at level {stats.ALPHA}. {j['why']}")
+    setting = (f"a tiny Pythia trained from scratch on the five general domains (equal shares) for {steps} "
+               f"steps with Pythia's cosine schedule (1% warmup, decay to {m['min_lr_ratio']:g} x the peak) at a "
+               f"peak LR of {m['arms']['high'][0]['lr']:g} (high) or {m['arms']['low'][0]['lr']:g} (low), "
+               f"{len(m['arms']['high'])} seeds each; online LAWA with k = {m['k']} snapshots every nu = "
+               f"{m['every']} steps (window {m['window']} steps); every {m['eval_every']} steps the latest "
+               "parameters and their LAWA average are scored on the same held-out batches, and the evals "
+               "where the window is 3-17% of the steps so far are counted.")
     return Section(
         part=PART, title="LAWA helps most early and at a high learning rate",
         claim=("Averaging the k latest checkpoints (LAWA) gives a lower loss than the latest checkpoint; the "
@@ -117,14 +146,8 @@ def run(ctx: Context) -> Section:
                "learning rate is low or decayed."),
         source=("Sanyal et al. 2023, Early Weight Averaging meets High Learning Rates for LLM Pre-training "
                 "(arXiv:2306.03241): abstract and the nanoGPT-2 high- vs low-LR runs"),
-        setting=setting, table=table, verdict=verdict, why=why, images=[str(image)],
-        numbers={"gains": {n: {str(s): v for s, v in x.items()} for n, x in g.items()},
-                 "early_minus_late_high": early_late, "early_late_noise": el_noise,
-                 "high_minus_low": high_low, "high_low_noise": hl_noise, "verdicts": [v1, v2]})
-
-
-def _mean(values: Sequence[float]) -> str:
-    if not values:
-        return "n/a"
-    m, s = mean_sd(values)
-    return f"{m:+.4f} ± {s:.4f}" if len(values) > 1 else f"{m:+.4f}"
+        setting=setting, table=table, verdict=j["verdict"], why=why, images=[str(image)],
+        numbers={"early": j["early"], "late": j["late"], "window": m["window"],
+                 "gains": {a: {str(s): {str(k): x for k, x in v["gains"].items()} for s, v in seeds.items()}
+                           for a, seeds in m["arms"].items()},
+                 "tests": [vars(t) for t in j["tests"]]})
