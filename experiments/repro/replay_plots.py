@@ -47,15 +47,15 @@ def lr_curve(run_dir: Path) -> np.ndarray:
 
 
 CHAINS = {  # stages of each chain (under the runs root) and its colour
-    "cosine re-warm": (["pretrain/cosine", "replay/rep0_s0", "replay/cos_B"], "C0"),
-    "infinite": (["pretrain/infinite", "replay/inf_A", "replay/inf_B"], "C3"),
+    "cosine re-warm": (["pretrain/cosine", "replay/rep0_s0", "replay/cos_B_s0"], "C0"),
+    "infinite": (["pretrain/infinite", "replay/inf_A_s0", "replay/inf_B_s0"], "C3"),
 }
-BRANCHES = {"replay/inf_A_anneal": "replay/inf_A", "replay/inf_B_anneal": "replay/inf_B"}
+BRANCHES = {"replay/inf_A_anneal_s0": "replay/inf_A_s0", "replay/inf_B_anneal_s0": "replay/inf_B_s0"}
 
 
 def plot_chains(root: Path, path: Path) -> Path:
     """LR (top) and held-out losses (bottom: upstream, A, B) against steps since the start of
-    pretraining; anneal branches dashed, starting where they branch off."""
+    pretraining; anneal branches dashed, starting where they branch off (seed 0's chains)."""
     base = Path(root).parent
     plt = pyplot()
     fig = plt.figure(figsize=(12, 7))
@@ -83,12 +83,12 @@ def plot_chains(root: Path, path: Path) -> Path:
         start = offsets[parent] + int(Path(cfg["train"]["init_from"]).name)  # .../checkpoints/STEP
         lr = lr_curve(base / branch)
         lr_ax.plot(start + np.arange(len(lr)), lr, "--", color="C1",
-                   label="infinite: anneal branch" if branch.endswith("A_anneal") else None)
+                   label="infinite: anneal branch" if "A_anneal" in branch else None)
         for ax, (_, domains) in zip(loss_axes, groups):
             curve = common.group_curve(base / branch, domains)
             xs = sorted(curve)
             ax.plot([start + x for x in xs], [curve[x] for x in xs], "--s", color="C1", ms=4,
-                    label="infinite + anneal" if branch.endswith("A_anneal") else None)
+                    label="infinite + anneal" if "A_anneal" in branch else None)
     bounds = [offsets[s] for s in CHAINS["cosine re-warm"][0]] + [at]
     names = ["pretraining (upstream)", f"A: {settings.DOMAIN_A}", f"B: {settings.DOMAIN_B}"]
     for ax in [lr_ax, *loss_axes]:
