@@ -11,9 +11,10 @@ Claim 2, two successive new domains (code_python, then math):
 - infinite chain: the infinite pretraining (constant eta_const = 0.5 eta_max, never annealed) ->
   ``inf_A_s<seed>`` -> ``inf_B_s<seed>``, each held at eta_const without re-warming;
   ``inf_A_anneal_s<seed>`` and ``inf_B_anneal_s<seed>`` branch off the kept checkpoint
-  ``S - N_ann`` steps into each stage and anneal eta_const -> eta_min over the last N_ann steps, so each annealed model has seen exactly the
-  tokens of the cosine stage it is compared with. The next stage continues from the un-annealed
-  end of the previous one. Each chain runs the same three seeds.
+  ``S - N_ann`` steps into each stage and anneal eta_const -> eta_min over the last N_ann steps,
+  so each annealed model has seen exactly the tokens of the cosine stage it is compared with.
+  The next stage continues from the un-annealed end of the previous one. Each chain runs the
+  same three seeds.
 
     PYTHONPATH=. cpt-jax experiment --config configs/repro_replay.py:full   # (after configs/repro_pretrain.py)
 """
