@@ -9,13 +9,7 @@ from scipy import stats as sps
 from cpt_jax.experiment import load_experiment, run_config
 from cpt_jax.schedules import make_schedule
 from experiments.repro import stats
-from experiments.repro.common import pooled_sd
 from experiments.repro.rewarm import judge, stability_gap
-
-
-def test_pooled_sd_is_the_root_mean_of_per_arm_variances():
-    # arm 1: sd of (1, 3) = sqrt(2); arm 2: sd of (2, 2) = 0; single-seed arms are left out
-    assert pooled_sd([[1.0, 3.0], [2.0, 2.0], [5.0]]) == pytest.approx(1.0)
 
 
 def test_stability_gap_rise_and_recovery():

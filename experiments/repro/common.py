@@ -1,5 +1,6 @@
 """What the reproduction parts share: the context they run in, running an experiment file,
-reading results back, spread over seeds, the verdict rule, and the ``Section`` each returns."""
+reading results back, mean ± sd over seeds, and the ``Section`` each returns (the verdict rule
+is :mod:`experiments.repro.stats`)."""
 
 from __future__ import annotations
 
@@ -177,52 +178,10 @@ def mean_sd(values: Sequence[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
 
 
-def pooled_sd(groups: Sequence[Sequence[float]]) -> float:
-    """Seed noise of one run: sqrt of the mean sample variance over the groups (arms) with
-    >= 2 values (seeds); nan when no group has two."""
-    var = [np.var(g, ddof=1) for g in groups if len(g) > 1]
-    return float(np.sqrt(np.mean(var))) if var else math.nan
-
-
 def pm(values: Sequence[float], digits: int = 3) -> str:
     """``mean +- sd (n = k)`` for several seeds, the plain value for one."""
     m, s = mean_sd(values)
     return f"{m:.{digits}f}" if len(values) == 1 else f"{m:.{digits}f} ± {s:.{digits}f}"
-
-
-# ---- verdicts -----------------------------------------------------------------------------
-
-def judge(effect: float, noise: float, expected_sign: int, margin: float = 2.0) -> str:
-    """The verdict on a directional claim: ``effect`` (the measured difference, signed so the
-    paper predicts ``expected_sign``) against ``noise`` (its seed-to-seed spread).
-
-    reproduced: the effect has the predicted sign and exceeds ``margin`` x noise;
-    not reproduced: it has the other sign beyond ``margin`` x noise;
-    inconclusive at this scale: within the noise."""
-    if not math.isfinite(effect):
-        return "inconclusive at this scale"
-    signed = effect * expected_sign
-    if signed > margin * noise:
-        return "reproduced"
-    if signed < -margin * noise:
-        return "not reproduced"
-    return "inconclusive at this scale"
-
-
-def judge_small(spread: float, noise: float, margin: float = 2.0) -> str:
-    """The verdict on a claim that something *barely matters*: the spread between arms is
-    within ``margin`` x the seed noise (reproduced) or well beyond it (not reproduced)."""
-    if not (math.isfinite(spread) and math.isfinite(noise)):
-        return "inconclusive at this scale"
-    return "reproduced" if spread <= margin * noise else "not reproduced"
-
-
-def combine(*verdicts: str) -> str:
-    """A claim of several parts: any "not reproduced" fails it, all "reproduced" pass it, else
-    it is inconclusive."""
-    if "not reproduced" in verdicts:
-        return "not reproduced"
-    return "reproduced" if all(v == "reproduced" for v in verdicts) else "inconclusive at this scale"
 
 
 # ---- Markdown -----------------------------------------------------------------------------
