@@ -15,20 +15,20 @@ at the ratio the law chooses (``extra_runs``) when it is not on the grid.
 
 from experiments.repro import settings
 
-WIDTHS = {"full": {"fit": (32, 48, 64, 96), "held": 128}, "tiny": {"fit": (16, 24, 32), "held": 48}}
-RATIOS = {"full": (0.1, 0.25, 0.5, 0.75, 0.9), "tiny": (0.25, 0.75)}
+WIDTHS = {"full": {"fit": (32, 48, 64, 96), "held": 128}, "tiny": {"fit": (16, 24, 32), "held": 48},
+          "gpu": {"fit": (128, 192, 256, 384), "held": 512}}
+RATIOS = {"full": (0.1, 0.25, 0.5, 0.75, 0.9), "tiny": (0.25, 0.75), "gpu": (0.1, 0.25, 0.5, 0.75, 0.9)}
 SEEDS = (0, 1, 2)
-BASE_STEPS = {"full": 100, "tiny": 4}
-CPT_STEPS = {"full": 32, "tiny": 4}
-CPT_EVALS = {"full": "2,4,8,16", "tiny": "1,2,3"}  # with the end: D over 16x (full), 4x (tiny)
+BASE_STEPS = {"full": 100, "tiny": 4, "gpu": 200}
+CPT_STEPS = {"full": 32, "tiny": 4, "gpu": 64}
+CPT_EVALS = {"full": "2,4,8,16", "tiny": "1,2,3", "gpu": "4,8,16,32"}  # with the end: D over 16x (4x tiny)
 CPT_LR = 1e-3  # eta_max of the continuations (re-warmed from FINAL_LR over CPT_WARMUP steps)
-CPT_WARMUP = {"full": 4, "tiny": 1}
+CPT_WARMUP = {"full": 4, "tiny": 1, "gpu": 8}
 
 
 def get_config(size="full"):
     c = settings.base_config(size, "runs/repro/dcpt")
-    c.model.num_heads = 4 if size == "full" else 2
-    c.train.steps = settings.steps(size, BASE_STEPS["full"], BASE_STEPS["tiny"])
+    c.train.steps = BASE_STEPS[size]
     c.train.eval_every = 0  # the final evaluation only (bases); continuations add CPT_EVALS
     c.data.domains = ",".join(settings.UPSTREAM)
     c.data.weights = settings.uniform(settings.UPSTREAM)
@@ -38,8 +38,7 @@ def get_config(size="full"):
 
 
 def size_of(c):
-    """``full`` or ``tiny`` from the shared config (its batch)."""
-    return "full" if int(c.train.batch_size) == 8 else "tiny"
+    return settings.size_of(c)
 
 
 def widths(c):

@@ -22,8 +22,8 @@ SEEDS = (0, 1, 2)
 def get_config(size="full"):
     c = settings.base_config(size, "runs/repro/doremi")
     c.train.steps = settings.steps(size, 100, 6)  # reference (= baseline), main
-    c.train.batch_size = 16 if size == "full" else 10  # >= 10 domains: each in every proxy batch
-    c.train.seq_len = 64 if size == "full" else 16
+    c.train.batch_size = {"full": 16, "tiny": 10, "gpu": 32}[size]  # >= 10 domains: each in every proxy batch
+    c.train.seq_len = {"full": 64, "tiny": 16, "gpu": 256}[size]
     c.train.eval_every = settings.steps(size, 10, 2)  # eval curves: steps to the baseline, the room fit
     c.train.eval_batches = settings.steps(size, 2, 1)  # x 10 domains; paired: same batches for every run
     c.data.domains = ",".join(settings.ALL_DOMAINS)

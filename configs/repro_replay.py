@@ -23,7 +23,7 @@ import os
 
 from experiments.repro import settings
 
-SHARES = {"full": (0.0, 0.05, 0.25), "tiny": (0.0, 0.25)}
+SHARES = {"full": (0.0, 0.05, 0.25), "tiny": (0.0, 0.25), "gpu": (0.0, 0.05, 0.25)}
 SEEDS = (0, 1, 2)
 
 
@@ -51,7 +51,7 @@ def get_config(size="full"):
 
 
 def _size(c):
-    return "full" if c.model.num_layers == 2 else "tiny"
+    return settings.size_of(c)
 
 
 def _pct(f):

@@ -12,7 +12,7 @@ checkpoint for ``extended``) and ``data.dir`` per arm.
 from experiments.repro import settings
 
 DOMAIN = settings.DOMAIN_B  # math: 0.49 tokens per byte under Pythia's tokenizer (prose: 0.23-0.34)
-NEW_TOKENS = {"full": 1000, "tiny": 40}
+NEW_TOKENS = {"full": 1000, "tiny": 40, "gpu": 1000}
 SEEDS = (0, 1, 2)
 ARMS = ("base", "extended")
 

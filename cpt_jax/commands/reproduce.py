@@ -24,8 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--parts", default="all",
                    help="comma-separated parts to run (default all: rewarm,replay,doremi,lawa,dcpt,"
                         "vocab,long_context)")
-    p.add_argument("--size", choices=("full", "tiny"), default="full",
-                   help="full: the documented CPU scale; tiny: a few steps (pipeline check)")
+    p.add_argument("--size", choices=("full", "tiny", "gpu"), default="full",
+                   help="full: the documented CPU scale; tiny: a few steps (pipeline check); gpu: "
+                        "Pythia-70m's shape for one accelerator")
     p.add_argument("--data", default="data/ten", help="DATA_DIR of `cpt-jax corpus` (all ten domains)")
     p.add_argument("--runs", default="runs/repro", help="where the runs go (finished runs are skipped)")
     p.add_argument("--out", default="docs/reproductions.md", help="the report to write")

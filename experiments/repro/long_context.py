@@ -25,7 +25,7 @@ from experiments.repro import stats
 from experiments.repro.common import Context, Section, md_table, pm
 
 PART = "long_context"
-WINDOWS_PER_DOMAIN = {"full": 16, "tiny": 4}
+WINDOWS_PER_DOMAIN = {"full": 16, "tiny": 4, "gpu": 16}
 BATCH = 4
 NONINFERIORITY = 0.1  # "falls to its level": beyond T at most 10% of the pretrained model's rise above
 
