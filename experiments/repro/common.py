@@ -78,6 +78,10 @@ class Context:
         self.experiment("pretrain", only=[which])
         return str(self.part_dir("pretrain") / which)
 
+    def pretraining(self, detail: str) -> str:
+        """"The shared pretraining (`cosine`, S steps DETAIL)": how a continuation's setting starts."""
+        return f"The shared pretraining (`cosine`, {int(self.load('pretrain').train.steps)} steps {detail})"
+
     def image(self, part: str, name: str) -> Path:
         self.images.mkdir(parents=True, exist_ok=True)
         return self.images / f"repro_{part}_{name}.png"
@@ -176,6 +180,11 @@ def mean_sd(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
     arr = np.asarray(values, np.float64)
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+
+
+def rewarm_text(shared: Any) -> str:
+    """"peak LR X re-warmed from Y" of a continuation's config."""
+    return f"peak LR {shared.optim.peak_lr:g} re-warmed from {shared.schedule.start_lr:g}"
 
 
 def pm(values: Sequence[float], digits: int = 3) -> str:

@@ -22,7 +22,7 @@ from cpt_jax.errors import UserError
 from cpt_jax.eval.report_plots import pyplot, save_figure
 from experiments.repro import settings
 from experiments.repro import stats
-from experiments.repro.common import Context, Section, md_table, pm
+from experiments.repro.common import Context, Section, md_table, pm, rewarm_text
 
 PART = "long_context"
 WINDOWS_PER_DOMAIN = {"full": 16, "tiny": 4, "gpu": 16}
@@ -162,13 +162,11 @@ def write(ctx: Context, m: dict[str, Any], j: dict[str, Any]) -> Section:
            f"windows), Holm-corrected over the two sub-claims at level {stats.ALPHA}; \"not above\" is a "
            f"non-inferiority test with margin {100 * NONINFERIORITY:g}% of the pretrained model's rise. {j['why']}")
     image = _plot(ctx, models, t)
-    pre_steps = int(ctx.load("pretrain").train.steps)
-    setting = (f"The shared pretraining (`cosine`, {pre_steps} steps at T = {t}, rotary base 10000, "
-               f"{int(shared.model.hidden_size // shared.model.num_heads * shared.model.rotary_pct)} "
-               f"rotary dims per head) continued {int(shared.train.steps)} steps on the five general domains "
-               f"(equal shares), documents shorter than {shared.data.long_threshold} tokens kept with p = "
-               f"{shared.data.long_keep:g}, peak LR {shared.optim.peak_lr:g} re-warmed from "
-               f"{shared.schedule.start_lr:g}: at T = {long_t} (batch {max(1, shared.train.batch_size // 4)}, "
+    rotary = int(shared.model.hidden_size // shared.model.num_heads * shared.model.rotary_pct)
+    setting = (f"{ctx.pretraining(f'at T = {t}, rotary base 10000, {rotary} rotary dims per head')} continued "
+               f"{int(shared.train.steps)} steps on the five general domains (equal shares), documents shorter "
+               f"than {shared.data.long_threshold} tokens kept with p = {shared.data.long_keep:g}, "
+               f"{rewarm_text(shared)}: at T = {long_t} (batch {max(1, shared.train.batch_size // 4)}, "
                f"base {m['base']:g} by the NTK rule b' = b s^(r/(r-2)), s = 4) and, as the control, at "
                f"T = {t} (batch {shared.train.batch_size}): the same tokens; three seeds each. Per-position "
                f"loss on {m['windows']} windows of {long_t + 1} tokens from the start of held-out documents of "

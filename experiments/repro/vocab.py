@@ -29,7 +29,7 @@ from cpt_jax.data.tokenize import is_val_document, load_token_bytes, tokenize_do
 from cpt_jax.errors import UserError
 from cpt_jax.eval.report_plots import pyplot, save_figure
 from experiments.repro import common, settings, stats, vocab_eval
-from experiments.repro.common import Context, Section, md_table, mean_sd
+from experiments.repro.common import Context, Section, md_table, mean_sd, rewarm_text
 
 PART = "vocab"
 STEP0_MAX = 0.75  # "well below uniform": the step-0 loss at most 0.75 ln V
@@ -192,12 +192,10 @@ def write(ctx: Context, m: dict[str, Any], j: dict[str, Any]) -> Section:
     image = _plot(ctx, domain, (base_runs, ext_runs), tpb, prep["added"], (start, (mb, me), steps))
     general = [tokens_per_byte(ctx.data_dir, d) for d in settings.UPSTREAM]
     examples = ", ".join(f"`{t.strip()}`" for t in prep["examples"] if t.strip() and "\ufffd" not in t)
-    pre_steps = int(ctx.load("pretrain").train.steps)
-    setting = (f"The shared pretraining (`cosine`, {pre_steps} steps on the five general domains) continued "
+    setting = (f"{ctx.pretraining('on the five general domains')} continued "
                f"on `{domain}` ({tpb['base']:.2f} tokens per byte under the base tokenizer, against "
                f"{min(general):.2f}-{max(general):.2f} for the general domains) for {steps} steps of "
-               f"{batch} x {seq} tokens, peak LR "
-               f"{shared.optim.peak_lr:g} re-warmed from {shared.schedule.start_lr:g}, seeds "
+               f"{batch} x {seq} tokens, {rewarm_text(shared)}, seeds "
                f"{', '.join(r.rsplit('_s', 1)[1] for r in base_runs)}: once with the base tokenizer and once with "
                f"`cpt-jax vocab extend` adding {prep['added']} tokens learnt on math's training "
                f"documents only (vocabulary rows {prep['vocab_size']}; new rows of `embed_in` and "
