@@ -4,19 +4,22 @@ The shared pretraining (T = 128 at full size) continues on the general mixture (
 equal shares) with long documents up-sampled: documents shorter than 2 x the new length are kept
 with p = 0.1 (``data.long_threshold``, ``data.long_keep``), longer ones always.
 
-- ``long``: T x 4 (512) with the rotary base raised by the NTK-aware rule
+- ``long_s<seed>``: T x 4 (512) with the rotary base raised by the NTK-aware rule
   ``b' = b * s**(r / (r - 2))`` (s = 4, r rotary dims per head: 10000 -> 160000 for r = 4),
   ``model.max_position_embeddings`` = 4 T, batch / 4 (the same tokens per step);
-- ``control``: the same continuation at the old T and base.
+- ``control_s<seed>``: the same continuation at the old T and base.
+
+Both run seeds 0, 1, 2 (data orders), so long and control are compared seed by seed.
 
 The part module passes ``train.init_from`` (the pretraining) and evaluates per-position loss.
 
     cpt-jax reproduce --parts long_context      # (or --size tiny)
 """
 
-from cpt_jax.repro import settings
+from experiments.repro import settings
 
 FACTOR = 4  # s: the new context over the pretraining's
+SEEDS = (0, 1, 2)
 
 
 def ntk_base(base, rotary_dims, factor):
@@ -46,11 +49,11 @@ def get_config(size="full"):
 
 def get_runs(c):
     long_t = FACTOR * c.train.seq_len
-    return [
-        {"name": "long", "set": {
-            "train.seq_len": long_t,
-            "train.batch_size": max(1, c.train.batch_size // FACTOR),
+    long = {"train.seq_len": long_t, "train.batch_size": max(1, c.train.batch_size // FACTOR),
             "model.max_position_embeddings": long_t,
-            "model.rotary_emb_base": ntk_base(c.model.rotary_emb_base, rotary_dims(c), FACTOR)}},
-        {"name": "control", "set": {}},
-    ]
+            "model.rotary_emb_base": ntk_base(c.model.rotary_emb_base, rotary_dims(c), FACTOR)}
+    runs = []
+    for seed in SEEDS:
+        runs += [{"name": f"long_s{seed}", "set": {**long, "seed": seed}},
+                 {"name": f"control_s{seed}", "set": {"seed": seed}}]
+    return runs

@@ -8,10 +8,10 @@ shares) with two schedules:
 - ``infinite``: Ibrahim et al.'s infinite schedule (warmup, cooldown to eta_const = 0.5 eta_max,
   then constant, no anneal), from which later tasks continue without re-warming.
 
-    cpt-jax experiment --config configs/repro_pretrain.py:full   # (or :tiny)
+    PYTHONPATH=. cpt-jax experiment --config configs/repro_pretrain.py:full   # (or :tiny)
 """
 
-from cpt_jax.repro import settings
+from experiments.repro import settings
 
 
 def get_config(size="full"):

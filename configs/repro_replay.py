@@ -1,29 +1,30 @@
 """Replay and the infinite schedule (Ibrahim et al. 2024), continuing the shared pretraining.
 
 Claim 1, ``rep<pct>_s<seed>``: from the cosine pretraining, S steps on code_python, re-warming
-from the pretraining's final LR to its peak and re-decaying with a cosine, with 0 / 1 / 5 / 10 /
-25% of the sequences replayed from the upstream mixture (compute-equivalent: the replayed
-sequences replace new ones). Two seeds (data order) for the 0 and 1% arms.
+from the pretraining's final LR to its peak and re-decaying with a cosine, with 0 / 5 / 25% of the
+sequences replayed from the upstream mixture (compute-equivalent: the replayed sequences replace
+new ones). Every arm runs seeds 0, 1, 2 (data orders), so arms are compared seed by seed.
 
 Claim 2, two successive new domains (code_python, then math):
 
-- cosine chain: ``rep0_s0`` (= stage A) -> ``cos_B`` (re-warm + cosine on math);
+- cosine chain: ``rep0_s<seed>`` (= stage A) -> ``cos_B_s<seed>`` (re-warm + cosine on math);
 - infinite chain: the infinite pretraining (constant eta_const = 0.5 eta_max, never annealed) ->
-  ``inf_A`` -> ``inf_B``, each held at eta_const without re-warming; ``inf_A_anneal`` and
-  ``inf_B_anneal`` branch off the kept checkpoint ``S - N_ann`` steps into each stage and anneal
-  eta_const -> eta_min over the last N_ann steps, so each annealed model has seen exactly the
-  tokens of the cosine stage it is compared with. The next stage continues from the un-annealed
-  end of the previous one.
+  ``inf_A_s<seed>`` -> ``inf_B_s<seed>``, each held at eta_const without re-warming;
+  ``inf_A_anneal_s<seed>`` and ``inf_B_anneal_s<seed>`` branch off the kept checkpoint
+  ``S - N_ann`` steps into each stage and anneal eta_const -> eta_min over the last N_ann steps,
+  so each annealed model has seen exactly the tokens of the cosine stage it is compared with.
+  The next stage continues from the un-annealed end of the previous one. Each chain runs the
+  same three seeds.
 
-    cpt-jax experiment --config configs/repro_replay.py:full   # (after configs/repro_pretrain.py)
+    PYTHONPATH=. cpt-jax experiment --config configs/repro_replay.py:full   # (after configs/repro_pretrain.py)
 """
 
 import os
 
-from cpt_jax.repro import settings
+from experiments.repro import settings
 
-SHARES = {"full": (0.0, 0.01, 0.05, 0.10, 0.25), "tiny": (0.0, 0.25)}
-TWO_SEEDS = (0.0, 0.01)  # arms whose difference is small: two seeds each
+SHARES = {"full": (0.0, 0.05, 0.25), "tiny": (0.0, 0.25), "gpu": (0.0, 0.05, 0.25)}
+SEEDS = (0, 1, 2)
 
 
 def stage_steps(size):
@@ -50,7 +51,7 @@ def get_config(size="full"):
 
 
 def _size(c):
-    return "full" if c.model.num_layers == 2 else "tiny"
+    return settings.size_of(c)
 
 
 def _pct(f):
@@ -61,7 +62,7 @@ def arm_runs(c):
     """The claim-1 arms: (name, share, seed)."""
     out = []
     for f in SHARES[_size(c)]:
-        for seed in (0, 1) if f in TWO_SEEDS else (0,):
+        for seed in SEEDS:
             out.append((f"rep{_pct(f)}_s{seed}", f, seed))
     return out
 
@@ -82,15 +83,18 @@ def get_runs(c):
                 "schedule.const_lr_ratio": 0.5, "checkpoint.every": s - n_ann,
                 "checkpoint.keep_steps": str(s - n_ann), **mid}
     on_b = {"data.domains": settings.DOMAIN_B}
-    runs += [
-        {"name": "cos_B", "from": "rep0_s0", "set": {**on_b, **mid}},
-        {"name": "inf_A", "set": {"train.init_from": os.path.join(pretrain, "infinite"), **infinite}},
-        {"name": "inf_B", "from": "inf_A", "set": {**infinite, **on_b}},
-    ]
-    for stage, data in (("inf_A", {}), ("inf_B", on_b)):
-        runs.append({"name": f"{stage}_anneal", "set": {
-            **data, "train.init_from": os.path.join(c.run_dir, stage, "checkpoints", str(s - n_ann)),
-            "train.steps": n_ann, "train.eval_every": n_ann, "seed": 1,  # seed 1: other windows
-            "schedule.name": "infinite", "schedule.rewarm": False, "schedule.anneal_frac": 1.0,
-            "schedule.const_lr_ratio": 0.5}})
+    for seed in SEEDS:
+        runs += [
+            {"name": f"cos_B_s{seed}", "from": f"rep0_s{seed}", "set": {**on_b, **mid, "seed": seed}},
+            {"name": f"inf_A_s{seed}", "set": {"train.init_from": os.path.join(pretrain, "infinite"),
+                                               **infinite, "seed": seed}},
+            {"name": f"inf_B_s{seed}", "from": f"inf_A_s{seed}", "set": {**infinite, **on_b, "seed": seed}},
+        ]
+        for stage, data in (("inf_A", {}), ("inf_B", on_b)):
+            runs.append({"name": f"{stage}_anneal_s{seed}", "set": {
+                **data, "train.init_from": os.path.join(c.run_dir, f"{stage}_s{seed}", "checkpoints", str(s - n_ann)),
+                "train.steps": n_ann, "train.eval_every": n_ann,
+                "seed": seed + len(SEEDS),  # other data windows than the stage's own last steps
+                "schedule.name": "infinite", "schedule.rewarm": False, "schedule.anneal_frac": 1.0,
+                "schedule.const_lr_ratio": 0.5}})
     return runs

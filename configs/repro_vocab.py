@@ -2,18 +2,18 @@
 the math domain with Pythia's tokenizer (``base_s*``) and with that tokenizer extended by tokens
 learnt from math's training documents (``extended_s*``), at the same steps x batch x T.
 
-The part module (``cpt_jax/repro/vocab.py``) runs ``cpt-jax vocab extend``, re-tokenizes math into
+The part module (``experiments/repro/vocab.py``) runs ``cpt-jax vocab extend``, re-tokenizes math into
 its own data dir and passes ``train.init_from`` (the pretraining for ``base``, the extended
 checkpoint for ``extended``) and ``data.dir`` per arm.
 
     cpt-jax reproduce --parts vocab      # (or --size tiny)
 """
 
-from cpt_jax.repro import settings
+from experiments.repro import settings
 
 DOMAIN = settings.DOMAIN_B  # math: 0.49 tokens per byte under Pythia's tokenizer (prose: 0.23-0.34)
-NEW_TOKENS = {"full": 1000, "tiny": 40}
-SEEDS = (0, 1)
+NEW_TOKENS = {"full": 1000, "tiny": 40, "gpu": 1000}
+SEEDS = (0, 1, 2)
 ARMS = ("base", "extended")
 
 

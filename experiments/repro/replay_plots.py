@@ -9,15 +9,15 @@ from typing import Any
 import numpy as np
 from ml_collections import ConfigDict
 
-from cpt_jax.eval.report_plots import _plt, _save, _step_axis
-from cpt_jax.repro import common, settings
+from cpt_jax.eval.report_plots import pyplot, save_figure, step_axis
 from cpt_jax.run_dir import RunDir
 from cpt_jax.schedules import make_schedule
+from experiments.repro import common, settings
 
 
 def plot_replay(an: dict[str, Any], path: Path) -> Path:
     """F and the new domain's loss (mean, one dot per seed) against the replay share."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for ax, key, label in ((axes[0], "forget", "forgetting: upstream loss rise"),
                            (axes[1], "learn", f"{settings.DOMAIN_A} loss (lower = more learned)")):
@@ -36,9 +36,7 @@ def plot_replay(an: dict[str, Any], path: Path) -> Path:
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8, frameon=False)
     fig.suptitle("Replay while continuing on new data: forgetting vs learning")
-    _save(fig, path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def lr_curve(run_dir: Path) -> np.ndarray:
@@ -49,17 +47,17 @@ def lr_curve(run_dir: Path) -> np.ndarray:
 
 
 CHAINS = {  # stages of each chain (under the runs root) and its colour
-    "cosine re-warm": (["pretrain/cosine", "replay/rep0_s0", "replay/cos_B"], "C0"),
-    "infinite": (["pretrain/infinite", "replay/inf_A", "replay/inf_B"], "C3"),
+    "cosine re-warm": (["pretrain/cosine", "replay/rep0_s0", "replay/cos_B_s0"], "C0"),
+    "infinite": (["pretrain/infinite", "replay/inf_A_s0", "replay/inf_B_s0"], "C3"),
 }
-BRANCHES = {"replay/inf_A_anneal": "replay/inf_A", "replay/inf_B_anneal": "replay/inf_B"}
+BRANCHES = {"replay/inf_A_anneal_s0": "replay/inf_A_s0", "replay/inf_B_anneal_s0": "replay/inf_B_s0"}
 
 
 def plot_chains(root: Path, path: Path) -> Path:
     """LR (top) and held-out losses (bottom: upstream, A, B) against steps since the start of
-    pretraining; anneal branches dashed, starting where they branch off."""
+    pretraining; anneal branches dashed, starting where they branch off (seed 0's chains)."""
     base = Path(root).parent
-    plt = _plt()
+    plt = pyplot()
     fig = plt.figure(figsize=(12, 7))
     grid = fig.add_gridspec(2, 3, height_ratios=[1, 1.3])
     lr_ax = fig.add_subplot(grid[0, :])
@@ -85,12 +83,12 @@ def plot_chains(root: Path, path: Path) -> Path:
         start = offsets[parent] + int(Path(cfg["train"]["init_from"]).name)  # .../checkpoints/STEP
         lr = lr_curve(base / branch)
         lr_ax.plot(start + np.arange(len(lr)), lr, "--", color="C1",
-                   label="infinite: anneal branch" if branch.endswith("A_anneal") else None)
+                   label="infinite: anneal branch" if "A_anneal" in branch else None)
         for ax, (_, domains) in zip(loss_axes, groups):
             curve = common.group_curve(base / branch, domains)
             xs = sorted(curve)
             ax.plot([start + x for x in xs], [curve[x] for x in xs], "--s", color="C1", ms=4,
-                    label="infinite + anneal" if branch.endswith("A_anneal") else None)
+                    label="infinite + anneal" if "A_anneal" in branch else None)
     bounds = [offsets[s] for s in CHAINS["cosine re-warm"][0]] + [at]
     names = ["pretraining (upstream)", f"A: {settings.DOMAIN_A}", f"B: {settings.DOMAIN_B}"]
     for ax in [lr_ax, *loss_axes]:
@@ -105,11 +103,9 @@ def plot_chains(root: Path, path: Path) -> Path:
         ax.set_title(f"held-out loss: {name}")
         ax.set_ylabel("loss (nats / token)")
         ax.grid(True, alpha=0.3)
-        _step_axis(ax)
+        step_axis(ax)
         ax.set_xlabel("steps since the start of pretraining")
     loss_axes[0].legend(fontsize=8, frameon=False)
     fig.suptitle(f"Cosine re-warming vs the infinite schedule: pretraining, then {settings.DOMAIN_A}, "
                  f"then {settings.DOMAIN_B}")
-    _save(fig, path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

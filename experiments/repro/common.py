@@ -1,5 +1,6 @@
 """What the reproduction parts share: the context they run in, running an experiment file,
-reading results back, spread over seeds, the verdict rule, and the ``Section`` each returns."""
+reading results back, mean ± sd over seeds, and the ``Section`` each returns (the verdict rule
+is :mod:`experiments.repro.stats`)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,11 @@ import numpy as np
 from cpt_jax import config as config_lib
 from cpt_jax import experiment
 from cpt_jax.errors import UserError
-from cpt_jax.repro import settings
 from cpt_jax.run_dir import RunDir
+from experiments.repro import settings
+from experiments.repro.stats import VERDICTS
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-VERDICTS = ("reproduced", "not reproduced", "inconclusive at this scale")
 SECTION_FILE = "section.json"
 
 
@@ -43,6 +44,10 @@ class Context:
         if not path.is_file():
             raise UserError(f"{path} not found: run `cpt-jax reproduce` from a cpt-jax checkout")
         return f"{path}:{self.size}"
+
+    def module(self, name: str) -> Any:
+        """The Python module of ``configs/repro_<name>.py`` (its constants: seeds, arms)."""
+        return config_lib.load_module(self.config_file(name))
 
     def overrides(self, run_dir: Path | str, extra: Sequence[str] = ()) -> list[str]:
         """Run dir, data dir and the vocabulary rows of the data's tokenizer, then ``extra``
@@ -72,6 +77,10 @@ class Context:
         the first time a part asks for it)."""
         self.experiment("pretrain", only=[which])
         return str(self.part_dir("pretrain") / which)
+
+    def pretraining(self, detail: str) -> str:
+        """"The shared pretraining (`cosine`, S steps DETAIL)": how a continuation's setting starts."""
+        return f"The shared pretraining (`cosine`, {int(self.load('pretrain').train.steps)} steps {detail})"
 
     def image(self, part: str, name: str) -> Path:
         self.images.mkdir(parents=True, exist_ok=True)
@@ -173,52 +182,15 @@ def mean_sd(values: Sequence[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
 
 
-def pooled_sd(groups: Sequence[Sequence[float]]) -> float:
-    """Seed noise of one run: sqrt of the mean sample variance over the groups (arms) with
-    >= 2 values (seeds); nan when no group has two."""
-    var = [np.var(g, ddof=1) for g in groups if len(g) > 1]
-    return float(np.sqrt(np.mean(var))) if var else math.nan
+def rewarm_text(shared: Any) -> str:
+    """"peak LR X re-warmed from Y" of a continuation's config."""
+    return f"peak LR {shared.optim.peak_lr:g} re-warmed from {shared.schedule.start_lr:g}"
 
 
 def pm(values: Sequence[float], digits: int = 3) -> str:
     """``mean +- sd (n = k)`` for several seeds, the plain value for one."""
     m, s = mean_sd(values)
     return f"{m:.{digits}f}" if len(values) == 1 else f"{m:.{digits}f} ± {s:.{digits}f}"
-
-
-# ---- verdicts -----------------------------------------------------------------------------
-
-def judge(effect: float, noise: float, expected_sign: int, margin: float = 2.0) -> str:
-    """The verdict on a directional claim: ``effect`` (the measured difference, signed so the
-    paper predicts ``expected_sign``) against ``noise`` (its seed-to-seed spread).
-
-    reproduced: the effect has the predicted sign and exceeds ``margin`` x noise;
-    not reproduced: it has the other sign beyond ``margin`` x noise;
-    inconclusive at this scale: within the noise."""
-    if not math.isfinite(effect):
-        return "inconclusive at this scale"
-    signed = effect * expected_sign
-    if signed > margin * noise:
-        return "reproduced"
-    if signed < -margin * noise:
-        return "not reproduced"
-    return "inconclusive at this scale"
-
-
-def judge_small(spread: float, noise: float, margin: float = 2.0) -> str:
-    """The verdict on a claim that something *barely matters*: the spread between arms is
-    within ``margin`` x the seed noise (reproduced) or well beyond it (not reproduced)."""
-    if not (math.isfinite(spread) and math.isfinite(noise)):
-        return "inconclusive at this scale"
-    return "reproduced" if spread <= margin * noise else "not reproduced"
-
-
-def combine(*verdicts: str) -> str:
-    """A claim of several parts: any "not reproduced" fails it, all "reproduced" pass it, else
-    it is inconclusive."""
-    if "not reproduced" in verdicts:
-        return "not reproduced"
-    return "reproduced" if all(v == "reproduced" for v in verdicts) else "inconclusive at this scale"
 
 
 # ---- Markdown -----------------------------------------------------------------------------

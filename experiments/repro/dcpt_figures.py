@@ -9,24 +9,15 @@ import numpy as np
 
 from cpt_jax import dcpt
 from cpt_jax.dcpt_ratio import RatioChoice, curves
+from cpt_jax.eval.report_plots import pyplot, save_figure
 
-DPI = 130
 MARKERS = "osD^v"
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def plot_fit(results: dcpt.Results, fit_json: dict | None, held_N: float, path: str | Path) -> None:
     """Both losses against CPT tokens D: measured points (one colour per ratio r, one marker
     per model size) and the law's curves (solid: fitted sizes, dashed: held-out size)."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
     ratios = sorted(set(results.r.tolist()))
     sizes = sorted(set(results.N.tolist()))
@@ -49,16 +40,14 @@ def plot_fit(results: dcpt.Results, fit_json: dict | None, held_N: float, path: 
                      fontsize=9)
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_ratio(fit_json: dict | None, N: float, D: float, L_g0: float, tolerance: float,
                choice: RatioChoice | None, measured: dict[float, list[dict]], path: str | Path) -> None:
     """Predicted general and domain loss against r at (N, D), the feasible region
     ``L_g <= (1 + T) L_g0`` shaded, r* marked; measured final losses of every seed on top."""
-    plt = _plt()
+    plt = pyplot()
     limit = (1 + tolerance) * L_g0
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     if fit_json is not None:
@@ -85,6 +74,4 @@ def plot_ratio(fit_json: dict | None, N: float, D: float, L_g0: float, tolerance
                  fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -16,7 +16,9 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
+import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,12 +27,13 @@ from cpt_jax.data.indexed import IndexedDataset
 from cpt_jax.data.manifest import load_manifest, local_data_dir
 from cpt_jax.data.tokenize import is_val_document, load_token_bytes, tokenize_domain
 from cpt_jax.errors import UserError
-from cpt_jax.repro import common, settings, vocab_eval
-from cpt_jax.repro.common import Context, Section, md_table, mean_sd
+from cpt_jax.eval.report_plots import pyplot, save_figure
+from experiments.repro import common, settings, stats, vocab_eval
+from experiments.repro.common import Context, Section, md_table, mean_sd, rewarm_text
 
 PART = "vocab"
-NEW_TOKENS = {"full": 1000, "tiny": 40}
-SEEDS = (0, 1)
+STEP0_MAX = 0.75  # "well below uniform": the step-0 loss at most 0.75 ln V
+NONINFERIORITY = 0.02  # "matches": the extended bpb at most 2% above the base
 VAL_FRACTIONS = (0.05, 0.2, 0.1, 0.02, 0.01, 0.03, 0.15, 0.25)  # corpus default first
 
 
@@ -80,8 +83,9 @@ def prepare(ctx: Context, domain: str, pretrained: str) -> dict:
         _write_jsonl(all_file, docs)
     ext = work / "extend"
     if not (ext / "vocab.json").is_file():
+        new_tokens = ctx.module(PART).NEW_TOKENS[ctx.size]
         code = main(["vocab", "extend", "--base-tokenizer", str(base_tok), "--corpus", str(train_file),
-                     "--new-tokens", str(NEW_TOKENS[ctx.size]), "--checkpoint", pretrained, "--out", str(ext)])
+                     "--new-tokens", str(new_tokens), "--checkpoint", pretrained, "--out", str(ext)])
         if code != 0:
             raise UserError("cpt-jax vocab extend failed")
     data = work / "data"
@@ -116,8 +120,9 @@ def run(ctx: Context) -> Section:
     domain = shared.data.domains
     prep = prepare(ctx, domain, pretrained)
     ext_ctx = dataclasses.replace(ctx, data_dir=prep["data"])
-    base_runs = [f"base_s{s}" for s in SEEDS]
-    ext_runs = [f"extended_s{s}" for s in SEEDS]
+    seeds = ctx.module(PART).SEEDS
+    base_runs = [f"base_s{s}" for s in seeds]
+    ext_runs = [f"extended_s{s}" for s in seeds]
     ctx.experiment(PART, extra=[f"train.init_from={pretrained}"], only=base_runs)
     ext_ctx.experiment(PART, extra=[f"train.init_from={prep['ext']}"], only=ext_runs)
     root = ctx.part_dir(PART)
@@ -125,23 +130,42 @@ def run(ctx: Context) -> Section:
     cache = root / "heldout"
     bpb = {name: vocab_eval.heldout_bpb(str(root / name), data, domain, seq, cache)
            for names, data in ((base_runs, ctx.data_dir), (ext_runs, prep["data"])) for name in names}
-    start = {"base": vocab_eval.heldout_bpb(pretrained, ctx.data_dir, domain, seq, cache, "pretrained"),
-             "extended": vocab_eval.heldout_bpb(prep["ext"], prep["data"], domain, seq, cache, "extended_init")}
+    step0 = {"base": vocab_eval.heldout(pretrained, ctx.data_dir, domain, seq, cache, "pretrained"),
+             "extended": vocab_eval.heldout(prep["ext"], prep["data"], domain, seq, cache, "extended_init")}
     tpb = {"base": tokens_per_byte(ctx.data_dir, domain), "extended": tokens_per_byte(prep["data"], domain)}
-    return _section(ctx, shared, domain, prep, bpb, start, tpb, base_runs, ext_runs)
+    m = {"shared": shared, "domain": domain, "prep": prep, "bpb": bpb, "step0": step0, "tpb": tpb,
+         "base_runs": base_runs, "ext_runs": ext_runs, "uniform": math.log(settings.vocab_rows(ctx.data_dir))}
+    return write(ctx, m, judge(m))
 
 
-def _section(ctx, shared, domain, prep, bpb, start, tpb, base_runs, ext_runs) -> Section:
-    base = [bpb[r] for r in base_runs]
-    ext = [bpb[r] for r in ext_runs]
+def judge(m: dict[str, Any]) -> dict[str, Any]:
+    """Precondition: the pretrained model's per-token loss on the domain at step 0 is well below
+    uniform (``STEP0_MAX`` x ln V). Then: tokens per byte fall (measured exactly) and the extended
+    model's bpb is no worse than the base model's by more than ``NONINFERIORITY`` of it (Welch
+    t test over seeds, non-inferiority)."""
+    base = [m["bpb"][r] for r in m["base_runs"]]
+    ext = [m["bpb"][r] for r in m["ext_runs"]]
+    margin = NONINFERIORITY * float(np.mean(base))
+    diff = stats.welch(base, ext, "bpb, base minus extended")
+    test = stats.Test(f"bpb, base minus extended plus a margin of {margin:.4f}", diff.effect + margin, diff.se, diff.df)
+    loss0, uniform = m["step0"]["base"]["loss"], m["uniform"]
+    checks = [stats.Precondition("per-token loss at step 0 well below uniform", loss0 <= STEP0_MAX * uniform,
+                                 f"{loss0:.3f} nats vs ln V = {uniform:.3f}, needed <= {STEP0_MAX:g} ln V"),
+              stats.seed_check({"base": len(base), "extended": len(ext)})]
+    verdict, why = stats.verdict_with(checks, [test])
+    compressed = m["tpb"]["extended"] < m["tpb"]["base"]
+    if verdict != stats.CANNOT_TEST and not compressed:
+        verdict = stats.NOT_REPRODUCED
+    return {"verdict": verdict, "why": why, "test": test, "diff": -diff.effect, "margin": margin,
+            "base": base, "ext": ext, "compressed": compressed}
+
+
+def write(ctx: Context, m: dict[str, Any], j: dict[str, Any]) -> Section:
+    shared, domain, prep, tpb = m["shared"], m["domain"], m["prep"], m["tpb"]
+    start = {k: v["bpb"] for k, v in m["step0"].items()}
+    base, ext, diff = j["base"], j["ext"], j["diff"]
     (mb, sb), (me, se) = mean_sd(base), mean_sd(ext)
-    noise = float(np.sqrt(sb ** 2 / len(base) + se ** 2 / len(ext)))  # SE of the difference of means
-    diff = me - mb  # > 0: the extended tokenizer is worse
-    compressed = tpb["extended"] < tpb["base"]
-    if not compressed or diff > 2 * noise:
-        verdict = "not reproduced"
-    else:
-        verdict = "reproduced"
+    base_runs, ext_runs, verdict = m["base_runs"], m["ext_runs"], j["verdict"]
     steps, batch, seq = int(shared.train.steps), int(shared.train.batch_size), int(shared.train.seq_len)
     tokens = steps * batch * seq
     rows = [
@@ -155,10 +179,11 @@ def _section(ctx, shared, domain, prep, bpb, start, tpb, base_runs, ext_runs) ->
     change = 100 * (tpb["extended"] / tpb["base"] - 1)
     why = (f"Tokens per byte on the held-out math text: {tpb['base']:.4f} -> {tpb['extended']:.4f} "
            f"({change:+.1f}%). Held-out bits per byte after {steps} steps: base {mb:.4f} ± {sb:.4f}, "
-           f"extended {me:.4f} ± {se:.4f} (mean ± sd over seeds {', '.join(map(str, SEEDS))}); "
-           f"extended - base = {diff:+.4f}, noise (standard error of the difference) {noise:.4f}. "
-           "Rule: reproduced when tokens per byte fall and the extended model's bpb is no worse than "
-           "the base model's by more than 2 x noise (matches or beats); not reproduced otherwise. "
+           f"extended {me:.4f} ± {se:.4f} (mean ± sd over {len(base)} seeds); extended - base = {diff:+.4f}. "
+           f"Rule: reproduced when tokens per byte fall and the extended model's bpb is no worse than the "
+           f"base model's by more than {100 * NONINFERIORITY:g}% ({j['margin']:.4f} bpb), a non-inferiority "
+           f"Welch t test over seeds at level {stats.ALPHA}; not reproduced when tokens per byte do not fall "
+           f"or the extended model is significantly worse beyond the margin. {j['why']} "
            f"At step 0 (new rows = mean of their pieces' rows) extended - base = "
            f"{start['extended'] - start['base']:+.4f} bpb. The plot's curves are the training loop's "
            "own evals (its first held-out batches, which cover different text under the two "
@@ -167,13 +192,11 @@ def _section(ctx, shared, domain, prep, bpb, start, tpb, base_runs, ext_runs) ->
     image = _plot(ctx, domain, (base_runs, ext_runs), tpb, prep["added"], (start, (mb, me), steps))
     general = [tokens_per_byte(ctx.data_dir, d) for d in settings.UPSTREAM]
     examples = ", ".join(f"`{t.strip()}`" for t in prep["examples"] if t.strip() and "\ufffd" not in t)
-    pre_steps = int(ctx.load("pretrain").train.steps)
-    setting = (f"The shared pretraining (`cosine`, {pre_steps} steps on the five general domains) continued "
+    setting = (f"{ctx.pretraining('on the five general domains')} continued "
                f"on `{domain}` ({tpb['base']:.2f} tokens per byte under the base tokenizer, against "
                f"{min(general):.2f}-{max(general):.2f} for the general domains) for {steps} steps of "
-               f"{batch} x {seq} tokens, peak LR "
-               f"{shared.optim.peak_lr:g} re-warmed from {shared.schedule.start_lr:g}, seeds "
-               f"{', '.join(map(str, SEEDS))}: once with the base tokenizer and once with "
+               f"{batch} x {seq} tokens, {rewarm_text(shared)}, seeds "
+               f"{', '.join(r.rsplit('_s', 1)[1] for r in base_runs)}: once with the base tokenizer and once with "
                f"`cpt-jax vocab extend` adding {prep['added']} tokens learnt on math's training "
                f"documents only (vocabulary rows {prep['vocab_size']}; new rows of `embed_in` and "
                f"`embed_out` = mean of their old pieces' rows; first tokens: "
@@ -190,8 +213,9 @@ def _section(ctx, shared, domain, prep, bpb, start, tpb, base_runs, ext_runs) ->
         source=("practice of vocabulary expansion for continual pretraining (e.g. Chinese LLaMA, "
                 "Cui et al. 2023; subword-mean initialisation)"),
         setting=setting, table=table, verdict=verdict, why=why, images=[str(image)],
-        numbers={"tokens_per_byte": tpb, "bpb_before": start, "bpb_after": bpb,
-                 "diff": diff, "noise": noise, "added": prep["added"]})
+        numbers={"tokens_per_byte": tpb, "bpb_before": start, "bpb_after": m["bpb"],
+                 "loss_step0": {k: v["loss"] for k, v in m["step0"].items()},
+                 "diff": diff, "margin": j["margin"], "test": vars(j["test"]), "added": prep["added"]})
 
 
 def _plot(ctx: Context, domain: str, runs, tpb, added, whole) -> Path:
@@ -199,11 +223,7 @@ def _plot(ctx: Context, domain: str, runs, tpb, added, whole) -> Path:
     stars, and tokens per byte as bars."""
     base_runs, ext_runs = runs
     start, (end_base, end_ext), steps = whole
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     root = ctx.part_dir(PART)
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [2.2, 1]})
     for names, color, label in ((base_runs, "tab:blue", "base tokenizer"),
@@ -211,7 +231,7 @@ def _plot(ctx: Context, domain: str, runs, tpb, added, whole) -> Path:
         for i, name in enumerate(names):
             curve = common.eval_curve(root / name, f"eval/{domain}/bpb")
             ax.plot(list(curve), list(curve.values()), color=color, marker="o", ms=3,
-                    ls="-" if i == 0 else "--", label=f"{label}, seed {SEEDS[i]}")
+                    ls="-" if i == 0 else "--", label=f"{label}, seed {name.rsplit('_s', 1)[1]}")
     for arm, end, color in (("base", end_base, "tab:blue"), ("extended", end_ext, "tab:orange")):
         ax.plot([0, steps], [start[arm], end], ls="none", marker="*", ms=13, color=color,
                 markeredgecolor="black", label=f"{arm}: all held-out text")
@@ -224,8 +244,6 @@ def _plot(ctx: Context, domain: str, runs, tpb, added, whole) -> Path:
     bx.bar_label(bars, fmt="%.3f")
     bx.set_ylabel(f"tokens per byte, held-out {domain}")
     bx.set_title("compression")
-    fig.tight_layout()
     path = ctx.image(PART, "bpb")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
     return path

@@ -53,6 +53,13 @@ def heldout_bpb(model: str, data_dir: str, domain: str, seq_len: int, cache: Pat
                 name: str | None = None) -> float:
     """Bits per byte of ``model`` (run dir or params checkpoint) on the domain's validation text,
     cached in ``cache/<name>.json`` (keyed by the checkpoint it read)."""
+    return heldout(model, data_dir, domain, seq_len, cache, name)["bpb"]
+
+
+def heldout(model: str, data_dir: str, domain: str, seq_len: int, cache: Path,
+            name: str | None = None) -> dict[str, float]:
+    """``{"bpb", "loss"}`` (loss: nats per token) of ``model`` on the domain's validation text;
+    see :func:`heldout_bpb`."""
     from cpt_jax.eval.perplexity import evaluate
     from cpt_jax.model.checkpoint import load_params
 
@@ -64,7 +71,7 @@ def heldout_bpb(model: str, data_dir: str, domain: str, seq_len: int, cache: Pat
     if path.is_file():
         saved = json.loads(path.read_text())
         if saved.get("key") == key:
-            return float(saved["bpb"])
+            return {"bpb": float(saved["bpb"]), "loss": float(saved["loss"])}
     params, config = load_params(model)
     docs = _val_docs(data_dir, domain)
     stream = np.concatenate([docs[0][-1:]] + docs)  # a leading EOS (each document ends in one)
@@ -81,4 +88,4 @@ def heldout_bpb(model: str, data_dir: str, domain: str, seq_len: int, cache: Pat
     cache.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"key": key, "bpb": res["bpb"], "loss": res["loss"],
                                 "tokens": res["tokens"], "bytes": res["bytes"]}) + "\n")
-    return float(res["bpb"])
+    return {"bpb": float(res["bpb"]), "loss": float(res["loss"])}
