@@ -23,12 +23,12 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Literal, get_args
+from typing import Any, Callable
 
 import numpy as np
 
-from cpt_jax import checks
 from cpt_jax import config as config_lib
+from cpt_jax import configure
 from cpt_jax.data.mixture import parse_weights
 from cpt_jax.data.pipeline import Catalog, TrainData, domain_lists
 from cpt_jax.errors import UserError
@@ -37,24 +37,6 @@ from cpt_jax.run_dir import RunDir
 
 Log = Callable[[str], None]
 STAGES = ("all", "reference", "proxy", "main", "baseline", "report")
-
-
-StartPoint = Literal["scratch", "train.init_from"]  # where reference and proxy both start
-START_POINTS: tuple[str, ...] = get_args(StartPoint)
-
-
-def check_section(doremi_cfg: Any, init_from: str) -> None:
-    """The ``doremi`` section: the update's eta, c and rules (``doremi.check_rules``), the
-    start point, rounds and stage steps; one ``UserError``."""
-    from cpt_jax.doremi import check_rules  # jax
-
-    check_rules(doremi_cfg.eta, doremi_cfg.c, doremi_cfg.normalization, doremi_cfg.absent)
-    checks.choice("doremi.init_from", doremi_cfg.init_from, START_POINTS)
-    if doremi_cfg.init_from == "train.init_from" and not init_from:
-        raise UserError("doremi.init_from = 'train.init_from' needs train.init_from to be set")
-    checks.positive("doremi.rounds", doremi_cfg.rounds)
-    for name in ("reference_steps", "proxy_steps", "tolerance"):
-        checks.at_least_zero(f"doremi.{name}", doremi_cfg[name])
 
 
 def stage_config(cfg: Any, run_dir: Path, weights: str, steps: int, proxy: bool = False) -> Any:
@@ -68,7 +50,7 @@ def stage_config(cfg: Any, run_dir: Path, weights: str, steps: int, proxy: bool 
         out.data.weights = weights
         out.data.phases = ""
         out.train.steps = int(steps or cfg.train.steps)
-    config_lib.validate(out)
+    configure.validate(out)
     return out
 
 

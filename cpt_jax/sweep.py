@@ -27,8 +27,8 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
-from cpt_jax import config as config_lib
-from cpt_jax import experiment
+from cpt_jax import configure, experiment
+from cpt_jax.checks import comma_list
 from cpt_jax.dcpt import CSV_COLUMNS
 from cpt_jax.errors import UserError
 
@@ -36,8 +36,7 @@ from cpt_jax.errors import UserError
 def load_sweep(path: str, overrides: list[str] | tuple[str, ...] = ()) -> tuple[ConfigDict, list[dict]]:
     """The shared config and the sweep's runs (``{"name", "set", "point"[, "from"]}``), bases
     (``"point": None``) first, of a sweep file."""
-    shared = config_lib.load(path, overrides)
-    module = config_lib.load_module(path)
+    shared, module = configure.load_with_module(path, overrides)
     for name in ("get_grid", "apply"):
         if not hasattr(module, name):
             raise UserError(f"{path} defines no {name}(): not a sweep file")
@@ -81,8 +80,8 @@ def result_row(cfg: ConfigDict, run: dict, summary: dict) -> dict:
     from cpt_jax.model import pythia  # noqa: PLC0415 (jax import on demand)
 
     losses = experiment.domain_losses(summary)
-    general = config_lib.comma_list(cfg.data.upstream)
-    domain = config_lib.comma_list(cfg.data.downstream)
+    general = comma_list(cfg.data.upstream)
+    domain = comma_list(cfg.data.downstream)
     return {
         "run": run["name"],
         "N": pythia.count_params(pythia.PythiaConfig.from_config(cfg.model)),

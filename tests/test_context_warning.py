@@ -6,6 +6,8 @@ import json
 import pytest
 
 from cpt_jax import config as C
+
+from cpt_jax import configure
 from cpt_jax.model import context
 
 
@@ -28,15 +30,15 @@ def cfg(init_from, seq_len, base=10000.0, scaling=1.0, max_pos=8192):
 def test_params_checkpoint_grown_context_warns_once(tmp_path, capsys):
     ckpt = write(tmp_path / "pythia", "model.json",
                  {"max_position_embeddings": 2048, "rotary_emb_base": 10000.0, "rope_scaling": 1.0})
-    C.validate(cfg(ckpt, 4096))
-    C.validate(cfg(ckpt, 4096))  # derived configs validate again: still one line
+    configure.validate(cfg(ckpt, 4096))
+    configure.validate(cfg(ckpt, 4096))  # derived configs validate again: still one line
     err = capsys.readouterr().err
     assert err == (f"warning: train.seq_len 4096 is longer than the 2048 tokens {ckpt} was trained "
                    "on, with the same rotary base 10000; raise model.rotary_emb_base (e.g. 500000, "
                    "Fu et al. 2024) or set model.rope_scaling (docs/long_context.md)\n")
     for quiet in (cfg(ckpt, 2048), cfg(ckpt, 4096, base=500000.0), cfg(ckpt, 4096, scaling=2.0),
                   cfg("", 4096)):
-        C.validate(quiet)
+        configure.validate(quiet)
     assert capsys.readouterr().err == ""
 
 

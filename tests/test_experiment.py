@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from cpt_jax import config as config_lib
+
+from cpt_jax import configure
 from cpt_jax import experiment, sweep
 from cpt_jax.errors import UserError
 from cpt_jax.model import pythia
@@ -89,7 +91,7 @@ def test_bad_runs_are_one_line_errors(tmp_path):
     """))
     with pytest.raises(UserError, match="continues from 'b', which is not an earlier run"):
         experiment.load_experiment(str(path))
-    shared = config_lib.load(str(ROOT / "configs/tiny.py"))
+    shared = configure.load(str(ROOT / "configs/tiny.py"))
     with pytest.raises(UserError, match="unknown config key 'optim.peak'"):
         experiment.run_config(shared, {"name": "x", "set": {"optim.peak": 1.0}}, tmp_path)
 

@@ -30,7 +30,8 @@ import numpy as np
 
 from cpt_jax import sharding
 from cpt_jax.aot.topology import Topology
-from cpt_jax.config import comma_list, to_dict
+from cpt_jax.checks import comma_list
+from cpt_jax.config import to_dict
 from cpt_jax.errors import UserError
 from cpt_jax.model import attention as attn_lib
 from cpt_jax.model import pythia

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from cpt_jax import config as config_lib
-from cpt_jax import dcpt, experiment
+from cpt_jax import checks, dcpt, experiment
 from cpt_jax.dcpt_ratio import best_domain_ratio, curves
 from cpt_jax.errors import UserError
 from cpt_jax.repro import settings
@@ -53,7 +53,7 @@ def collect(shared, runs: list[dict], root: Path) -> tuple[dcpt.Results, dict[in
             continue
         if int(cfg.seed) != 0:
             continue  # seed repeats measure noise; the law sees seed 0 only
-        r = float(config_lib.comma_list(cfg.data.weights)[0].split("=")[1])
+        r = float(checks.comma_list(cfg.data.weights)[0].split("=")[1])
         general = group_curve(folder, settings.UPSTREAM)
         domain = group_curve(folder, [settings.DOMAIN_A])
         for step in sorted(set(general) & set(domain) - {0}):
@@ -93,7 +93,7 @@ def held_out_runs(shared, runs: list[dict], root: Path, held: int) -> dict[float
         cfg = experiment.run_config(shared, run, root)
         if not run.get("from") or int(cfg.model.hidden_size) != held:
             continue
-        r = float(config_lib.comma_list(cfg.data.weights)[0].split("=")[1])
+        r = float(checks.comma_list(cfg.data.weights)[0].split("=")[1])
         losses = final_losses(root / run["name"])
         out.setdefault(round(r, 4), []).append(
             {"seed": int(cfg.seed), "general": mean_loss(losses, settings.UPSTREAM),
