@@ -6,7 +6,6 @@ import json
 import pytest
 
 from cpt_jax import config as C
-
 from cpt_jax import configure
 from cpt_jax.model import context
 

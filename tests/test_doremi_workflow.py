@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from cpt_jax import config as C
-
 from cpt_jax import configure
 from cpt_jax import doremi_workflow as wf
 from cpt_jax.errors import UserError

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from cpt_jax import config as config_lib
-
 from cpt_jax import configure
 from cpt_jax.lawa_online import OnlineLawa
 

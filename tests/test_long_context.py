@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from cpt_jax import config as config_lib
-
 from cpt_jax import configure
 from cpt_jax import experiment, losses
 from cpt_jax.data.indexed import IndexedDatasetWriter
