@@ -16,24 +16,21 @@ import os
 import time
 from typing import Any
 
-from cpt_jax import storage
 from cpt_jax.checks import comma_list
 from cpt_jax.data.pipeline import eval_sets
 from cpt_jax.data.tokenizer import load_tokenizer, pythia_tokenizer
 from cpt_jax.errors import UserError
 from cpt_jax.eval import tasks as tasks_lib
-from cpt_jax.run_dir import EVAL, RunDir
+from cpt_jax.run_dir import EVAL, RunDir, locate
 
 RESULT_NAME = EVAL
 
 
 def run_of(checkpoint: str | os.PathLike) -> RunDir | None:
-    """The run when ``checkpoint`` is a run dir or one of its step dirs, else None."""
-    path = storage.path(checkpoint)
-    for root in (path, path.parent.parent):
-        if RunDir(root).is_run():
-            return RunDir(root)
-    return None
+    """The run when ``checkpoint`` is a run dir or one of its step dirs (``run_dir.locate``),
+    else None."""
+    found = locate(checkpoint)
+    return found.run if found is not None else None
 
 
 def _names(text: str) -> list[str]:
