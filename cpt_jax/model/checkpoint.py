@@ -26,11 +26,10 @@ from typing import Any, Iterator
 import jax
 import numpy as np
 
-from cpt_jax import integrity, storage
+from cpt_jax import integrity, run_dir, storage, tree_io
 from cpt_jax.errors import UserError
 from cpt_jax.model import hf, pythia
 from cpt_jax.model.pythia import PythiaConfig
-from cpt_jax import run_dir
 from cpt_jax.run_dir import CHECKPOINTS, MODEL, PARAMS_ITEM, PARAMS_POINTER, RunDir, params_item
 
 Params = dict[str, Any]
@@ -338,7 +337,7 @@ def _check_shapes(params: Params, config: PythiaConfig, where: Any) -> None:
     expected = jax.eval_shape(lambda: pythia.init_params(config, jax.random.key(0)))
     flat_e = dict(jax.tree_util.tree_flatten_with_path(expected)[0])
     flat_p = dict(jax.tree_util.tree_flatten_with_path(params)[0])
-    name = lambda k: "/".join(str(getattr(p, "key", p)) for p in k)  # noqa: E731
+    name = lambda k: tree_io.path_name(k)  # noqa: E731
     for key, leaf in flat_e.items():
         if key not in flat_p:
             raise UserError(f"{where}: parameter {name(key)} is missing")
