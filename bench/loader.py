@@ -60,7 +60,8 @@ def cpu_seconds() -> float:
 
 
 def measure(root: str, workers: int, batch: int, seq: int, batches: int, warmup: int) -> dict:
-    from cpt_jax.config import defaults, validate
+    from cpt_jax.config import defaults
+    from cpt_jax.configure import validate
     from cpt_jax.data.pipeline import TrainData
 
     cfg = defaults()

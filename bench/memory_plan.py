@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cpt_jax import config as config_lib  # noqa: E402
+from cpt_jax import configure  # noqa: E402
 from cpt_jax.aot import plan as plan_lib  # noqa: E402
 from cpt_jax.aot import topology  # noqa: E402
 from cpt_jax.model import pythia  # noqa: E402
@@ -39,7 +39,7 @@ def cell_config(preset: str, topo: topology.Topology, rows: int, remat: str):
     attention = "splash" if topo.platform == "tpu" else "cudnn"
     overrides = [f"--config.model.preset={preset}", f"--config.model.remat={remat}",
                  f"--config.model.attention={attention}", f"--config.train.batch_size={rows * topo.chips}"]
-    return config_lib.load(str(ROOT / "configs" / "tpu_pythia_410m.py"), overrides)
+    return configure.load(str(ROOT / "configs" / "tpu_pythia_410m.py"), overrides)
 
 
 def fit_cell(preset: str, name: str, cache: str, most: int = 64) -> dict:

@@ -78,10 +78,10 @@ def compare(run_dir: str) -> list[dict]:
 
 
 def main(argv: list[str]) -> int:
-    from cpt_jax import config as config_lib
+    from cpt_jax import configure
     from cpt_jax.train import loop
 
-    cfg = config_lib.load(os.path.abspath(__file__), argv)
+    cfg = configure.load(os.path.abspath(__file__), argv)
     summary_path = os.path.join(cfg.run_dir, "summary.json")
     if os.path.exists(summary_path) and json.load(open(summary_path)).get("steps") == cfg.train.steps:
         print(f"{cfg.run_dir} is finished; summarising it (delete it to train again)")

@@ -1,4 +1,5 @@
-"""One-line option checks shared by the modules that validate their own config sections."""
+"""One-line option checks shared by the modules that validate their own config sections, and
+the parsing of comma-separated config values."""
 
 from __future__ import annotations
 
@@ -10,6 +11,12 @@ from cpt_jax.errors import UserError
 
 _WARNED: set[str] = set()
 FLOAT_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def comma_list(text: str) -> list[str]:
+    """The items of a comma-separated config value (``data.domains``, ``data.upstream``, ...),
+    stripped, empty ones dropped, in order."""
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def choice(name: str, value: Any, allowed: Iterable[Any]) -> None:

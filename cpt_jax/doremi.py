@@ -36,6 +36,20 @@ Normalization = Literal["domain", "token"]  # sum_i alpha_i mean_i (paper) | tok
 Absent = Literal["previous", "zero"]  # lambda_i of a domain with no token in the batch
 NORMALIZATIONS: tuple[str, ...] = get_args(Normalization)
 ABSENT_RULES: tuple[str, ...] = get_args(Absent)
+StartPoint = Literal["scratch", "train.init_from"]  # where reference and proxy both start
+START_POINTS: tuple[str, ...] = get_args(StartPoint)
+
+
+def check_section(doremi_cfg: Any, init_from: str) -> None:
+    """The ``doremi`` section: the update's eta, c and rules (:func:`check_rules`), the start
+    point of reference and proxy, rounds and stage steps; one ``UserError``."""
+    check_rules(doremi_cfg.eta, doremi_cfg.c, doremi_cfg.normalization, doremi_cfg.absent)
+    checks.choice("doremi.init_from", doremi_cfg.init_from, START_POINTS)
+    if doremi_cfg.init_from == "train.init_from" and not init_from:
+        raise UserError("doremi.init_from = 'train.init_from' needs train.init_from to be set")
+    checks.positive("doremi.rounds", doremi_cfg.rounds)
+    for name in ("reference_steps", "proxy_steps", "tolerance"):
+        checks.at_least_zero(f"doremi.{name}", doremi_cfg[name])
 
 
 def check_rules(eta: float, c: float, normalization: str, absent: str) -> None:

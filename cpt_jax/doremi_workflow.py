@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import os
-from pathlib import Path
-from typing import Any, Callable, Literal, get_args
+from typing import Any, Callable
 
 import numpy as np
 
-from cpt_jax import checks
 from cpt_jax import config as config_lib
+from cpt_jax import configure, storage
 from cpt_jax.data.mixture import parse_weights
 from cpt_jax.data.pipeline import Catalog, TrainData, domain_lists
 from cpt_jax.errors import UserError
@@ -37,38 +35,22 @@ from cpt_jax.run_dir import RunDir
 
 Log = Callable[[str], None]
 STAGES = ("all", "reference", "proxy", "main", "baseline", "report")
+WEIGHTS = "domain_weights.json"  # a proxy's alpha_bar and alpha_T; the last round's at the top
+REPORT = "doremi_report.json"
 
 
-StartPoint = Literal["scratch", "train.init_from"]  # where reference and proxy both start
-START_POINTS: tuple[str, ...] = get_args(StartPoint)
-
-
-def check_section(doremi_cfg: Any, init_from: str) -> None:
-    """The ``doremi`` section: the update's eta, c and rules (``doremi.check_rules``), the
-    start point, rounds and stage steps; one ``UserError``."""
-    from cpt_jax.doremi import check_rules  # jax
-
-    check_rules(doremi_cfg.eta, doremi_cfg.c, doremi_cfg.normalization, doremi_cfg.absent)
-    checks.choice("doremi.init_from", doremi_cfg.init_from, START_POINTS)
-    if doremi_cfg.init_from == "train.init_from" and not init_from:
-        raise UserError("doremi.init_from = 'train.init_from' needs train.init_from to be set")
-    checks.positive("doremi.rounds", doremi_cfg.rounds)
-    for name in ("reference_steps", "proxy_steps", "tolerance"):
-        checks.at_least_zero(f"doremi.{name}", doremi_cfg[name])
-
-
-def stage_config(cfg: Any, run_dir: Path, weights: str, steps: int, proxy: bool = False) -> Any:
+def stage_config(cfg: Any, run_dir: Any, weights: str, steps: int, proxy: bool = False) -> Any:
     """``cfg`` with another run dir, mixture and step count (validated). Only the proxy keeps
     the ``doremi`` section: changing eta or c must not invalidate finished reference runs."""
     out = copy.deepcopy(cfg)
     with out.unlocked():
         if not proxy:
             out.doremi = config_lib.defaults().doremi
-        out.run_dir = str(run_dir)
+        out.run_dir = os.fspath(run_dir)
         out.data.weights = weights
         out.data.phases = ""
         out.train.steps = int(steps or cfg.train.steps)
-    config_lib.validate(out)
+    configure.validate(out)
     return out
 
 
@@ -100,27 +82,27 @@ def _starting_at(stage: Any, cfg: Any) -> Any:
 
 def reference_config(cfg: Any, k: int) -> Any:
     """Round k's reference run: ``reference_weights`` in round 1, round k-1's alpha_bar after."""
-    root = Path(cfg.run_dir)
-    weights = cfg.doremi.reference_weights if k == 1 else str(weights_path(cfg, k - 1))
+    root = storage.path(cfg.run_dir)
+    weights = cfg.doremi.reference_weights if k == 1 else os.fspath(weights_path(cfg, k - 1))
     return _starting_at(stage_config(cfg, root / f"round{k}" / "reference", weights,
                                      cfg.doremi.reference_steps), cfg)
 
 
 def proxy_config(cfg: Any, k: int) -> Any:
     """Round k's proxy run: the proxy mixture, the DoReMi section, the reference's start."""
-    return _starting_at(stage_config(cfg, Path(cfg.run_dir) / f"round{k}" / "proxy",
+    return _starting_at(stage_config(cfg, storage.path(cfg.run_dir) / f"round{k}" / "proxy",
                                      cfg.doremi.proxy_weights, cfg.doremi.proxy_steps,
                                      proxy=True), cfg)
 
 
-def weights_path(cfg: Any, k: int) -> Path:
-    return Path(cfg.run_dir) / f"round{k}" / "proxy" / "domain_weights.json"
+def weights_path(cfg: Any, k: int) -> Any:
+    return storage.path(cfg.run_dir) / f"round{k}" / "proxy" / WEIGHTS
 
 
 def reference_source(cfg: Any, k: int, log: Log) -> str:
     """Path of round k's reference params (trained here unless doremi.reference names one)."""
     if k == 1 and cfg.doremi.reference:
-        if not Path(cfg.doremi.reference).exists():
+        if not storage.path(cfg.doremi.reference).exists():
             raise UserError(f"doremi.reference {cfg.doremi.reference} does not exist")
         log(f"round {k} reference: {cfg.doremi.reference} (given)")
         return cfg.doremi.reference
@@ -140,7 +122,7 @@ def run_proxy(cfg: Any, k: int, reference: str, log: Log) -> dict[str, dict[str,
     out = weights_path(cfg, k)
     if is_finished(pc) and out.is_file():
         log(f"round {k} proxy: finished earlier ({pc.run_dir}), skipped")
-        return json.loads(out.read_text())
+        return storage.read_json(out)
     data = TrainData(pc)
     domains = data.domains
     ref_params, ref_config = load_params(reference)
@@ -160,7 +142,7 @@ def run_proxy(cfg: Any, k: int, reference: str, log: Log) -> dict[str, dict[str,
     )
     _train(pc, f"round {k} proxy (DoReMi, eta={d.eta}, c={d.c}, {d.normalization})", log, objective)
     weights = final_weights(pc.run_dir, domains, pc.train.steps)
-    out.write_text(json.dumps(weights, indent=2) + "\n")
+    storage.write_json(out, weights)
     return weights
 
 
@@ -196,16 +178,15 @@ def run_rounds(cfg: Any, log: Log, stage: str = "all") -> list[dict]:
             if change < cfg.doremi.tolerance:
                 log(f"round {k}: below doremi.tolerance {cfg.doremi.tolerance}, stopping")
                 break
-    final = Path(cfg.run_dir) / "domain_weights.json"
-    final.write_text(json.dumps(rounds[-1], indent=2) + "\n")
+    storage.write_json(storage.path(cfg.run_dir) / WEIGHTS, rounds[-1])
     return rounds
 
 
 def main_configs(cfg: Any) -> tuple[Any, Any, bool]:
     """(main, baseline, baseline_is_reference): the baseline is round 1's reference run when
     that run is the same training (weights, steps, start), so it is not trained twice."""
-    root = Path(cfg.run_dir)
-    main = stage_config(cfg, root / "main", str(root / "domain_weights.json"), cfg.train.steps)
+    root = storage.path(cfg.run_dir)
+    main = stage_config(cfg, root / "main", os.fspath(root / WEIGHTS), cfg.train.steps)
     base = stage_config(cfg, root / "baseline", cfg.doremi.reference_weights, cfg.train.steps)
     ref = reference_config(cfg, 1)
     same = (not cfg.doremi.reference and ref.train.steps == base.train.steps
@@ -213,7 +194,7 @@ def main_configs(cfg: Any) -> tuple[Any, Any, bool]:
     return main, (ref if same else base), same
 
 
-def compare(main: dict, base: dict, main_dir: Path, domains: list[str]) -> dict:
+def compare(main: dict, base: dict, main_dir: Any, domains: list[str]) -> dict:
     """Per-domain held-out loss of DoReMi vs baseline, average, worst domain, and the first
     evaluated step at which DoReMi's average reached the baseline's final average."""
     m = {n: float(main["final_eval"][n]["loss"]) for n in domains}
@@ -282,10 +263,10 @@ def run_workflow(cfg: Any, stage: str = "all", log: Log = print) -> dict:
         what = "baseline (= round 1 reference)" if base_is_ref else "baseline"
         summaries["baseline"] = _train(base, what, log)
     if stage in ("all", "report") and is_finished(main) and is_finished(base):
-        cmp = compare(read_summary(main.run_dir), read_summary(base.run_dir), Path(main.run_dir), data.domains)
+        cmp = compare(read_summary(main.run_dir), read_summary(base.run_dir), main.run_dir, data.domains)
         report["comparison"] = cmp
         log("held-out loss, DoReMi vs baseline (same steps):\n" + comparison_table(cmp))
-    (Path(cfg.run_dir) / "doremi_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    storage.write_json(storage.path(cfg.run_dir) / REPORT, report)
     return report
 
 
@@ -295,7 +276,7 @@ def _saved_rounds(cfg: Any) -> list[dict]:
         path = weights_path(cfg, k)
         if not path.is_file():
             break
-        rounds.append(json.loads(path.read_text()))
+        rounds.append(storage.read_json(path))
     if not rounds:
         raise UserError(f"no DoReMi weights under {cfg.run_dir} yet: run the proxy stage first")
     return rounds

@@ -25,7 +25,7 @@ from typing import Any, Callable
 from ml_collections import ConfigDict
 
 from cpt_jax import config as config_lib
-from cpt_jax import storage
+from cpt_jax import configure, storage
 from cpt_jax.errors import UserError
 from cpt_jax.run_dir import CONFIG, SUMMARY, RunDir
 
@@ -34,8 +34,7 @@ RunFn = Callable[[ConfigDict], dict]
 
 def load_experiment(path: str, overrides: list[str] | tuple[str, ...] = ()) -> tuple[ConfigDict, list[dict]]:
     """The shared config (overrides applied, validated) and the list of runs of an experiment file."""
-    shared = config_lib.load(path, overrides)
-    module = config_lib.load_module(path)
+    shared, module = configure.load_with_module(path, overrides)
     if not hasattr(module, "get_runs"):
         raise UserError(f"{path} defines no get_runs(cfg): it is a single-run config, use `cpt-jax train`")
     runs = module.get_runs(shared)
@@ -71,7 +70,7 @@ def run_config(shared: ConfigDict, run: dict, root: str | os.PathLike) -> Config
         cfg.run_dir = os.fspath(storage.path(root) / run["name"])
         if run.get("from"):
             cfg.train.init_from = os.fspath(storage.path(root) / run["from"])
-    config_lib.validate(cfg)
+    configure.validate(cfg)
     return cfg
 
 

@@ -134,7 +134,8 @@ def run_sources(run_dir: str, steps: list[int]) -> list[Source]:
 
 
 def dir_source(path: str) -> Source:
-    """A source from a params-only checkpoint dir or one run step dir ``RUN/checkpoints/<step>``."""
+    """A source from a params checkpoint, one run step dir ``RUN/checkpoints/<step>`` or a run
+    (its newest step): the kinds ``run_dir.locate`` tells apart."""
     from cpt_jax.model.checkpoint import config_to_dict, locate, recorded_digest
 
     found = locate(storage.path(path))

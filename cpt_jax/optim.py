@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cpt_jax import checks
+from cpt_jax import checks, tree_io
 from cpt_jax.errors import UserError
 
 Params = dict[str, Any]
@@ -47,16 +47,12 @@ def check_section(optim_cfg: Any) -> None:
         checks.at_least_zero(f"optim.{name}", optim_cfg[name], note)
 
 
-def _key_names(path: tuple) -> list[str]:
-    return [str(getattr(p, "key", getattr(p, "name", p))) for p in path]
-
-
 def decay_mask(params: Params) -> Params:
     """True for leaves that weight decay applies to: every ``kernel`` and both embeddings;
     False for biases and LayerNorm parameters (``ln1``, ``ln2``, ``final_ln``)."""
 
     def rule(path: tuple, leaf: Any) -> bool:
-        names = _key_names(path)
+        names = tree_io.path_name(path).split("/")
         if names[-1] in _NO_DECAY_NAMES or any(n in ("ln1", "ln2", "final_ln") for n in names):
             return False
         return True
@@ -92,7 +88,7 @@ def _apply_trainable(trainable: Params) -> optax.GradientTransformation:
                 np.broadcast_shapes(np.shape(m), p.shape)
             except ValueError:
                 raise UserError(
-                    f"trainable mask for {'/'.join(_key_names(path))} has shape {np.shape(m)}, "
+                    f"trainable mask for {tree_io.path_name(path)} has shape {np.shape(m)}, "
                     f"not broadcastable to the parameter's {tuple(p.shape)}"
                 ) from None
 

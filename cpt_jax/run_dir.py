@@ -15,15 +15,19 @@
     RUN/lawa/<step>/params    online LAWA snapshots (disk store)
     RUN/tensorboard/          TensorBoard events
 
-``RUN`` is a local folder or ``gs://bucket/...`` (``cpt_jax.storage``).
+``RUN`` is a local folder or ``gs://bucket/...`` (``cpt_jax.storage``). :func:`locate` says
+what a path handed to a verb is: a run, one step of a run, a params checkpoint
+(``model.json`` + ``params/``, what ``convert``, ``average`` and ``vocab extend`` write) or a
+Hugging Face folder.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 from cpt_jax import storage
 from cpt_jax.errors import UserError
@@ -38,6 +42,7 @@ CHECKPOINTS = "checkpoints"
 LAWA = "lawa"
 TENSORBOARD = "tensorboard"
 PARAMS_ITEM = "params"
+PARAMS_POINTER = "params.current"  # a params checkpoint on gs://: names the params item in use
 
 # keys whose change makes a checkpoint mean something else: refused on resume unless allowed
 MEANING_KEYS = ("model.", "data.", "seed", "train.batch_size", "train.seq_len")
@@ -154,6 +159,63 @@ class RunDir:
         if not isinstance(summary, dict) or summary.get("interrupted") or summary.get("steps") != steps:
             return None
         return summary if not need_checkpoint or self.latest_step() == steps else None
+
+
+Kind = Literal["params", "run", "step", "hf"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Location:
+    """What :func:`locate` found: a params checkpoint, a run, one step of a run (``run`` and
+    ``step`` name it) or a Hugging Face folder; ``path`` is the ``storage`` path."""
+
+    kind: Kind
+    path: Any
+    run: RunDir | None = None
+    step: int | None = None
+
+    @property
+    def remote(self) -> bool:
+        return storage.is_remote(self.path)
+
+    @property
+    def model_root(self) -> Any:
+        """The folder whose ``model.json`` describes the model (None for Hugging Face)."""
+        if self.kind == "params":
+            return self.path
+        return self.run.root if self.run is not None else None
+
+
+def locate(path: str | os.PathLike) -> Location | None:
+    """What ``path`` (local or ``gs://``) is, from its entries alone (no weights read), in this
+    order: a params checkpoint (``model.json`` and its params item), a run (a ``checkpoints/``
+    folder), a step ``RUN/checkpoints/<step>`` holding params, a Hugging Face folder
+    (``config.json``); None when it is no folder or none of these. Every reader of checkpoints
+    asks this (as levanter's ``is_checkpoint_path`` answers for its checkpoints)."""
+    p = storage.path(path)
+    if not p.is_dir():
+        return None
+    if (p / MODEL).exists() and params_item(p).is_dir():
+        return Location("params", p)
+    if (p / CHECKPOINTS).is_dir():
+        return Location("run", p, RunDir(p))
+    if (p / PARAMS_ITEM).is_dir() and p.parent.name == CHECKPOINTS and p.name.isdigit():
+        return Location("step", p, RunDir(p.parent.parent), int(p.name))
+    if (p / CONFIG).exists():
+        return Location("hf", p)
+    return None
+
+
+def params_item(path: Any) -> Any:
+    """The params item of the params checkpoint ``path``: the one ``params.current`` names
+    (written on object stores), else ``path/params``."""
+    pointer = path / PARAMS_POINTER
+    if not pointer.exists():
+        return path / PARAMS_ITEM
+    name = pointer.read_text().strip()
+    if not name.startswith(f"{PARAMS_ITEM}.") or "/" in name:
+        raise UserError(f"{pointer} does not name a params item (holds {name[:40]!r})")
+    return path / name
 
 
 def _lines_with_records(text: str) -> Iterator[tuple[str, dict[str, Any]]]:

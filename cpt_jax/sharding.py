@@ -23,7 +23,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from cpt_jax import checks
+from cpt_jax import checks, tree_io
 from cpt_jax.errors import UserError
 
 AXES: tuple[str, ...] = ("data", "fsdp", "tensor")
@@ -94,10 +94,6 @@ def logical_to_spec(names: tuple[str, ...]) -> P:
     return P(*(RULES.get(n) for n in names))
 
 
-def _path_name(path: tuple) -> str:
-    return "/".join(str(getattr(p, "key", getattr(p, "name", p))) for p in path)
-
-
 def param_shardings(params: Any, mesh: Mesh) -> Any:
     """NamedSharding per parameter (``params`` may hold arrays or ShapeDtypeStructs)."""
     from cpt_jax.model import pythia
@@ -109,7 +105,7 @@ def param_shardings(params: Any, mesh: Mesh) -> Any:
         for dim, (size, axis) in enumerate(zip(leaf.shape, spec)):
             if axis is not None and size % mesh.shape[axis]:
                 raise UserError(
-                    f"parameter {_path_name(path)} dimension {dim} ('{names[dim]}', size {size}) "
+                    f"parameter {tree_io.path_name(path)} dimension {dim} ('{names[dim]}', size {size}) "
                     f"does not divide by mesh axis '{axis}' of size {mesh.shape[axis]}"
                 )
         return NamedSharding(mesh, spec)

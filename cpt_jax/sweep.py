@@ -19,25 +19,26 @@ whose general loss is the pre-CPT loss L_g0 that ``dcpt ratio`` keeps within a t
 from __future__ import annotations
 
 import csv
+import io
 import itertools
 import os
 import shlex
-from pathlib import Path
 from typing import Any
 
 from ml_collections import ConfigDict
 
-from cpt_jax import config as config_lib
-from cpt_jax import experiment
+from cpt_jax import configure, experiment, storage
+from cpt_jax.checks import comma_list
 from cpt_jax.dcpt import CSV_COLUMNS
 from cpt_jax.errors import UserError
+
+RESULTS = "results.csv"  # one D-CPT row per finished run, under the sweep's run_dir
 
 
 def load_sweep(path: str, overrides: list[str] | tuple[str, ...] = ()) -> tuple[ConfigDict, list[dict]]:
     """The shared config and the sweep's runs (``{"name", "set", "point"[, "from"]}``), bases
     (``"point": None``) first, of a sweep file."""
-    shared = config_lib.load(path, overrides)
-    module = config_lib.load_module(path)
+    shared, module = configure.load_with_module(path, overrides)
     for name in ("get_grid", "apply"):
         if not hasattr(module, name):
             raise UserError(f"{path} defines no {name}(): not a sweep file")
@@ -68,9 +69,10 @@ def commands(path: str, overrides: list[str], shared: ConfigDict, runs: list[dic
     continuation must wait for its base's job)."""
     lines = []
     for run in runs:
-        sets = {**run["set"], "run_dir": str(Path(shared.run_dir) / run["name"])}
+        root = storage.path(shared.run_dir)
+        sets = {**run["set"], "run_dir": os.fspath(root / run["name"])}
         if run.get("from"):
-            sets["train.init_from"] = str(Path(shared.run_dir) / run["from"])
+            sets["train.init_from"] = os.fspath(root / run["from"])
         args = [f"--config.{k}={experiment.as_text(v)}" for k, v in sets.items()]
         lines.append(shlex.join(["cpt-jax", "train", "--config", path, *overrides, *args]))
     return lines
@@ -81,8 +83,8 @@ def result_row(cfg: ConfigDict, run: dict, summary: dict) -> dict:
     from cpt_jax.model import pythia  # noqa: PLC0415 (jax import on demand)
 
     losses = experiment.domain_losses(summary)
-    general = config_lib.comma_list(cfg.data.upstream)
-    domain = config_lib.comma_list(cfg.data.downstream)
+    general = comma_list(cfg.data.upstream)
+    domain = comma_list(cfg.data.downstream)
     return {
         "run": run["name"],
         "N": pythia.count_params(pythia.PythiaConfig.from_config(cfg.model)),
@@ -94,16 +96,17 @@ def result_row(cfg: ConfigDict, run: dict, summary: dict) -> dict:
     }
 
 
-def run_sweep(shared: ConfigDict, runs: list[dict], run_fn=None) -> Path:
-    """Run every point (skipping finished ones) and write ``RUN_DIR/results.csv``."""
+def run_sweep(shared: ConfigDict, runs: list[dict], run_fn=None) -> Any:
+    """Run every point (skipping finished ones) and write ``RUN_DIR/results.csv`` (local or
+    ``gs://``); returns its path."""
     summaries = experiment.run_experiment(shared, runs, run_fn)  # it ignores "point"
-    out = Path(shared.run_dir) / "results.csv"
-    os.makedirs(out.parent, exist_ok=True)
-    with open(out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        for run in runs:
-            cfg = experiment.run_config(shared, run, shared.run_dir)
-            writer.writerow(result_row(cfg, run, summaries[run["name"]]))
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    for run in runs:
+        cfg = experiment.run_config(shared, run, shared.run_dir)
+        writer.writerow(result_row(cfg, run, summaries[run["name"]]))
+    out = storage.path(shared.run_dir) / RESULTS
+    storage.write_text(out, text.getvalue())
     return out
 

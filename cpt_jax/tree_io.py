@@ -16,6 +16,14 @@ from cpt_jax.errors import UserError
 Tree = dict[str, Any]
 
 
+def path_name(path: Any) -> str:
+    """The ``a/b/c`` name of a jax key path (dict keys, attribute names, sequence indices):
+    ``jax.tree_util.keystr`` in its simple form."""
+    import jax
+
+    return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
+
+
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     """A nested dict as ``{"a/b/c": leaf}`` (params are plain nested dicts)."""
     if isinstance(tree, dict) or (hasattr(tree, "keys") and hasattr(tree, "__getitem__")):

@@ -16,7 +16,7 @@ import numpy as np
 
 from cpt_jax import integrity, storage
 from cpt_jax.errors import UserError
-from cpt_jax.run_dir import CHECKPOINTS, RunDir
+from cpt_jax.run_dir import CHECKPOINTS, PARAMS_ITEM, RunDir
 from cpt_jax.tree_io import one_line
 
 
@@ -72,7 +72,7 @@ def verify_step(run: RunDir, step: int) -> str:
     step_dir = run.step_dir(step)
     where = f"checkpoint step {step} ({step_dir})"
     locate(step_dir)  # its model is readable
-    recorded_digest(step_dir / "params")  # its meta matches its own digest
+    recorded_digest(step_dir / PARAMS_ITEM)  # its meta matches its own digest
     meta = run.step_meta(step) or {}
     digest = meta.get("digest")
     n = nonfinite = 0

@@ -15,6 +15,8 @@
    and grown rows beyond the new tokens hold the trained mean.
 4. A first training phase may update only the new rows: :func:`embedding_only_mask` is the
    engine's trainable mask, :func:`mask_embedding_rows` the same as a gradient transform.
+
+:func:`extend_checkpoint` does 1-3 for a checkpoint and writes the result (``cpt-jax vocab extend``).
 """
 
 from __future__ import annotations
@@ -26,9 +28,14 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from cpt_jax import ownership
+from cpt_jax.data import readers
+from cpt_jax.data.tokenizer import load_tokenizer, pythia_tokenizer
 from cpt_jax.errors import UserError
 
 Params = dict[str, Any]
+RECORD = "vocab.json"  # what extend_checkpoint writes beside tokenizer.json and the params
+OWNER = "vocab extend"  # the verb named in the output folder's ownership mark
 EMBEDDINGS = ("embed_in", "embed_out")
 VOCAB_MULTIPLE = 128
 
@@ -198,7 +205,7 @@ def load_new_rows(out_dir: str) -> list[int]:
     """The new embedding rows recorded in ``OUT/vocab.json`` by ``cpt-jax vocab extend``."""
     from pathlib import Path
 
-    path = Path(out_dir) / "vocab.json"
+    path = Path(out_dir) / RECORD
     try:
         return [int(i) for i in json.loads(path.read_text())["new_rows"]]
     except FileNotFoundError:
@@ -229,3 +236,54 @@ def tokens_per_byte(tokenizer: Any, docs: Iterable[str]) -> float:
         raise UserError("the corpus is empty")
     enc = tokenizer.encode_batch(docs, add_special_tokens=False)
     return sum(len(e.ids) for e in enc) / n_bytes
+
+
+def extend_checkpoint(checkpoint: str, corpus: Sequence[str], new_tokens: int, out: str,
+                      base_tokenizer: str | None = None, text_field: str = "text",
+                      force: bool = False) -> dict:
+    """Add ``new_tokens`` BPE tokens learnt on the ``corpus`` files (.txt/.jsonl/.parquet) to
+    ``base_tokenizer`` (default: Pythia's) and resize ``checkpoint`` (params, run or Hugging Face
+    dir) to match; write ``OUT/tokenizer.json``, the params and ``OUT/vocab.json``, whose
+    record (sizes, new rows and tokens, tokens per byte before and after) is returned.
+    ``out`` may not be a run dir or hold another verb's files unless ``force``."""
+    import dataclasses
+    from pathlib import Path
+
+    from tokenizers import Tokenizer
+
+    from cpt_jax.model.checkpoint import load_params, save_params
+
+    if new_tokens <= 0:
+        raise UserError(f"--new-tokens must be > 0, got {new_tokens}")
+    ownership.check(out, OWNER, force)  # before reading anything
+    base = load_tokenizer(base_tokenizer) if base_tokenizer else pythia_tokenizer()
+    docs = list(readers.iter_documents(readers.expand_inputs(list(corpus)), text_field))
+    if not docs:
+        raise UserError("the domain corpus holds no documents")
+    params, config = load_params(checkpoint)
+    old_V = int(params["embed_in"].shape[0])
+    if old_V != config.vocab_size:
+        raise UserError(f"{checkpoint}: embed_in has {old_V} rows, model.json says vocab_size {config.vocab_size}")
+    ext = extend_tokenizer(json.loads(base.to_str()), docs, new_tokens)
+    params = resize_embeddings(params, ext.base_size, ext.pieces)
+    config = dataclasses.replace(config, vocab_size=int(params["embed_in"].shape[0]))
+    extended = Tokenizer.from_str(json.dumps(ext.spec))
+    record = _record(ext, extended, old_V, config.vocab_size,
+                     tokens_per_byte(base, docs), tokens_per_byte(extended, docs))
+    folder = Path(out)
+    ownership.claim(folder, OWNER, force)
+    extended.save(str(folder / "tokenizer.json"))
+    save_params(folder, params, config)
+    (folder / RECORD).write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
+    return record
+
+
+def _record(ext: Extension, extended: Any, old_V: int, new_V: int, before: float, after: float) -> dict:
+    """What ``vocab.json`` records of an extension (``extended``: its ``tokenizers.Tokenizer``)."""
+    return {
+        "base_size": ext.base_size, "old_vocab_size": old_V, "vocab_size": new_V,
+        "new_rows": [int(i) for i in ext.new_ids],
+        "new_tokens": [{"id": int(i), "token": t, "text": extended.decode([int(i)]),
+                        "pieces": p} for i, t, p in zip(ext.new_ids, ext.new_tokens, ext.pieces)],
+        "tokens_per_byte": {"before": before, "after": after},
+    }

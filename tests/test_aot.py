@@ -53,12 +53,13 @@ def _compile_many(cases: dict[str, tuple[str, list[str], dict]]) -> dict[str, di
         import dataclasses, json, sys
         from cpt_jax.aot import plan, topology  # first: the CUDA compiler's path before jax loads
         from cpt_jax import config as config_lib, layout
+        from cpt_jax import configure
         out = {{}}
         for name, (topo, overrides, opts) in json.loads(sys.argv[1]).items():
             if opts.get("unconstrained"):  # the control: activations left to the partitioner
                 layout.constrain = lambda x, *names: x
                 layout.constrain_params = lambda tree, axes: tree
-            cfg = config_lib.load({str(ROOT / "configs" / "tiny.py")!r}, overrides)
+            cfg = configure.load({str(ROOT / "configs" / "tiny.py")!r}, overrides)
             p = plan.compile_plan(cfg, topology.parse(topo), opts.get("doremi", False), roofline=False)
             out[name] = dataclasses.asdict(p)
         print("PLANS" + json.dumps(out))
@@ -170,16 +171,16 @@ def test_roofline_bounds_the_step_from_unrolled_compiles(tmp_path):
 def test_fit_batch_finds_the_largest_batch_that_fits(tmp_path):
     """Full fp32 logits at the 50k vocabulary make the batch the limit: the batch found fits,
     one row more does not."""
-    from cpt_jax import config as config_lib
+    from cpt_jax import configure
 
     heavy = ["--config.model.vocab_size=50304", "--config.train.seq_len=2048", "--config.model.hidden_size=64",
              "--config.model.num_heads=1"]
-    cfg = config_lib.load(str(ROOT / "configs" / "tiny.py"), heavy)
+    cfg = configure.load(str(ROOT / "configs" / "tiny.py"), heavy)
     code = textwrap.dedent(f"""
         import json, sys
         from cpt_jax.aot import plan, topology  # first: the CUDA compiler's path before jax loads
-        from cpt_jax import config as config_lib
-        cfg = config_lib.load({str(ROOT / "configs" / "tiny.py")!r}, {heavy!r})
+        from cpt_jax import configure
+        cfg = configure.load({str(ROOT / "configs" / "tiny.py")!r}, {heavy!r})
         topo = topology.parse("1xh100")
         best, p = plan.fit_batch(cfg, topo, cache={str(tmp_path)!r})
         cfg.train.batch_size = best + 1

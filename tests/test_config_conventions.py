@@ -7,6 +7,7 @@ import pytest
 
 from cpt_jax import cli
 from cpt_jax import config as config_lib
+from cpt_jax import configure
 from cpt_jax.errors import UserError
 from cpt_jax.model import checkpoint, pythia
 
@@ -26,8 +27,8 @@ def test_config_string_argument_reaches_get_config(tmp_path):
             c.train.steps = int(arg) if arg else 7
             return c
         """)
-    assert config_lib.load(f"{f}:42").train.steps == 42
-    assert config_lib.load(str(f)).train.steps == 7
+    assert configure.load(f"{f}:42").train.steps == 42
+    assert configure.load(str(f)).train.steps == 7
     assert config_lib.split_spec(f"{f}:42") == (str(f), "42")
     assert config_lib.split_spec("nowhere.py:1") == ("nowhere.py:1", None)
 
@@ -51,7 +52,7 @@ def test_cli_end_to_end_with_both_conventions(tmp_path, capsys):
     assert cli.main(["info", f"--config={f}:128", "--config.model.num_layers", "3"]) == 0
     out = capsys.readouterr().out
     reference = pythia.PythiaConfig.from_config(
-        config_lib.load(f"{f}:128", ["--config.model.num_layers=3"]).model)
+        configure.load(f"{f}:128", ["--config.model.num_layers=3"]).model)
     assert reference.hidden_size == 128 and reference.num_layers == 3
     assert "L=3 d=128 " in out and f"params={pythia.count_params(reference):,}" in out
 
@@ -75,16 +76,16 @@ def test_model_from_checkpoint_takes_the_shape(tmp_path):
         cfg.model.from_checkpoint = "train.init_from"
         cfg.train.init_from = str(tmp_path / "ck")
         cfg.model.max_position_embeddings = 4096  # a long-context change is kept
-    config_lib.model_from_checkpoint(cfg)
+    configure.model_from_checkpoint(cfg)
     got = pythia.PythiaConfig.from_config(cfg.model)
     for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
                  "rotary_pct", "rotary_emb_base", "use_parallel_residual"):
         assert getattr(got, name) == getattr(src, name), name
     assert got.max_position_embeddings == 4096 and cfg.model.from_checkpoint == ""
-    config_lib.validate(cfg)
+    configure.validate(cfg)
     bad = config_lib.defaults()
     with bad.unlocked():
         bad.model.from_checkpoint = str(tmp_path / "ck")
         bad.model.hidden_size = 32
     with pytest.raises(UserError, match="model.hidden_size is 32 in the config but 48"):
-        config_lib.model_from_checkpoint(bad)
+        configure.model_from_checkpoint(bad)

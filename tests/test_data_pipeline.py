@@ -9,7 +9,8 @@ import os
 import numpy as np
 import pytest
 
-from cpt_jax.config import defaults, validate
+from cpt_jax.config import defaults
+from cpt_jax.configure import validate
 from cpt_jax.data.indexed import IndexedDatasetWriter
 from cpt_jax.data.manifest import update_manifest
 from cpt_jax.data.pipeline import TrainData, eval_sets, process_rows

@@ -20,6 +20,7 @@ SCRIPT = textwrap.dedent(
     import json, sys
     import jax
     from cpt_jax import config as C, doremi
+    from cpt_jax import configure
     from cpt_jax.model import pythia
 
     def run(run_dir, data=1, fsdp=1, micro=1, stop=0, steps=%d):
@@ -33,7 +34,7 @@ SCRIPT = textwrap.dedent(
         c.data.synthetic_tokens = 1 << 12; c.logging.tensorboard = False
         c.checkpoint.async_save = False
         c.schedule.name = "constant"  # a run stopped at `stop` and resumed sees the same eta_t
-        C.validate(c)
+        configure.validate(c)
         mcfg = pythia.PythiaConfig.from_config(c.model)
         ref = pythia.init_params(mcfg, jax.random.key(7))
         obj = doremi.DoReMiObjective(mcfg, 3, ref, 1.0, 1e-3, domains=["noise", "pattern", "trivial"],

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from cpt_jax import config as C
+from cpt_jax import configure
 from cpt_jax import doremi_workflow as wf
 from cpt_jax.errors import UserError
 
@@ -30,7 +31,7 @@ def tiny(run_dir) -> C.ConfigDict:
     c.doremi.proxy_steps = 120
     c.doremi.main = False
     c.doremi.baseline = False
-    C.validate(c)
+    configure.validate(c)
     return c
 
 
@@ -124,7 +125,7 @@ def test_doremi_config_is_validated(tmp_path):
         with cfg.unlocked():
             cfg.doremi[key] = value
         with pytest.raises(UserError, match=msg):
-            C.validate(cfg)
+            configure.validate(cfg)
 
 
 def test_uniform_proxy_batches_hold_every_domain(tmp_path):
@@ -176,7 +177,7 @@ def test_reference_and_proxy_share_their_start(tmp_path):
             cfg.doremi.reference_steps = cfg.doremi.proxy_steps = 1
             cfg.schedule.warmup_steps = 0
             cfg.optim.peak_lr = 1e-30
-        C.validate(cfg)
+        configure.validate(cfg)
         want = "" if mode == "scratch" else str(tmp_path / "pre")
         assert wf.reference_config(cfg, 1).train.init_from == want
         assert wf.proxy_config(cfg, 1).train.init_from == want
@@ -199,4 +200,4 @@ def test_reference_and_proxy_share_their_start(tmp_path):
     with cfg.unlocked():
         cfg.doremi.init_from = "train.init_from"
     with pytest.raises(UserError, match="needs train.init_from"):
-        C.validate(cfg)
+        configure.validate(cfg)

@@ -10,10 +10,11 @@ import pytest
 
 from cpt_jax import cli
 from cpt_jax import config as config_lib
+from cpt_jax import configure
 from cpt_jax.data.pipeline import eval_sets
 from cpt_jax.eval import multiple_choice as mc
 from cpt_jax.eval import perplexity, tasks as tasks_lib
-from cpt_jax.eval.runner import config_from_json
+from cpt_jax.configure import config_from_json
 from cpt_jax.model import checkpoint as ckpt_lib
 from cpt_jax.model import pythia
 
@@ -36,7 +37,7 @@ def test_eval_command_writes_tasks_and_domains(tmp_path, capsys):
     cfg.train.seq_len, cfg.train.batch_size, cfg.train.eval_batches = 16, 2, 2
     cfg.data.synthetic_tokens = 4096
     cfg.data.upstream = cfg.data.domains.split(",")[0] if cfg.data.domains else ""
-    config_lib.validate(cfg)
+    configure.validate(cfg)
     (tmp_path / "config.json").write_text(json.dumps(config_lib.to_dict(cfg)))
     mcfg = pythia.PythiaConfig.from_config(cfg.model)
     params = pythia.init_params(mcfg, jax.random.key(3))

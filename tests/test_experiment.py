@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from cpt_jax import config as config_lib
+from cpt_jax import configure
 from cpt_jax import experiment, sweep
 from cpt_jax.errors import UserError
 from cpt_jax.model import pythia
@@ -89,9 +90,26 @@ def test_bad_runs_are_one_line_errors(tmp_path):
     """))
     with pytest.raises(UserError, match="continues from 'b', which is not an earlier run"):
         experiment.load_experiment(str(path))
-    shared = config_lib.load(str(ROOT / "configs/tiny.py"))
+    shared = configure.load(str(ROOT / "configs/tiny.py"))
     with pytest.raises(UserError, match="unknown config key 'optim.peak'"):
         experiment.run_config(shared, {"name": "x", "set": {"optim.peak": 1.0}}, tmp_path)
+
+
+def test_experiment_file_is_executed_once(tmp_path):
+    """The shared config and the runs come from one execution of the file (it may have effects)."""
+    counter = tmp_path / "executions.txt"
+    path = tmp_path / "once.py"
+    path.write_text(textwrap.dedent(f"""
+        from cpt_jax.config import base
+        with open({str(counter)!r}, "a") as f:
+            f.write("x")
+        def get_config():
+            return base()
+        def get_runs(c):
+            return [{{"name": "a"}}]
+    """))
+    experiment.load_experiment(str(path))
+    assert counter.read_text() == "x"
 
 
 SWEEP = """

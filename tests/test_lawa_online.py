@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from cpt_jax import config as config_lib
+from cpt_jax import configure
 from cpt_jax.lawa_online import OnlineLawa
 
 SHAPES = {"a": (4, 3), "b": (5,)}
@@ -74,9 +75,9 @@ def test_config_section():
     cfg = config_lib.defaults()
     assert OnlineLawa.from_config(cfg) is None
     cfg.lawa.k, cfg.lawa.every = 5, 20
-    config_lib.validate(cfg)
+    configure.validate(cfg)
     w = OnlineLawa.from_config(cfg)
     assert (w.k, w.every, w.store, w.beta) == (5, 20, "host", 0.0)
     cfg.lawa.store = "ram"
     with pytest.raises(config_lib.UserError, match="lawa.store 'ram' is not one of host, disk"):
-        config_lib.validate(cfg)
+        configure.validate(cfg)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cpt_jax import cli, tree_io
-from cpt_jax import config as config_lib
+from cpt_jax import configure
 
 OVERRIDES = [
     "--config.model.hidden_size=32", "--config.model.num_layers=1", "--config.model.num_heads=2",
@@ -43,7 +43,7 @@ class Data:
 def train(run_dir, kill_at=None):
     from cpt_jax.train import loop
 
-    cfg = config_lib.load(TINY, OVERRIDES + [f"--config.run_dir={run_dir}"])
+    cfg = configure.load(TINY, OVERRIDES + [f"--config.run_dir={run_dir}"])
     return loop.run(cfg, data=Data(cfg, kill_at))
 
 
@@ -75,7 +75,7 @@ def test_online_average_after_resume_equals_uninterrupted(runs):
     assert "eval_lawa/avg/loss" in keys and "eval_ema/avg/loss" in keys
     for k in keys:
         np.testing.assert_allclose(eb[8][k], ea[8][k], rtol=1e-6)
-    cfg = config_lib.load(TINY, OVERRIDES)
+    cfg = configure.load(TINY, OVERRIDES)
     sa = RunCheckpoints(a, cfg.checkpoint).restore_host_item(8, "lawa")
     sb = RunCheckpoints(b, cfg.checkpoint).restore_host_item(8, "lawa")
     assert list(sa["steps"]) == list(sb["steps"]) == [4, 6, 8]
@@ -96,7 +96,7 @@ def test_cli_average_of_a_trained_run_equals_numpy_and_online_window(runs, tmp_p
     with ocp.StandardCheckpointer() as ckptr:
         got = tree_io.flatten(ckptr.restore(os.path.join(out, "params")))
         ck = [tree_io.flatten(ckptr.restore(os.path.join(a, "checkpoints", str(s), "params"))) for s in (4, 6, 8)]
-    online = RunCheckpoints(a, config_lib.load(TINY, OVERRIDES).checkpoint).restore_host_item(8, "lawa")
+    online = RunCheckpoints(a, configure.load(TINY, OVERRIDES).checkpoint).restore_host_item(8, "lawa")
     snaps = [tree_io.flatten(online["snapshots"][f"step_{s}"]) for s in (4, 6, 8)]
     for k in got:
         want = np.mean(np.stack([np.asarray(c[k], np.float64) for c in ck]), axis=0)

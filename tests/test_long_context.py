@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from cpt_jax import config as config_lib
+from cpt_jax import configure
 from cpt_jax import experiment, losses
 from cpt_jax.data.indexed import IndexedDatasetWriter
 from cpt_jax.data.manifest import update_manifest
@@ -81,20 +82,20 @@ def test_context_validation_one_line_errors():
     cfg = config_lib.defaults()
     cfg.train.seq_len = 4096  # > max_position_embeddings 2048 without scaling
     with pytest.raises(UserError, match=r"train.seq_len 4096 exceeds the model context 2048") as err:
-        config_lib.validate(cfg)
+        configure.validate(cfg)
     assert "\n" not in str(err.value)
     cfg.model.rope_scaling = 2.0  # position interpolation: 2048 x 2 positions
-    config_lib.validate(cfg)
+    configure.validate(cfg)
     cfg.model.rope_scaling, cfg.model.max_position_embeddings = 1.0, 4096
     cfg.model.rotary_emb_base = 500000.0  # raised base with the longer stated context
-    config_lib.validate(cfg)
+    configure.validate(cfg)
     for key, value, message in (("rope_scaling", 0.5, "rope_scaling must be"),
                                 ("rotary_emb_base", 0.0, "rotary_emb_base must be"),
                                 ("max_position_embeddings", 0, "max_position_embeddings must be")):
         bad = config_lib.defaults()
         bad.model[key] = value
         with pytest.raises(UserError, match=message):
-            config_lib.validate(bad)
+            configure.validate(bad)
 
 
 def test_experiment_file_resolves_both_runs(tmp_path):
@@ -170,7 +171,7 @@ def test_long_document_filter_keeps_long_documents_and_each_source_share(tmp_pat
     cfg.data.source, cfg.data.dir = "tokenized", str(tmp_path)
     cfg.train.seq_len, cfg.train.batch_size = 32, 40
     cfg.data.long_threshold, cfg.data.long_keep = 100, 0.25
-    config_lib.validate(cfg)
+    configure.validate(cfg)
     td = TrainData(cfg)
     totals = {n: sum(len(d) for d in ds) for n, ds in docs.items()}
     share = np.array([totals[n] for n in td.domains], np.float64) / sum(totals.values())

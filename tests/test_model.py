@@ -31,6 +31,18 @@ def test_preset_parameter_counts_equal_the_paper(name):
     assert pythia.count_params(cfg) == PAPER_COUNTS[name]
 
 
+def test_count_params_of_a_tree_equals_the_formula():
+    """A params tree (arrays or shapes) counts as its config does: the GPT-NeoX formula
+    2 V d + L (12 d^2 + 13 d) + 2 d (untied embeddings, 4 d MLP, biases, two LayerNorms per
+    layer and a final one)."""
+    V, d, L = TINY.vocab_size, TINY.hidden_size, TINY.num_layers
+    formula = 2 * V * d + L * (12 * d * d + 13 * d) + 2 * d
+    params = pythia.init_params(TINY, jax.random.key(0))
+    shapes = jax.eval_shape(lambda: pythia.init_params(TINY, jax.random.key(0)))
+    assert pythia.count_params(TINY) == pythia.count_params(params) == pythia.count_params(shapes) == formula
+    assert sum(np.asarray(x).size for x in jax.tree.leaves(params)) == formula
+
+
 def test_preset_rotary_dims_match_reference():
     expected = {"14m": 8, "31m": 8, "70m": 16, "160m": 16, "410m": 16, "1b": 64,
                 "1.4b": 32, "2.8b": 20, "6.9b": 32, "12b": 32}

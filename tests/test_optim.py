@@ -117,3 +117,16 @@ def test_trainable_mask_shape_errors_are_one_line():
         _tx(_cfg(), trainable=bad).init(params)
     with pytest.raises(UserError, match="trainable mask does not match the params tree"):
         _tx(_cfg(), trainable={"embed_in": True}).init(params)
+
+
+def test_path_name_spells_every_key_kind():
+    """Dict keys, sequence indices and attribute names, ``/``-joined, as the messages and
+    masks name a parameter."""
+    import collections
+
+    from cpt_jax import tree_io
+
+    pair = collections.namedtuple("pair", "kernel bias")
+    tree = {"layers": {"qkv": pair(kernel=1, bias=2)}, "embed_in": [3, (4,)]}
+    names = [tree_io.path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+    assert names == ["embed_in/0", "embed_in/1/0", "layers/qkv/kernel", "layers/qkv/bias"]

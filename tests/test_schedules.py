@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from cpt_jax import config as config_lib
+from cpt_jax import configure
 from cpt_jax import schedules
 from cpt_jax.errors import UserError
 
@@ -20,7 +21,7 @@ def cfg(steps=200, **schedule):
     c.optim.peak_lr = PEAK
     for k, v in schedule.items():
         c.schedule[k] = v
-    config_lib.validate(c)
+    configure.validate(c)
     return c
 
 
@@ -230,7 +231,7 @@ def test_phases_override_from_the_command_line():
     c = config_lib.defaults()
     config_lib.apply_overrides(c, ["--config.train.steps=30",
                                    "--config.schedule.phases=constant:10;cosine:*,warmup_steps=0"])
-    config_lib.validate(c)
+    configure.validate(c)
     phases = schedules.resolve_phases(c.schedule, c.optim.peak_lr, c.train.steps)
     assert [(p.name, p.steps, p.warmup) for p in phases] == [("constant", 10, 0), ("cosine", 20, 0)]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cpt_jax import config as config_lib
+from cpt_jax import configure
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"tpu_pythia_410m.py": ("410m", "dots"), "tpu_pythia_1p4b.py": ("1.4b", "full")}
@@ -16,8 +16,8 @@ CONFIGS = {"tpu_pythia_410m.py": ("410m", "dots"), "tpu_pythia_1p4b.py": ("1.4b"
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_tpu_config_loads_and_validates(name):
-    c = config_lib.load(str(ROOT / "configs" / name))
-    config_lib.validate(c)
+    c = configure.load(str(ROOT / "configs" / name))
+    configure.validate(c)
     preset, remat = CONFIGS[name]
     assert c.model.preset == preset and c.model.remat == remat
     assert c.model.attention == "splash" and c.model.compute_dtype == "bfloat16"
@@ -33,8 +33,9 @@ def test_tpu_configs_mesh_on_4_and_8_devices():
     code = textwrap.dedent(f"""
         import jax
         from cpt_jax import config as config_lib, sharding
+        from cpt_jax import configure
         for name in {sorted(CONFIGS)!r}:
-            c = config_lib.load({str(ROOT / "configs")!r} + "/" + name)
+            c = configure.load({str(ROOT / "configs")!r} + "/" + name)
             for n in (4, 8):
                 mesh = sharding.make_mesh(c.mesh, jax.devices()[:n])
                 assert dict(mesh.shape) == {{"data": 1, "fsdp": n, "tensor": 1}}, mesh.shape

@@ -9,7 +9,9 @@ from tokenizers import Tokenizer
 
 from cpt_jax import cli, vocab
 from cpt_jax import config as config_lib
+from cpt_jax.data import readers
 from cpt_jax.data.tokenizer import PYTHIA_VOCAB_SIZE, pythia_tokenizer
+from cpt_jax.errors import UserError
 from cpt_jax.model import pythia
 
 DOCS = [
@@ -179,3 +181,30 @@ def test_cli_extend(tmp_path, capsys, tiny_params):
     p0 = info["new_tokens"][0]["pieces"]
     want = np.asarray(params["embed_out"])[p0].mean(axis=0)
     np.testing.assert_allclose(np.asarray(new_params["embed_out"][50277]), want, rtol=1e-5)
+
+
+def test_extend_checkpoint_library(tmp_path, tiny_params):
+    """The library call behind `vocab extend`: its returned record is what vocab.json holds, and
+    the tokens per byte it reports are those of the tokenizers it wrote (recounted here)."""
+    from cpt_jax.model.checkpoint import load_params, save_params
+
+    save_params(tmp_path / "ckpt", tiny_params, TINY)
+    corpus = tmp_path / "domain.txt"
+    corpus.write_text("\n\n".join(DOCS), encoding="utf-8")
+    out = tmp_path / "ext"
+    record = vocab.extend_checkpoint(str(tmp_path / "ckpt"), [str(corpus)], 12, str(out))
+    assert record == json.loads((out / vocab.RECORD).read_text())
+    assert record["old_vocab_size"] == TINY.vocab_size
+    assert record["new_rows"] == list(range(record["base_size"], record["base_size"] + 12))
+    assert load_params(out)[1].vocab_size == record["vocab_size"]
+    docs = list(readers.iter_documents([corpus]))
+    n_bytes = sum(len(d.encode("utf-8")) for d in docs)
+
+    def per_byte(tok) -> float:
+        return sum(len(tok.encode(d, add_special_tokens=False).ids) for d in docs) / n_bytes
+
+    assert record["tokens_per_byte"]["before"] == pytest.approx(per_byte(pythia_tokenizer()))
+    assert record["tokens_per_byte"]["after"] == pytest.approx(
+        per_byte(Tokenizer.from_file(str(out / "tokenizer.json"))))
+    with pytest.raises(UserError, match="--new-tokens must be > 0"):
+        vocab.extend_checkpoint(str(tmp_path / "ckpt"), [str(corpus)], 0, str(tmp_path / "none"))

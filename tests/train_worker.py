@@ -22,11 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_cfg(run_dir: str, overrides: list[str]):
-    from cpt_jax import config as config_lib
+    from cpt_jax import configure
 
     base = [f"--config.run_dir={run_dir}", "--config.train.log_every=1",
             "--config.train.progress=false", "--config.logging.tensorboard=false"]
-    return config_lib.load(str(ROOT / "configs" / "tiny.py"), base + [f"--config.{o}" for o in overrides])
+    return configure.load(str(ROOT / "configs" / "tiny.py"), base + [f"--config.{o}" for o in overrides])
 
 
 class KillAt:

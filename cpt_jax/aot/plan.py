@@ -30,7 +30,8 @@ import numpy as np
 
 from cpt_jax import sharding
 from cpt_jax.aot.topology import Topology
-from cpt_jax.config import comma_list, to_dict
+from cpt_jax.checks import comma_list
+from cpt_jax.config import to_dict
 from cpt_jax.errors import UserError
 from cpt_jax.model import attention as attn_lib
 from cpt_jax.model import pythia
@@ -170,7 +171,7 @@ def compile_plan(cfg: Any, topo: Topology, doremi: bool = False, roofline: bool 
         arg, out, alias = shard_bytes(args), state_bytes, state_bytes
         temp = _refused_temp_bytes(refused) or 0
     peak = arg + temp + out - alias
-    n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(args[0].params))
+    n_params = pythia.count_params(args[0].params)
     flops = flops_per_token(mcfg, t, n_params) * b * t / topo.chips
     if doremi:
         flops *= 4 / 3  # the reference model's forward pass (2 of the 6 per parameter)

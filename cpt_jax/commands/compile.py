@@ -7,8 +7,6 @@ import argparse
 import dataclasses
 import json
 
-from cpt_jax import config as config_lib
-
 GIB = 1 << 30
 
 
@@ -44,7 +42,9 @@ def run(args: argparse.Namespace) -> int:
     missing = topology.missing_compiler(topo)
     if missing:
         raise UserError(missing)
-    cfg = config_lib.load(args.config, args.config_overrides)
+    from cpt_jax import configure
+
+    cfg = configure.load(args.config, args.config_overrides)
     if args.fit == "batch":
         best, plan = plan_lib.fit_batch(cfg, topo, args.doremi, cache=args.cache or None)
         if plan is None:

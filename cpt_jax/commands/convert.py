@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     import jax
     import jax.numpy as jnp
 
-    from cpt_jax.model import checkpoint, hf
+    from cpt_jax.model import checkpoint, hf, pythia
 
     target = args.to_hf or args.to
     ownership.check(target, "convert", args.force)  # before reading anything
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dtype:
         params = integrity.cast(params, jnp.dtype(args.dtype))
         config = dataclasses.replace(config, param_dtype=args.dtype, compute_dtype=args.dtype)
-    n = sum(x.size for x in jax.tree.leaves(params))
+    n = pythia.count_params(params)
     src = args.from_hf or args.from_ckpt
     ownership.claim(target, "convert", args.force)
     if args.to_hf:

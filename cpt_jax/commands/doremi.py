@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from cpt_jax import config as config_lib
 from cpt_jax.doremi_workflow import STAGES, run_workflow
 
 
@@ -22,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = config_lib.load(args.config, args.config_overrides)
+    from cpt_jax import configure
+
+    cfg = configure.load(args.config, args.config_overrides)
     run_workflow(cfg, args.stage)
     return 0

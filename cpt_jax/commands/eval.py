@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 
 from cpt_jax import config as config_lib
+from cpt_jax import configure
 from cpt_jax import storage
 from cpt_jax.errors import UserError
 from cpt_jax.eval import runner
+from cpt_jax.run_dir import CONFIG
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -51,13 +53,13 @@ def run(args: argparse.Namespace) -> int:
     run = runner.run_of(args.checkpoint)
     cfg = None
     if args.config:
-        cfg = runner.load_config(args.config, args.config_overrides)
+        cfg = configure.load_config(args.config, args.config_overrides)
     elif run is not None:
-        cfg = runner.load_config(os.fspath(run.file(runner.CONFIG)), args.config_overrides)
+        cfg = configure.load_config(os.fspath(run.file(CONFIG)), args.config_overrides)
     elif args.config_overrides:
         cfg = config_lib.defaults()
         config_lib.apply_overrides(cfg, args.config_overrides)
-        config_lib.validate(cfg)
+        configure.validate(cfg)
     defaults = (cfg if cfg is not None else config_lib.defaults()).eval
     tasks = args.tasks if args.tasks is not None else ("none" if args.harness else defaults.tasks)
     limit = args.limit if args.limit is not None else defaults.limit

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from cpt_jax import experiment
-from cpt_jax.config import comma_list
+from cpt_jax.checks import comma_list
 from cpt_jax.eval import report
 
 

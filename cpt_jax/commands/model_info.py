@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import time
 
-from cpt_jax import config as config_lib
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="show a config's model and run one forward pass")
@@ -18,9 +16,10 @@ def run(args: argparse.Namespace) -> int:
     import jax
     import numpy as np
 
+    from cpt_jax import configure
     from cpt_jax.model import pythia
 
-    cfg = config_lib.load(args.config, args.config_overrides)
+    cfg = configure.load(args.config, args.config_overrides)
     mcfg = pythia.PythiaConfig.from_config(cfg.model)
     n = pythia.count_params(mcfg)
     print(f"model: L={mcfg.num_layers} d={mcfg.hidden_size} H={mcfg.num_heads} hd={mcfg.head_dim} "

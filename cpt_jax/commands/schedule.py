@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cpt_jax import config as config_lib
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("schedule", help="plot a config's learning-rate schedule")
@@ -43,9 +41,9 @@ def run(args: argparse.Namespace) -> int:
     import matplotlib.ticker
     import numpy as np
 
-    from cpt_jax import schedules
+    from cpt_jax import configure, schedules
 
-    cfg = config_lib.load(args.config, args.config_overrides)
+    cfg = configure.load(args.config, args.config_overrides)
     total, peak = int(cfg.train.steps), float(cfg.optim.peak_lr)
     phases = schedules.resolve_phases(cfg.schedule, peak, total)
     fn = schedules.make_schedule(cfg.schedule, peak, total)

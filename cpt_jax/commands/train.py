@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from cpt_jax import config as config_lib
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -25,7 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from cpt_jax.train import loop
 
-    cfg = config_lib.load(args.config, args.config_overrides)
+    from cpt_jax import configure
+
+
+    cfg = configure.load(args.config, args.config_overrides)
     if args.force:
         cfg.train.force = True
     summary = loop.run(cfg)

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from cpt_jax import ownership, vocab
-from cpt_jax.data import readers
-from cpt_jax.data.tokenizer import load_tokenizer, pythia_tokenizer
-from cpt_jax.errors import UserError
+from cpt_jax import vocab
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,47 +28,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_extend(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from cpt_jax.model.checkpoint import load_params, save_params
-
-    if args.new_tokens <= 0:
-        raise UserError(f"--new-tokens must be > 0, got {args.new_tokens}")
-    ownership.check(args.out, "vocab extend", args.force)  # before reading anything
-    base = load_tokenizer(args.base_tokenizer) if args.base_tokenizer else pythia_tokenizer()
-    docs = list(readers.iter_documents(readers.expand_inputs(args.corpus), args.text_field))
-    if not docs:
-        raise UserError("the domain corpus holds no documents")
-    params, config = load_params(args.checkpoint)
-    if params["embed_in"].shape[0] != config.vocab_size:
-        raise UserError(f"{args.checkpoint}: embed_in has {params['embed_in'].shape[0]} rows, "
-                        f"model.json says vocab_size {config.vocab_size}")
-    ext = vocab.extend_tokenizer(json.loads(base.to_str()), docs, args.new_tokens)
-    old_V = int(params["embed_in"].shape[0])
-    params = vocab.resize_embeddings(params, ext.base_size, ext.pieces)
-    new_V = int(params["embed_in"].shape[0])
-    config = dataclasses.replace(config, vocab_size=new_V)
-
-    from tokenizers import Tokenizer
-
-    extended = Tokenizer.from_str(json.dumps(ext.spec))
-    before = vocab.tokens_per_byte(base, docs)
-    after = vocab.tokens_per_byte(extended, docs)
-    out = Path(args.out)
-    ownership.claim(out, "vocab extend", args.force)
-    extended.save(str(out / "tokenizer.json"))
-    save_params(out, params, config)
-    info = {
-        "base_size": ext.base_size, "old_vocab_size": old_V, "vocab_size": new_V,
-        "new_rows": [int(i) for i in ext.new_ids],
-        "new_tokens": [{"id": int(i), "token": t, "text": extended.decode([int(i)]),
-                        "pieces": p} for i, t, p in zip(ext.new_ids, ext.new_tokens, ext.pieces)],
-        "tokens_per_byte": {"before": before, "after": after},
-    }
-    (out / "vocab.json").write_text(json.dumps(info, indent=1, ensure_ascii=False) + "\n")
-    print(f"added {len(ext.new_tokens)} tokens (ids {ext.base_size}..{ext.base_size + len(ext.new_tokens) - 1}); "
-          f"vocab_size {new_V}")
+    record = vocab.extend_checkpoint(args.checkpoint, args.corpus, args.new_tokens, args.out,
+                                     base_tokenizer=args.base_tokenizer, text_field=args.text_field,
+                                     force=args.force)
+    first, added = record["base_size"], len(record["new_tokens"])
+    before, after = record["tokens_per_byte"]["before"], record["tokens_per_byte"]["after"]
+    print(f"added {added} tokens (ids {first}..{first + added - 1}); vocab_size {record['vocab_size']}")
     print(f"tokens per byte on the domain corpus: before {before:.4f}  after {after:.4f}  "
           f"({100 * (after / before - 1):+.1f}%)")
-    print(f"wrote {out}/tokenizer.json, {out}/vocab.json and the params checkpoint")
+    out = Path(args.out)
+    print(f"wrote {out}/tokenizer.json, {out}/{vocab.RECORD} and the params checkpoint")
     return 0

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from cpt_jax.config import comma_list
+from cpt_jax.checks import comma_list
 from cpt_jax.corpus.packages import Unavailable, apt_download, pip_download
 from cpt_jax.corpus.sources import DOMAINS, Source, sources_of, unique
 from cpt_jax.data.tokenize import tokenize_domain

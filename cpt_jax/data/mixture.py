@@ -31,6 +31,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from cpt_jax import storage
 from cpt_jax.data.sources import derive_key
 from cpt_jax.errors import UserError
 
@@ -59,7 +60,7 @@ def _parse_pairs(text: str, what: str) -> dict[str, float]:
 
 def _read_json(path: str, what: str) -> dict[str, float]:
     try:
-        data = json.loads(open(path, encoding="utf-8").read())
+        data = json.loads(storage.path(path).read_text(encoding="utf-8"))  # local or gs://
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"{what}: cannot read weights file {path} ({type(err).__name__})") from None
     if isinstance(data, dict) and isinstance(data.get("average"), dict):

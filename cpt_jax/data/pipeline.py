@@ -26,7 +26,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from cpt_jax import checks
-from cpt_jax.config import comma_list
+from cpt_jax.checks import comma_list
 from cpt_jax.data.manifest import domain_prefix, load_manifest, manifest_path
 from cpt_jax.data.mixture import MixturePlan, parse_phases, parse_weights, replay_quota
 from cpt_jax.data.sources import (

@@ -221,6 +221,64 @@ def _up_to_date(data_dir: Path, domain: str, fingerprint: str, tokenizer: dict) 
     return entry
 
 
+def _check_options(domain: str, val_fraction: float, workers: int, max_tokens: int | None) -> None:
+    mf.check_domain_name(domain)
+    if not 0.0 <= val_fraction < 1.0:
+        raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if workers < 1:
+        raise UserError(f"workers must be >= 1, got {workers}")
+    if max_tokens is not None and max_tokens <= 0:
+        raise UserError(f"max_tokens must be positive, got {max_tokens}")
+
+
+def _tokenizer(path: str | os.PathLike | None, name: str | None, eos_id: int | None,
+               log: Callable[[str], None]) -> tuple[Any, Path, int, dict]:
+    """``(tokenizer, its tokenizer.json, EOS id, manifest record)``; Pythia's when ``path`` is None."""
+    if path is None:
+        path = fetch_assets(log=log).tokenizer
+        name = name or PYTHIA_TOKENIZER_NAME
+    path = Path(path)
+    tok = load_tokenizer(path)
+    path = path / "tokenizer.json" if path.is_dir() else path
+    if eos_id is None:
+        eos_id = tok.token_to_id("<|endoftext|>")
+        if eos_id is None:
+            raise UserError(f"{path}: no <|endoftext|> token; pass the EOS id explicitly")
+    record = {"name": name or os.fspath(path), "sha256": file_sha256(path),
+              "vocab_size": tok.get_vocab_size(with_added_tokens=True)}
+    return tok, path, eos_id, record
+
+
+def _write_splits(docs: Any, folder: Path, dtype: Any, domain: str, val_fraction: float,
+                  max_tokens: int | None, bar: _Progress) -> tuple[IndexedDatasetWriter, IndexedDatasetWriter]:
+    """Write the encoded ``docs`` into ``folder/{train,val}`` (document i to val when
+    ``is_val_document``; the last one to val if val would otherwise stay empty), stopping after
+    the document that reaches ``max_tokens``; returns the closed writers."""
+    with IndexedDatasetWriter(folder / "train", dtype) as train, \
+            IndexedDatasetWriter(folder / "val", dtype) as val:
+        pending: tuple[int, np.ndarray] | None = None  # one document of look-ahead
+        try:
+            for i, (ids, nbytes) in enumerate(docs):
+                if pending is not None:
+                    j, prev = pending
+                    (val if is_val_document(j, domain, val_fraction) else train).add_document(prev)
+                pending = (i, ids)
+                bar.bytes += nbytes
+                total = train.num_tokens + val.num_tokens + len(ids)
+                bar.update(total, i + 1)
+                if max_tokens is not None and total >= max_tokens:
+                    break
+        finally:
+            docs.close()  # stops the worker pool, also on an early break or an error
+        if pending is not None:
+            j, last = pending
+            to_val = is_val_document(j, domain, val_fraction) or (
+                val_fraction > 0 and val.num_documents == 0 and train.num_documents > 0)
+            (val if to_val else train).add_document(last)
+        bar.update(train.num_tokens + val.num_tokens, train.num_documents + val.num_documents, True)
+    return train, val
+
+
 def tokenize_domain(
     inputs: list[str | os.PathLike],
     domain: str,
@@ -245,27 +303,9 @@ def tokenize_domain(
     ``max_tokens`` stops after the document that reaches that many tokens (train + val).
     ``strict`` refuses input that is not valid UTF-8. Returns the domain's manifest entry.
     """
-    mf.check_domain_name(domain)
-    if not 0.0 <= val_fraction < 1.0:
-        raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    if workers < 1:
-        raise UserError(f"workers must be >= 1, got {workers}")
-    if max_tokens is not None and max_tokens <= 0:
-        raise UserError(f"max_tokens must be positive, got {max_tokens}")
+    _check_options(domain, val_fraction, workers, max_tokens)
     paths = expand_inputs(list(inputs))
-    if tokenizer_path is None:
-        tokenizer_path = fetch_assets(log=log).tokenizer
-        tokenizer_name = tokenizer_name or PYTHIA_TOKENIZER_NAME
-    tokenizer_path = Path(tokenizer_path)
-    tok = load_tokenizer(tokenizer_path)
-    tokenizer_path = tokenizer_path / "tokenizer.json" if tokenizer_path.is_dir() else tokenizer_path
-    if eos_id is None:
-        eos_id = tok.token_to_id("<|endoftext|>")
-        if eos_id is None:
-            raise UserError(f"{tokenizer_path}: no <|endoftext|> token; pass the EOS id explicitly")
-    vocab = tok.get_vocab_size(with_added_tokens=True)
-    tokenizer = {"name": tokenizer_name or os.fspath(tokenizer_path),
-                 "sha256": file_sha256(tokenizer_path), "vocab_size": vocab}
+    tok, tokenizer_path, eos_id, tokenizer = _tokenizer(tokenizer_path, tokenizer_name, eos_id, log)
     options = {"text_field": text_field, "doc_sep": doc_sep, "val_fraction": val_fraction,
                "max_tokens": max_tokens, "eos_id": eos_id, "domain": domain}
     fingerprint = input_fingerprint(paths, tokenizer["sha256"], options)
@@ -282,32 +322,10 @@ def tokenize_domain(
     if first is None:
         raise UserError(f"tokenize {domain}: no non-empty document in {', '.join(map(str, paths))}")
     mf.update_manifest(data_dir, tokenizer, domain, None)  # never points at half-rewritten files
-    dtype = dtype_for_vocab(vocab)
-    bar = _Progress(domain, progress)
     docs = _encoded_documents(
         _chunks(itertools.chain([first], texts)), os.fspath(tokenizer_path), eos_id, workers)
-    with IndexedDatasetWriter(data_dir / domain / "train", dtype) as train, \
-            IndexedDatasetWriter(data_dir / domain / "val", dtype) as val:
-        pending: tuple[int, np.ndarray] | None = None  # one document of look-ahead
-        try:
-            for i, (ids, nbytes) in enumerate(docs):
-                if pending is not None:
-                    j, prev = pending
-                    (val if is_val_document(j, domain, val_fraction) else train).add_document(prev)
-                pending = (i, ids)
-                bar.bytes += nbytes
-                total = train.num_tokens + val.num_tokens + len(ids)
-                bar.update(total, i + 1)
-                if max_tokens is not None and total >= max_tokens:
-                    break
-        finally:
-            docs.close()  # stops the worker pool, also on an early break or an error
-        if pending is not None:
-            j, last = pending
-            to_val = is_val_document(j, domain, val_fraction) or (
-                val_fraction > 0 and val.num_documents == 0 and train.num_documents > 0)
-            (val if to_val else train).add_document(last)
-        bar.update(train.num_tokens + val.num_tokens, train.num_documents + val.num_documents, True)
+    train, val = _write_splits(docs, data_dir / domain, dtype_for_vocab(tokenizer["vocab_size"]),
+                               domain, val_fraction, max_tokens, _Progress(domain, progress))
     _report(domain, stats, val.num_documents, val_fraction, log)
     entry = {
         "train": f"{domain}/train", "val": f"{domain}/val",

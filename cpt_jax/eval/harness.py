@@ -160,6 +160,14 @@ if register_model is not None:
     register_model("cpt-jax")(HarnessLM)
 
 
+def check_section(eval_cfg: Any) -> None:
+    """The ``eval`` section's harness keys: ``eval.harness_tasks`` needs lm-eval installed and
+    names at least one task."""
+    if eval_cfg.harness_tasks:
+        require()
+        parse_tasks(eval_cfg.harness_tasks)
+
+
 def parse_tasks(text: str) -> list[str]:
     """Comma-separated harness task (or group) names."""
     names = [t.strip() for t in text.split(",") if t.strip()]

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cpt_jax import checks
 from cpt_jax.errors import UserError
 from cpt_jax.eval.tasks import Task
 from cpt_jax.losses import cross_entropy
@@ -41,6 +42,13 @@ MIN_CONT = 8  # smallest continuation bucket
 CONT_CHUNK = 64  # continuation positions unembedded at once (bounds the [B, C, V] logits)
 
 Pair = tuple[list[int], list[int]]
+
+
+def check_section(eval_cfg: Any) -> None:
+    """The ``eval`` section's zero-shot scoring: batch size > 0, limit >= 0 (the harness keys
+    are ``eval/harness.py``'s)."""
+    checks.positive("eval.batch_size", eval_cfg.batch_size)
+    checks.at_least_zero("eval.limit", eval_cfg.limit, "0 = all")
 
 
 def encode_pairs(tokenizer: Any, contexts: Sequence[str], continuations: Sequence[str],

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cpt_jax.config import comma_list
+from cpt_jax.checks import comma_list
 from cpt_jax.data.manifest import local_data_dir
 from cpt_jax.data.tokenize import load_token_bytes
 from cpt_jax.errors import UserError

@@ -16,68 +16,21 @@ import os
 import time
 from typing import Any
 
-from cpt_jax import checks, storage
-from cpt_jax import config as config_lib
-from cpt_jax.config import comma_list
+from cpt_jax.checks import comma_list
 from cpt_jax.data.pipeline import eval_sets
 from cpt_jax.data.tokenizer import load_tokenizer, pythia_tokenizer
 from cpt_jax.errors import UserError
 from cpt_jax.eval import tasks as tasks_lib
-from cpt_jax.run_dir import CONFIG, EVAL, RunDir
+from cpt_jax.run_dir import EVAL, RunDir, locate
 
 RESULT_NAME = EVAL
 
 
-def check_section(eval_cfg: Any) -> None:
-    """The ``eval`` section (zero-shot tasks): batch size > 0, limit >= 0; harness tasks need
-    lm-eval installed and one process."""
-    checks.positive("eval.batch_size", eval_cfg.batch_size)
-    checks.at_least_zero("eval.limit", eval_cfg.limit, "0 = all")
-    if eval_cfg.harness_tasks:
-        from cpt_jax.eval import harness
-
-        harness.require()
-        harness.parse_tasks(eval_cfg.harness_tasks)
-
-
-def config_from_json(path: str | os.PathLike) -> Any:
-    """A validated config from a run's resolved ``config.json`` (keys unknown today are dropped)."""
-    values = storage.read_json(path)
-    if not isinstance(values, dict) or "model" not in values:
-        raise UserError(f"{path} is not a cpt-jax run config (no 'model' section)")
-    cfg = config_lib.defaults()
-
-    def merge(node: Any, vals: dict) -> None:
-        for key, value in vals.items():
-            if key not in node:
-                continue
-            if isinstance(value, dict):
-                merge(node[key], value)
-            else:
-                node[key] = value
-
-    merge(cfg, values)
-    config_lib.validate(cfg)
-    return cfg
-
-
-def load_config(path: str, overrides: list[str] | tuple[str, ...] = ()) -> Any:
-    """An experiment file (``.py``) or a run's ``config.json``, with ``--config.*`` overrides."""
-    if path.endswith(".json") or storage.path(path).is_dir():
-        cfg = config_from_json(path if path.endswith(".json") else storage.path(path) / CONFIG)
-        config_lib.apply_overrides(cfg, overrides)
-        config_lib.validate(cfg)
-        return cfg
-    return config_lib.load(path, overrides)
-
-
 def run_of(checkpoint: str | os.PathLike) -> RunDir | None:
-    """The run when ``checkpoint`` is a run dir or one of its step dirs, else None."""
-    path = storage.path(checkpoint)
-    for root in (path, path.parent.parent):
-        if RunDir(root).is_run():
-            return RunDir(root)
-    return None
+    """The run when ``checkpoint`` is a run dir or one of its step dirs (``run_dir.locate``),
+    else None."""
+    found = locate(checkpoint)
+    return found.run if found is not None else None
 
 
 def _names(text: str) -> list[str]:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from cpt_jax import storage
-from cpt_jax.config import comma_list
+from cpt_jax.checks import comma_list
 from cpt_jax.errors import UserError
 from cpt_jax.run_dir import CONFIG, EVAL, METRICS, SUMMARY, RunDir
 

@@ -26,18 +26,15 @@ from typing import Any, Iterator
 import jax
 import numpy as np
 
-from cpt_jax import integrity, storage
+from cpt_jax import integrity, run_dir, storage, tree_io
 from cpt_jax.errors import UserError
 from cpt_jax.model import hf, pythia
 from cpt_jax.model.pythia import PythiaConfig
-from cpt_jax.run_dir import CHECKPOINTS, RunDir
+from cpt_jax.run_dir import CHECKPOINTS, MODEL, PARAMS_ITEM, PARAMS_POINTER, RunDir, params_item
 
 Params = dict[str, Any]
 
-MODEL_JSON = "model.json"
-PARAMS_ITEM = "params"
 STAGING = ".partial"  # save_params writes here first (local)
-POINTER = "params.current"  # gs://: names the params item in use
 
 
 def config_to_dict(config: PythiaConfig) -> dict[str, Any]:
@@ -92,22 +89,10 @@ def save_params(path: Any, params: Params, model_config: PythiaConfig) -> Any:
     _write_item(staging / PARAMS_ITEM, params)
     if jax.process_index() != 0:
         return path
-    storage.write_json(staging / MODEL_JSON, config_to_dict(model_config))
+    storage.write_json(staging / MODEL, config_to_dict(model_config))
     _write_records(staging / PARAMS_ITEM, model_config, digest)
     _replace_local(staging, path)
     return path
-
-
-def params_item(path: Any) -> Any:
-    """The params item of the params checkpoint ``path``: the one ``params.current`` names
-    (written on object stores), else ``path/params``."""
-    pointer = path / POINTER
-    if not pointer.exists():
-        return path / PARAMS_ITEM
-    name = pointer.read_text().strip()
-    if not name.startswith(f"{PARAMS_ITEM}.") or "/" in name:
-        raise UserError(f"{pointer} does not name a params item (holds {name[:40]!r})")
-    return path / name
 
 
 def _shared_token() -> str:
@@ -124,7 +109,7 @@ def _shared_token() -> str:
 
 def _write_records(item: Any, model_config: PythiaConfig, digest: dict[str, str]) -> None:
     """The item's own copy of ``model.json`` and its digests."""
-    storage.write_json(item / MODEL_JSON, config_to_dict(model_config))
+    storage.write_json(item / MODEL, config_to_dict(model_config))
     storage.write_json(item / integrity.DIGEST_FILE, digest)
 
 
@@ -135,8 +120,8 @@ def _save_remote(path: Any, params: Params, model_config: PythiaConfig, digest: 
     if jax.process_index() != 0:
         return path
     _write_records(item, model_config, digest)
-    storage.write_text(path / POINTER, item.name)  # the switch: one small object write
-    storage.write_json(path / MODEL_JSON, config_to_dict(model_config))
+    storage.write_text(path / PARAMS_POINTER, item.name)  # the switch: one small object write
+    storage.write_json(path / MODEL, config_to_dict(model_config))
     for old in path.iterdir():  # the previous item (and any an interrupted save left)
         stale = old.name == PARAMS_ITEM or old.name.startswith(f"{PARAMS_ITEM}.")
         if stale and old.name != item.name and old.is_dir() or old.name == STAGING:
@@ -175,7 +160,7 @@ def _replace_local(staging: Any, path: Any) -> None:
         old = src + ".old"
         os.rename(dst, old)
         os.rename(src, dst)
-    os.replace(os.fspath(staging / MODEL_JSON), os.fspath(path / MODEL_JSON))
+    os.replace(os.fspath(staging / MODEL), os.fspath(path / MODEL))
     shutil.rmtree(os.fspath(staging))
 
 
@@ -235,38 +220,36 @@ def _step_config(run: RunDir, step: int) -> PythiaConfig:
     model = (run.step_meta(step) or {}).get("model")
     if isinstance(model, dict):
         return config_from_dict(model, f"checkpoint step {step} ({run.step_dir(step)}) meta")
-    return read_model_json(run.file(MODEL_JSON))
+    return read_model_json(run.file(MODEL))
 
 
 def locate(path: Any) -> tuple[PythiaConfig, Any] | None:
-    """``(config, params item)`` of a params checkpoint, run or step directory; None for a
-    Hugging Face directory."""
+    """``(config, params item)`` of a params checkpoint, run or step directory (the kinds of
+    ``run_dir.locate``); None for a Hugging Face directory."""
     if not path.exists():
         raise UserError(f"checkpoint path {path} does not exist")
     if not path.is_dir():
         raise UserError(f"checkpoint path {path} is not a directory")
-    item = params_item(path)
-    if (path / MODEL_JSON).exists() and item.is_dir():
+    found = run_dir.locate(path)
+    if found is None:
+        raise UserError(f"{path} is neither a params checkpoint (model.json + params/), a run directory, "
+                        "a step directory nor a Hugging Face directory (config.json)")
+    if found.kind == "params":
+        item = params_item(path)
         # a save interrupted after the params swap (its .partial/ is still there) may have left
         # the old model.json: the copy inside the item moved with the params (and on gs://,
         # where the pointer switches first, the item's own copy is the one that matches)
-        inner = item / MODEL_JSON
+        inner = item / MODEL
         own = ((path / STAGING).exists() or item.name != PARAMS_ITEM) and inner.exists()
-        return read_model_json(inner if own else path / MODEL_JSON), item
-    if (path / CHECKPOINTS).is_dir():
-        run = RunDir(path)
-        step = run.latest_step()
+        return read_model_json(inner if own else path / MODEL), item
+    if found.kind == "run":
+        step = found.run.latest_step()
         if step is None:
-            raise UserError(f"no complete checkpoint step with a params item under {run.checkpoints}")
-        return _step_config(run, step), run.step_dir(step) / PARAMS_ITEM
-    if (path / PARAMS_ITEM).is_dir() and path.parent.name == CHECKPOINTS and path.name.isdigit():
-        return _step_config(RunDir(path.parent.parent), int(path.name)), path / PARAMS_ITEM
-    if (path / "config.json").exists():
-        return None
-    raise UserError(
-        f"{path} is neither a params checkpoint (model.json + params/), a run directory, "
-        "a step directory nor a Hugging Face directory (config.json)"
-    )
+            raise UserError(f"no complete checkpoint step with a params item under {found.run.checkpoints}")
+        return _step_config(found.run, step), found.run.step_dir(step) / PARAMS_ITEM
+    if found.kind == "step":
+        return _step_config(found.run, found.step), path / PARAMS_ITEM
+    return None
 
 
 def source_config(path: Any) -> PythiaConfig:
@@ -354,7 +337,7 @@ def _check_shapes(params: Params, config: PythiaConfig, where: Any) -> None:
     expected = jax.eval_shape(lambda: pythia.init_params(config, jax.random.key(0)))
     flat_e = dict(jax.tree_util.tree_flatten_with_path(expected)[0])
     flat_p = dict(jax.tree_util.tree_flatten_with_path(params)[0])
-    name = lambda k: "/".join(str(getattr(p, "key", p)) for p in k)  # noqa: E731
+    name = lambda k: tree_io.path_name(k)  # noqa: E731
     for key, leaf in flat_e.items():
         if key not in flat_p:
             raise UserError(f"{where}: parameter {name(key)} is missing")

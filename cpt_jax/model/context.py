@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-from pathlib import Path
 from typing import Any, NamedTuple
 
 from cpt_jax import checks
 from cpt_jax.errors import UserError
+from cpt_jax.run_dir import CONFIG, MODEL, locate
 
 
 class Source(NamedTuple):
@@ -26,7 +25,7 @@ class Source(NamedTuple):
     rope_scaling: float
 
 
-def _json(path: Path) -> dict | None:
+def _json(path: Any) -> dict | None:
     try:
         value = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -46,27 +45,26 @@ def _hf_rotary(hf: dict) -> tuple[float, float]:
 
 def source_of(init_from: str) -> Source | None:
     """The trained context and rotary settings of a params checkpoint, run dir, step dir or
-    Hugging Face dir, from its JSON files: a run's ``train.seq_len`` when its ``config.json``
-    is there, else ``max_position_embeddings x rope_scaling`` (the context the config check
-    allows). None when not found (or remote)."""
-    if not init_from or "://" in init_from:
+    Hugging Face dir (``run_dir.locate``; local or ``gs://``), from its JSON files: a run's
+    ``train.seq_len`` when its ``config.json`` is there, else ``max_position_embeddings x
+    rope_scaling`` (the context the config check allows). None when not found."""
+    found = locate(init_from) if init_from else None
+    if found is None:
         return None
-    path = Path(os.path.expanduser(init_from))
-    for root in (path, path.parent.parent):  # a params/run dir, or RUN/checkpoints/<step>
-        model = _json(root / "model.json")
-        if model is None:
-            continue
-        run = _json(root / "config.json") or {}
-        train = run.get("train") if isinstance(run.get("train"), dict) else {}
-        scaling = float(model.get("rope_scaling", 1.0))
-        stated = model.get("max_position_embeddings", 0) * scaling
-        return Source(int(train.get("seq_len", stated)),
-                      float(model.get("rotary_emb_base", 10000.0)), scaling)
-    hf = _json(path / "config.json")
-    if hf is None or "max_position_embeddings" not in hf:
+    if found.kind == "hf":
+        hf = _json(found.path / CONFIG)
+        if hf is None or "max_position_embeddings" not in hf:
+            return None
+        base, factor = _hf_rotary(hf)
+        return Source(int(hf["max_position_embeddings"] * factor), base, factor)
+    model = _json(found.model_root / MODEL)
+    if model is None:
         return None
-    base, factor = _hf_rotary(hf)
-    return Source(int(hf["max_position_embeddings"] * factor), base, factor)
+    run = _json(found.model_root / CONFIG) or {}
+    train = run.get("train") if isinstance(run.get("train"), dict) else {}
+    scaling = float(model.get("rope_scaling", 1.0))
+    stated = model.get("max_position_embeddings", 0) * scaling
+    return Source(int(train.get("seq_len", stated)), float(model.get("rotary_emb_base", 10000.0)), scaling)
 
 
 def check_context(model: Any, seq_len: int) -> None:

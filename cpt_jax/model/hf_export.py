@@ -32,6 +32,7 @@ from cpt_jax.data.tokenizer import PYTHIA_TOKENIZER_NAME, PYTHIA_TOKENIZER_SHA25
 from cpt_jax.errors import UserError
 from cpt_jax.model import hf, weight_files
 from cpt_jax.model.pythia import Params, PythiaConfig
+from cpt_jax.run_dir import CHECKPOINTS, CONFIG
 
 DEFAULT_MAX_SHARD_SIZE = "5GB"  # transformers 4.x save_pretrained's default
 EOS_TOKEN = "<|endoftext|>"
@@ -158,9 +159,9 @@ def find_tokenizer(source: str, depth: int = 8) -> str | None:
     text = _read_text(path / "tokenizer.json")
     if text is not None or depth <= 0:
         return text
-    root = path.parent.parent if path.parent.name == "checkpoints" else path
+    root = path.parent.parent if path.parent.name == CHECKPOINTS else path
     try:
-        run_cfg = json.loads(_read_text(root / "config.json") or "null")
+        run_cfg = json.loads(_read_text(root / CONFIG) or "null")
     except ValueError:
         return None
     if not isinstance(run_cfg, dict) or not isinstance(run_cfg.get("train"), dict):

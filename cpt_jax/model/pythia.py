@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cpt_jax import checks, layout
+from cpt_jax import checks, layout, tree_io
 from cpt_jax.errors import UserError
 from cpt_jax.model import attention as attn_lib
 from cpt_jax.model.context import check_context, rope_warning
@@ -206,7 +206,7 @@ def logical_axes(params: Params) -> Params:
     }
 
     def lookup(path: tuple, leaf: Any) -> tuple[str, ...]:
-        keys = [getattr(p, "key", str(p)) for p in path]
+        keys = tree_io.path_name(path).split("/")
         for name in ["/".join(keys[-2:]), *reversed(keys)]:
             if name in names:
                 return names[name]
@@ -215,10 +215,12 @@ def logical_axes(params: Params) -> Params:
     return jax.tree_util.tree_map_with_path(lookup, params)
 
 
-def count_params(config: PythiaConfig) -> int:
-    """Total parameters, from shapes only (``jax.eval_shape``, nothing allocated)."""
-    shapes = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
-    return sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
+def count_params(model: PythiaConfig | Params) -> int:
+    """Total parameters N of a config (from shapes only: ``jax.eval_shape``, nothing allocated)
+    or of a params tree (arrays or ``ShapeDtypeStruct``s); every count in cpt-jax is this one."""
+    if isinstance(model, PythiaConfig):
+        model = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(model))
 
 
 # ---------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from typing import Any
 
 import jax
 
-from cpt_jax.config import comma_list
+from cpt_jax.checks import comma_list
 from cpt_jax.errors import UserError
 
 GIB = 1 << 30

@@ -33,7 +33,7 @@ import numpy as np
 from cpt_jax import checks, integrity, storage, tree_io
 from cpt_jax.errors import UserError
 from cpt_jax.model.checkpoint import restore_params_item
-from cpt_jax.run_dir import RunDir
+from cpt_jax.run_dir import PARAMS_ITEM, RunDir
 from cpt_jax.train.collective import main_checks
 from cpt_jax.train.state import TrainState
 
@@ -181,4 +181,4 @@ def restore_params(step_dir: Any, shardings: Any = None) -> dict[str, Any]:
     """The ``params`` item of one step directory ``RUN/checkpoints/<step>``, placed with
     ``shardings`` (a tree of NamedShardings matching the params) or on this process's first
     device when None."""
-    return restore_params_item(storage.path(step_dir) / "params", shardings)
+    return restore_params_item(storage.path(step_dir) / PARAMS_ITEM, shardings)

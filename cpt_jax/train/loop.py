@@ -30,7 +30,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from cpt_jax import checks, sharding, storage, vocab
+from cpt_jax import checks, sharding, storage, tree_io, vocab
 from cpt_jax.config import to_dict
 from cpt_jax.errors import UserError
 from cpt_jax.eval.perplexity import evaluate, to_metrics, token_bytes_for
@@ -110,7 +110,7 @@ def _check_init_from(path: str, abstract: Any, mcfg: pythia.PythiaConfig) -> Non
     flat_a = jax.tree_util.tree_flatten_with_path(abstract)[0]
     flat_p = dict(jax.tree_util.tree_flatten_with_path(expected)[0])
     for key, leaf in flat_a:
-        name = "/".join(str(getattr(k, "key", k)) for k in key)
+        name = tree_io.path_name(key)
         if key not in flat_p or tuple(flat_p[key].shape) != tuple(leaf.shape):
             got = tuple(flat_p[key].shape) if key in flat_p else "missing"
             raise UserError(
@@ -265,7 +265,7 @@ def _train(cfg: Any, plan: _Plan, opened: OpenedRun, eval_sets: Any, wall0: floa
     record, model_record = run_record(to_dict(cfg)), config_to_dict(mcfg)  # stored in each step
     if main:
         run.write_json(MODEL, model_record)
-    n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_params))
+    n_params = pythia.count_params(abstract_params)
     flops_tok = flops_per_token(mcfg, t, n_params)
     peak = peak_flops(jax.devices()[0])
     peak_total = peak * jax.device_count() if peak else None

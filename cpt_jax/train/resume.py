@@ -22,7 +22,7 @@ import numpy as np
 from cpt_jax.config import to_dict
 from cpt_jax.errors import UserError
 from cpt_jax.lease import Lease
-from cpt_jax.run_dir import SUMMARY, RunDir, check_config, record_config
+from cpt_jax.run_dir import LEASE, SUMMARY, RunDir, check_config, record_config
 from cpt_jax.train.collective import everywhere, from_main, on_all
 
 Log = Callable[[str], None]
@@ -79,7 +79,7 @@ def open_run(cfg: Any, log: Log = _stderr) -> OpenedRun:
         try:  # a finished run is refused before anything (even the lease) is written
             _check_not_finished(run, int(cfg.train.steps), bool(cfg.train.get("force", False)))
             run.root.mkdir(parents=True, exist_ok=True)
-            lease = Lease(run.file("lease.json"), cfg.train.lease_timeout_s, log)
+            lease = Lease(run.file(LEASE), cfg.train.lease_timeout_s, log)
             lease.acquire()
         except UserError as err:
             lease, error = None, str(err)

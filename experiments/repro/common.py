@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from cpt_jax import config as config_lib
+from cpt_jax import configure
 from cpt_jax import experiment
 from cpt_jax.errors import UserError
 from cpt_jax.run_dir import RunDir
@@ -58,7 +59,7 @@ class Context:
 
     def load(self, name: str, run_dir: Path | str | None = None, extra: Sequence[str] = ()) -> Any:
         """The config of ``configs/repro_<name>.py`` with this context's overrides."""
-        return config_lib.load(self.config_file(name), self.overrides(run_dir or self.part_dir(name), extra))
+        return configure.load(self.config_file(name), self.overrides(run_dir or self.part_dir(name), extra))
 
     def experiment(self, name: str, extra: Sequence[str] = (), only: Iterable[str] | None = None,
                    run_dir: Path | str | None = None) -> tuple[Any, list[dict], dict[str, dict]]:

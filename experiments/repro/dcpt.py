@@ -19,8 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from cpt_jax import config as config_lib
-from cpt_jax import dcpt, experiment
+from cpt_jax import checks, dcpt, experiment
 from cpt_jax.dcpt_ratio import best_domain_ratio, curves
 from cpt_jax.errors import UserError
 from experiments.repro import settings, stats
@@ -45,7 +44,7 @@ def non_embedding_params(cfg) -> int:
 
 
 def _ratio(cfg) -> float:
-    return float(config_lib.comma_list(cfg.data.weights)[0].split("=")[1])
+    return float(checks.comma_list(cfg.data.weights)[0].split("=")[1])
 
 
 def law_points(shared, runs: list[dict], root: Path, seed: int) -> tuple[dcpt.Results, dict[int, int]]:

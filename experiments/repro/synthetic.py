@@ -79,7 +79,7 @@ def train_bpe(texts: list[str], vocab_size: int, path: Path) -> Path:
 def build(root: Path, size: str = "tiny", seed: int = 0) -> Path:
     """Write the corpus of ``SHAPES[size]`` under ``root/data`` and return that DATA_DIR
     (a finished one is returned as it is)."""
-    from cpt_jax.cli import main
+    from cpt_jax.data.tokenize import tokenize_domain
 
     shape, data = SHAPES[size], Path(root) / "data"
     manifest = data / "manifest.json"
@@ -95,8 +95,6 @@ def build(root: Path, size: str = "tiny", seed: int = 0) -> Path:
         path = raw / f"{domain}.jsonl.gz"
         with gzip.open(path, "wt", encoding="utf-8") as f:
             f.writelines(json.dumps({"text": t}) + "\n" for t in docs)
-        code = main(["tokenize", "--input", str(path), "--domain", domain, "--out", str(data),
-                     "--tokenizer", str(tokenizer), "--val-fraction", "0.2", "--workers", "1"])
-        if code != 0:
-            raise RuntimeError(f"tokenizing the synthetic {domain} failed")
+        tokenize_domain([path], domain, data, tokenizer, val_fraction=0.2, workers=1, progress=False,
+                        log=lambda line: None)
     return data

@@ -28,6 +28,7 @@ from cpt_jax.data.manifest import load_manifest, local_data_dir
 from cpt_jax.data.tokenize import is_val_document, load_token_bytes, tokenize_domain
 from cpt_jax.errors import UserError
 from cpt_jax.eval.report_plots import pyplot, save_figure
+from cpt_jax.vocab import extend_checkpoint
 from experiments.repro import common, settings, stats, vocab_eval
 from experiments.repro.common import Context, Section, md_table, mean_sd, rewarm_text
 
@@ -57,7 +58,6 @@ def _write_jsonl(path: Path, docs: list[str]) -> None:
 def prepare(ctx: Context, domain: str, pretrained: str) -> dict:
     """Extend the tokenizer on the domain's training documents, re-tokenize the domain, check
     that both tokenizations split the same documents. Returns paths and counts."""
-    from cpt_jax.cli import main
     from cpt_jax.data.tokenizer import PYTHIA_TOKENIZER_NAME, fetch_assets, file_sha256
 
     work = ctx.part_dir(PART)
@@ -84,10 +84,7 @@ def prepare(ctx: Context, domain: str, pretrained: str) -> dict:
     ext = work / "extend"
     if not (ext / "vocab.json").is_file():
         new_tokens = ctx.module(PART).NEW_TOKENS[ctx.size]
-        code = main(["vocab", "extend", "--base-tokenizer", str(base_tok), "--corpus", str(train_file),
-                     "--new-tokens", str(new_tokens), "--checkpoint", pretrained, "--out", str(ext)])
-        if code != 0:
-            raise UserError("cpt-jax vocab extend failed")
+        extend_checkpoint(pretrained, [str(train_file)], new_tokens, str(ext), base_tokenizer=str(base_tok))
     data = work / "data"
     new = tokenize_domain([all_file], domain, data, ext / "tokenizer.json", val_fraction=frac,
                           workers=1, progress=False, log=ctx.log)
