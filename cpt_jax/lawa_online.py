@@ -78,12 +78,13 @@ class OnlineLawa:
         self._protected: int | None = None  # disk: oldest step a saved checkpoint still needs
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "OnlineLawa | None":
-        """From the ``lawa`` config section; None when both LAWA (k = 0) and EMA are off."""
-        lw = cfg.lawa
+    def from_config(cls, lawa_cfg: Any, run_dir: str) -> "OnlineLawa | None":
+        """From the ``lawa`` config section (disk snapshots under ``run_dir``); None when both
+        LAWA (k = 0) and EMA are off."""
+        lw = lawa_cfg
         if lw.k == 0 and lw.ema == 0.0:
             return None
-        return cls(lw.k, lw.every, lw.store, lw.ema, cfg.run_dir)
+        return cls(lw.k, lw.every, lw.store, lw.ema, run_dir)
 
     # -- per step ---------------------------------------------------------------------
 

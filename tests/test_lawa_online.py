@@ -72,10 +72,10 @@ def test_resume_from_state_continues_the_same_averages(store, tmp_path):
 
 def test_config_section():
     cfg = config_lib.defaults()
-    assert OnlineLawa.from_config(cfg) is None
+    assert OnlineLawa.from_config(cfg.lawa, cfg.run_dir) is None
     cfg.lawa.k, cfg.lawa.every = 5, 20
     config_lib.validate(cfg)
-    w = OnlineLawa.from_config(cfg)
+    w = OnlineLawa.from_config(cfg.lawa, cfg.run_dir)
     assert (w.k, w.every, w.store, w.beta) == (5, 20, "host", 0.0)
     cfg.lawa.store = "ram"
     with pytest.raises(config_lib.UserError, match="lawa.store 'ram' is not one of host, disk"):

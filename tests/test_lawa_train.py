@@ -31,7 +31,7 @@ class Data:
     def __init__(self, cfg, kill_at=None):
         from cpt_jax.data.pipeline import TrainData
 
-        self.inner, self.kill_at = TrainData(cfg), kill_at
+        self.inner, self.kill_at = TrainData.from_config(cfg), kill_at
         self.domains = self.inner.domains
 
     def batch(self, step):

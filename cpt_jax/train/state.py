@@ -1,4 +1,5 @@
-"""The training state carried from step to step (and saved in checkpoints)."""
+"""The training state carried from step to step (and saved in checkpoints), and where a run's
+first state comes from (``start_state``: resume, ``train.init_from`` or a fresh start)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,15 @@ import numpy as np
 import optax
 from flax import struct
 
-from cpt_jax import sharding
+from cpt_jax import sharding, storage
+from cpt_jax.errors import UserError
 from cpt_jax.model import pythia
+from cpt_jax.model.checkpoint import load_params, source_config
+from cpt_jax.train.resume import restore_newest
+
+# architecture a train.init_from checkpoint must share with cfg.model (num_heads is not implied
+# by any tensor's shape; the context and rotary base may change on purpose)
+_ARCH_FIELDS = ("num_heads", "use_parallel_residual", "rotary_pct", "hidden_act", "attention_bias")
 
 
 @struct.dataclass
@@ -64,3 +72,63 @@ def fresh_state(model_config: pythia.PythiaConfig, tx: optax.GradientTransformat
         opt_state=jax.jit(tx.init, out_shardings=shard.opt_state)(params),
         extras=jax.device_put(extras, shard.extras),
     )
+
+
+def check_init_from(path: str, abstract: Any, mcfg: pythia.PythiaConfig) -> None:
+    """``train.init_from`` must hold the configured architecture (its model.json or HF
+    config.json, then every parameter's shape), checked before anything is read or written."""
+    src = source_config(path)
+    for f in _ARCH_FIELDS:
+        if getattr(src, f) != getattr(mcfg, f):
+            raise UserError(
+                f"train.init_from {path}: model.{f} is {getattr(src, f)!r} there but "
+                f"{getattr(mcfg, f)!r} in the config"
+            )
+    expected = jax.eval_shape(lambda: pythia.init_params(src, jax.random.key(0)))
+    flat_a = jax.tree_util.tree_flatten_with_path(abstract)[0]
+    flat_p = dict(jax.tree_util.tree_flatten_with_path(expected)[0])
+    for key, leaf in flat_a:
+        name = "/".join(str(getattr(k, "key", k)) for k in key)
+        if key not in flat_p or tuple(flat_p[key].shape) != tuple(leaf.shape):
+            got = tuple(flat_p[key].shape) if key in flat_p else "missing"
+            raise UserError(
+                f"train.init_from {path}: parameter {name} is {got}, the config's model needs "
+                f"{tuple(leaf.shape)}"
+            )
+
+
+def init_params_from(path: str, abstract: Any, shardings: Any) -> Any:
+    """Weights of ``train.init_from`` (checked by ``check_init_from``), restored straight into
+    ``shardings`` (each process reads its own shards) and cast to the model's dtypes."""
+    params, _ = load_params(path, shardings, hint="train.init_from needs finite weights")
+    if not all(isinstance(x, jax.Array) and x.sharding == s for x, s in
+               zip(jax.tree.leaves(params), jax.tree.leaves(shardings))):  # a Hugging Face dir
+        params = sharding.put_global(jax.tree.map(np.asarray, params), shardings)
+    cast = jax.jit(lambda p: jax.tree.map(lambda x, a: x.astype(a.dtype), p, abstract),
+                   out_shardings=shardings)
+    return cast(params)
+
+
+def start_state(plan: Any, run: Any, resumed: int | None, checkpoints: Any, *, init_from: str,
+                seed: int, timeout_s: float) -> tuple[TrainState, int | None]:
+    """The run's first state and the step it resumed from (None when it did not), in this
+    order of precedence: the newest restorable checkpoint at or before ``resumed`` (params,
+    optimizer state, extras, step; the data source refuses changed domain ids), the weights
+    of ``init_from`` with a fresh optimizer state at step 0, Pythia's initialisation with
+    ``seed``. ``plan`` is the loop's plan (model, optimizer, objective, shapes, shardings)."""
+    if resumed is None:
+        params = init_params_from(init_from, plan.abstract.params, plan.shard.params) if init_from else None
+        return fresh_state(plan.mcfg, plan.tx, plan.shard, seed, params, plan.objective), None
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          plan.abstract, plan.shard)
+    with storage.Deadline(timeout_s, f"restoring from {run.checkpoints}"):
+        state, meta, resumed = restore_newest(checkpoints, run, resumed, target)
+    if isinstance(meta.get("data"), dict) and "domains" in meta["data"]:
+        plan.data.resume_step(meta["data"])  # refuses a checkpoint whose domain ids differ
+    # A step saved without extras (orbax writes no empty tree: the run's objective kept none
+    # then) restores them as the target's ShapeDtypeStructs; the objective starts them afresh
+    # from the restored params, as it would at step 0.
+    if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(state.extras)):
+        extras = jax.device_put(plan.objective.init_extras(state.params), plan.shard.extras)
+        state = state.replace(extras=extras)
+    return state, resumed
