@@ -76,7 +76,7 @@ def verify_step(run: RunDir, step: int) -> str:
     meta = run.step_meta(step) or {}
     digest = meta.get("digest")
     n = nonfinite = 0
-    for item in ("params", "opt_state", "extras"):
+    for item in ("params", "opt_state", "extras", "ema"):
         if not (step_dir / item).is_dir():
             continue
         k, bad = _check_arrays(iter_arrays(step_dir / item), (digest or {}).get(item), where, item)

@@ -28,6 +28,7 @@ from cpt_jax.errors import UserError
 from cpt_jax.eval.perplexity import evaluate, to_metrics
 from cpt_jax.train.metrics import MetricsWriter, Window
 from cpt_jax.train.signals import StopFlag
+from cpt_jax.train.state import ema_params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +128,7 @@ class LogHook:
 @dataclasses.dataclass
 class Evaluator:
     """Held-out loss of the live params on ``sets`` (bits per byte with ``token_bytes``), the
-    online LAWA average and EMA beside them, and the harness tasks; one metrics line."""
+    online LAWA average and the state's EMA beside them, and the harness tasks; one metrics line."""
 
     writer: MetricsWriter
     model_config: Any
@@ -145,8 +146,11 @@ class Evaluator:
             return {}
         res = self.score(state.params) if self.sets else {}
         rec: dict[str, Any] = {"step": step, **(to_metrics(res) if res else {})}
-        if self.lawa is not None and self.sets:  # eval_lawa/... and eval_ema/... beside the raw model
+        if self.lawa is not None and self.sets:  # eval_lawa/... beside the raw model
             rec.update(self.lawa.eval_metrics(self.score, state.params))
+        ema = ema_params(state) if self.sets else None
+        if ema is not None:  # eval_ema/...
+            rec.update(to_metrics(self.score(ema), prefix="eval_ema"))
         if self.harness is not None:  # harness/<task>/<metric>, in process on the live params
             rec.update(self.harness(state.params))
         self.writer.write(rec)

@@ -153,7 +153,7 @@ def _plan(cfg: Any, objective: Objective | None, trainable: Any, data: Any) -> _
                             f"model.vocab_size = {mcfg.vocab_size}")
         trainable = vocab.embedding_only_mask(abstract_params, rows)
     tx = make_optimizer(cfg.optim, schedule, trainable)
-    abstract = abstract_state(mcfg, tx, objective)
+    abstract = abstract_state(mcfg, tx, objective, ema=cfg.lawa.ema > 0)
     shard = state_shardings(abstract, mesh)  # UserError for indivisible dims, before compiling
     if cfg.train.init_from and RunDir(cfg.run_dir).latest_step() is None:  # not a resume
         check_init_from(cfg.train.init_from, abstract_params, mcfg)
@@ -170,14 +170,14 @@ def _train(cfg: Any, plan: _Plan, opened: OpenedRun, eval_sets: Any, wall0: floa
     banner.show(cfg, plan, opened)  # what this run does, before its first step
     lawa = OnlineLawa.from_config(cfg.lawa, cfg.run_dir)  # online LAWA (docs/lawa.md); None when off
     if lawa is not None and resumed is not None:
-        lawa.load_state(ckpts.restore_host_item(resumed, "lawa") or {}, like=state.params)
+        lawa.load_state(ckpts.restore_host_item(resumed, "lawa") or {})
     record = {"run": run_record(to_dict(cfg)), "model": config_to_dict(plan.mcfg)}  # in each step
     if main:
         run.write_json(MODEL, record["model"])
     writer = MetricsWriter(run.root, main, cfg.logging.tensorboard, cfg.train.progress,
                            keep_until=resumed, config=to_dict(cfg))
     train_step = make_train_step(plan.objective, plan.tx, plan.schedule, plan.shard, plan.mesh,
-                                 cfg.train.micro_batches)
+                                 cfg.train.micro_batches, cfg.lawa.ema)
     # prints its memory and stops if it cannot fit
     banner.compile_step(train_step, state, sharding.abstract_batch(plan.mesh, b, t))
     evaluator = _evaluator(cfg, plan, writer, lawa, eval_sets, run.root)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
@@ -25,12 +26,29 @@ _ARCH_FIELDS = ("num_heads", "use_parallel_residual", "rotary_pct", "hidden_act"
 class TrainState:
     """``step`` t (int32 scalar, optimizer steps done), ``params`` theta (plain nested dict),
     ``opt_state`` (AdamW mu / nu / counts, fp32), ``extras`` (objective state, e.g. DoReMi's
-    domain weights alpha; ``{}`` for plain next-token training)."""
+    domain weights alpha; ``{}`` for plain next-token training), ``ema`` (the online EMA of
+    the params, ``init_ema``; ``{}`` when ``lawa.ema`` is 0)."""
 
     step: jax.Array
     params: Any
     opt_state: optax.OptState
     extras: dict[str, Any]
+    ema: dict[str, Any] = struct.field(default_factory=dict)
+
+
+def init_ema(params: Any) -> dict[str, Any]:
+    """The EMA before its first update: ``{"params": theta_ema (fp32), "count": n}`` with n = 0
+    updates so far (the first update sets theta_ema to the params it sees, ``step.update_ema``).
+    theta_ema is a copy even of fp32 params: the step donates both, so they must not share a buffer."""
+    copy = lambda p: jnp.array(p, dtype=jnp.float32, copy=True)  # noqa: E731
+    return {"params": jax.tree.map(copy, params), "count": np.int32(0)}
+
+
+def ema_params(state: TrainState) -> Any:
+    """theta_ema cast to the params' dtypes, or None when the EMA is off or not updated yet."""
+    if not state.ema or int(jax.device_get(state.ema["count"])) == 0:
+        return None
+    return jax.tree.map(lambda e, p: e.astype(p.dtype), state.ema["params"], state.params)
 
 
 def state_shardings(abstract: TrainState, mesh: Any) -> TrainState:
@@ -42,17 +60,19 @@ def state_shardings(abstract: TrainState, mesh: Any) -> TrainState:
         params=p,
         opt_state=sharding.like_params(abstract.opt_state, abstract.params, p, mesh),
         extras=sharding.like_params(abstract.extras, abstract.params, p, mesh),
+        ema=sharding.like_params(abstract.ema, abstract.params, p, mesh),
     )
 
 
 def abstract_state(model_config: pythia.PythiaConfig, tx: optax.GradientTransformation,
-                   objective: Any = None) -> TrainState:
+                   objective: Any = None, ema: bool = False) -> TrainState:
     """ShapeDtypeStructs of the whole train state (nothing allocated); ``objective`` supplies
-    the extras (none when None)."""
+    the extras (none when None); ``ema``: whether the state carries the params' EMA."""
     params = jax.eval_shape(lambda: pythia.init_params(model_config, jax.random.key(0)))
     extras = jax.eval_shape(objective.init_extras, params) if objective is not None else {}
     return TrainState(step=jax.ShapeDtypeStruct((), np.int32), params=params,
-                      opt_state=jax.eval_shape(tx.init, params), extras=extras)
+                      opt_state=jax.eval_shape(tx.init, params), extras=extras,
+                      ema=jax.eval_shape(init_ema, params) if ema else {})
 
 
 def fresh_state(model_config: pythia.PythiaConfig, tx: optax.GradientTransformation,
@@ -61,7 +81,7 @@ def fresh_state(model_config: pythia.PythiaConfig, tx: optax.GradientTransformat
     """Step 0 on the mesh: ``params`` (already placed with ``shard.params``) or Pythia's
     initialisation with ``seed``, a fresh optimizer state, the objective's initial extras
     (placed eagerly: a jitted init would bake captured arrays such as DoReMi's reference
-    weights into the program as constants)."""
+    weights into the program as constants), and a fresh EMA when ``shard`` has one."""
     if params is None:
         init = jax.jit(lambda k: pythia.init_params(model_config, k), out_shardings=shard.params)
         params = init(jax.random.key(seed))
@@ -71,6 +91,7 @@ def fresh_state(model_config: pythia.PythiaConfig, tx: optax.GradientTransformat
         params=params,
         opt_state=jax.jit(tx.init, out_shardings=shard.opt_state)(params),
         extras=jax.device_put(extras, shard.extras),
+        ema=jax.jit(init_ema, out_shardings=shard.ema)(params) if shard.ema else {},
     )
 
 
@@ -125,10 +146,16 @@ def start_state(plan: Any, run: Any, resumed: int | None, checkpoints: Any, *, i
         state, meta, resumed = restore_newest(checkpoints, run, resumed, target)
     if isinstance(meta.get("data"), dict) and "domains" in meta["data"]:
         plan.data.resume_step(meta["data"])  # refuses a checkpoint whose domain ids differ
-    # A step saved without extras (orbax writes no empty tree: the run's objective kept none
-    # then) restores them as the target's ShapeDtypeStructs; the objective starts them afresh
-    # from the restored params, as it would at step 0.
-    if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(state.extras)):
+    # A step saved without extras or EMA (orbax writes no empty tree: the run's objective kept
+    # none then, or lawa.ema was 0) restores them as the target's ShapeDtypeStructs; they start
+    # afresh from the restored params, as at step 0 (the EMA from the first params after this).
+    if _unrestored(state.extras):
         extras = jax.device_put(plan.objective.init_extras(state.params), plan.shard.extras)
         state = state.replace(extras=extras)
+    if _unrestored(state.ema):
+        state = state.replace(ema=jax.jit(init_ema, out_shardings=plan.shard.ema)(state.params))
     return state, resumed
+
+
+def _unrestored(tree: Any) -> bool:
+    return any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(tree))
