@@ -9,7 +9,11 @@
    at once when the run already finished;
 2. ``train.init_from`` (a params checkpoint, run, step or Hugging Face directory): those
    weights with a fresh optimizer state and step 0 -- the continual-pretraining start;
-3. Pythia's initialisation with ``seed``.
+3. Pythia's initialisation with ``seed``
+
+(``train.state.start_state``). The step is compiled before the first batch; after each step
+``train.hooks`` fetches the previous step's metrics, writes the log line, saves the checkpoint
+and evaluates, each on its own cadence.
 
 SIGTERM / SIGHUP / SIGINT (``train.signals``): the current step finishes, a checkpoint is saved,
 the run returns a summary with ``"interrupted"`` set to the signal (the ``train`` verb exits 0
@@ -181,13 +185,15 @@ def _train(cfg: Any, plan: _Plan, opened: OpenedRun, eval_sets: Any, wall0: floa
     # prints its memory and stops if it cannot fit
     banner.compile_step(train_step, state, sharding.abstract_batch(plan.mesh, b, t))
     evaluator = _evaluator(cfg, plan, writer, lawa, eval_sets, run.root)
-    start, window = int(jax.device_get(state.step)), Window()
-    hooks = Hooks(MetricsDrain(window, cfg.optim.skip_nonfinite, lambda: hooks.checkpoint.last_saved),
-                  _log_hook(cfg, plan, writer, window),
-                  EvalHook(Cadence(cfg.train.eval_every, eval_steps(cfg.train)), evaluator, cfg.train.steps),
-                  CheckpointHook(Cadence(cfg.checkpoint.every, frozenset({cfg.train.steps})), ckpts,
-                                 plan.data, writer, record, b * t, wall0, timeout, resumed, lawa),
-                  StopFlag(start), lawa)
+    start = int(jax.device_get(state.step))
+    checkpoint = CheckpointHook(Cadence(cfg.checkpoint.every, frozenset({cfg.train.steps})), ckpts,
+                                plan.data, writer, record, tokens_per_step=b * t, wall0=wall0,
+                                timeout_s=timeout, last_saved=resumed, lawa=lawa)
+    log = _log_hook(cfg, plan, writer)
+    hooks = Hooks(drain=MetricsDrain(log.window, cfg.optim.skip_nonfinite, lambda: checkpoint.last_saved),
+                  log=log, checkpoint=checkpoint, stop=StopFlag(start), lawa=lawa,
+                  evaluate=EvalHook(Cadence(cfg.train.eval_every, eval_steps(cfg.train)), evaluator,
+                                    cfg.train.steps))
     hooks.stop.install()
     if resumed is None and cfg.train.init_from and hooks.evaluate.cadence.ever:
         evaluator(0, state)  # the starting point of a continuation: learning and forgetting start here
@@ -234,12 +240,12 @@ def _steps(cfg: Any, plan: _Plan, state: TrainState, train_step: Any, hooks: Hoo
     return done, interrupted
 
 
-def _log_hook(cfg: Any, plan: _Plan, writer: MetricsWriter, window: Window) -> LogHook:
+def _log_hook(cfg: Any, plan: _Plan, writer: MetricsWriter) -> LogHook:
     """The train-metrics line every ``train.log_every`` steps and at the last, with MFU."""
     t = cfg.train
     n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(plan.abstract.params))
     peak = peak_flops(jax.devices()[0])
-    return LogHook(Cadence(t.log_every, frozenset({t.steps})), writer, window, list(plan.data.domains),
+    return LogHook(Cadence(t.log_every, frozenset({t.steps})), writer, Window(), list(plan.data.domains),
                    t.steps, t.batch_size * t.seq_len, flops_per_token(plan.mcfg, t.seq_len, n_params),
                    peak * jax.device_count() if peak else None)
 
