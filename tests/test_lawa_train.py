@@ -93,6 +93,38 @@ def test_online_average_after_resume_equals_uninterrupted(runs):
         np.testing.assert_array_equal(fa[k], fb[k])
 
 
+def test_a_checkpoint_that_kept_the_ema_in_its_lawa_item_continues_it(runs, tmp_path):
+    """Checkpoints written before the EMA joined the train state kept it in the ``lawa`` item."""
+    import shutil
+
+    import orbax.checkpoint as ocp
+
+    from cpt_jax.train.checkpoint import RunCheckpoints
+
+    a, _ = runs
+    old = tmp_path / "old"
+    shutil.copytree(a, old)
+    (old / "summary.json").unlink()
+    for step in (6, 8):
+        shutil.rmtree(old / "checkpoints" / str(step))
+    step4 = old / "checkpoints" / "4"
+    ckpts = RunCheckpoints(str(old), config_lib.load(TINY, OVERRIDES).checkpoint)
+    lawa, ema = ckpts.restore_host_item(4, "lawa"), ckpts.restore_host_item(4, "ema")
+    shutil.rmtree(step4 / "lawa")
+    shutil.rmtree(step4 / "ema")
+    with ocp.StandardCheckpointer() as ckptr:  # the former layout: {steps, snapshots, ema}
+        ckptr.save(step4 / "lawa", {**lawa, "ema": ema["params"]})
+    assert train(str(old))["resumed_from"] == 4
+    cfg = config_lib.load(TINY, OVERRIDES)
+    got = RunCheckpoints(str(old), cfg.checkpoint).restore_host_item(8, "ema")
+    want = RunCheckpoints(a, cfg.checkpoint).restore_host_item(8, "ema")
+    assert int(got["count"]) == 8  # taken as the step (4), then 4 updates
+    fa, fb = tree_io.flatten(got["params"]), tree_io.flatten(want["params"])
+    assert fa.keys() == fb.keys()
+    for k in fa:
+        np.testing.assert_array_equal(fa[k], fb[k])
+
+
 def test_an_ema_switched_on_at_a_resume_starts_from_the_first_params_after_it(tmp_path):
     from cpt_jax.train import loop
     from cpt_jax.train.checkpoint import RunCheckpoints

@@ -153,9 +153,21 @@ def start_state(plan: Any, run: Any, resumed: int | None, checkpoints: Any, *, i
         extras = jax.device_put(plan.objective.init_extras(state.params), plan.shard.extras)
         state = state.replace(extras=extras)
     if _unrestored(state.ema):
-        state = state.replace(ema=jax.jit(init_ema, out_shardings=plan.shard.ema)(state.params))
+        state = state.replace(ema=_ema_at_resume(checkpoints, resumed, state.params, plan.shard.ema))
     return state, resumed
 
 
 def _unrestored(tree: Any) -> bool:
     return any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(tree))
+
+
+def _ema_at_resume(checkpoints: Any, step: int, params: Any, shardings: dict[str, Any]) -> dict[str, Any]:
+    """The EMA of a step saved without an ``ema`` item: the one a checkpoint written before the
+    EMA joined the train state kept in its ``lawa`` item (fp32 params; its update count taken
+    as the step), else a fresh one."""
+    old = (checkpoints.restore_host_item(step, "lawa") or {}).get("ema")
+    if old is None:
+        return jax.jit(init_ema, out_shardings=shardings)(params)
+    f32 = jax.tree.map(lambda x: np.asarray(x, np.float32), old)
+    return {"params": sharding.put_global(f32, shardings["params"]),
+            "count": jax.device_put(np.int32(step), shardings["count"])}
