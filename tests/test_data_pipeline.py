@@ -268,6 +268,20 @@ def test_worker_processes_keep_the_order(data_dir):
         assert np.array_equal(b["tokens"], want["tokens"]) and np.array_equal(b["domain"], want["domain"])
 
 
+def test_one_catalog_serves_batches_eval_sets_and_the_banner(data_dir):
+    from cpt_jax.train import banner
+
+    root, streams = data_dir
+    cfg = make_cfg(root, domains="web", replay_domains="old", replay_fraction=0.25)
+    catalog = Catalog.from_config(cfg)
+    td = TrainData(cfg.train, catalog)
+    want = f"tokenized {root}: web {len(streams['web']):,} tokens, old {len(streams['old']):,} tokens"
+    assert td.describe() == want
+    # q = 0.25 x 8 = 2 replayed sequences per batch: shares 6/8 and 2/8
+    assert banner._mixture(cfg, td) == "web 75.0%, old 25.0% (replay: 2 of 8 sequences per batch from old)"
+    assert list(eval_sets(cfg.train, catalog)) == td.domains
+
+
 def test_resume_through_an_orbax_checkpoint(data_dir, tmp_path):
     import orbax.checkpoint as ocp
 
@@ -291,7 +305,7 @@ def test_long_threshold_config_filters_main_domains(data_dir):
 
     root, _ = data_dir
     td = TrainData.from_config(make_cfg(root, domains="web", replay_domains="old", replay_fraction=0.25,
-                            long_threshold=40, long_keep=0.0))
+                                        long_threshold=40, long_keep=0.0))
     sizes = np.asarray(IndexedDataset(os.path.join(root, "web", "train")).sizes)
     assert len(td.sources[0]) == (int(sizes[sizes >= 40].sum()) - 1) // T  # only long documents
     old = np.asarray(IndexedDataset(os.path.join(root, "old", "train")).sizes)
