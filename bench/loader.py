@@ -70,7 +70,7 @@ def measure(root: str, workers: int, batch: int, seq: int, batches: int, warmup:
     cfg.data.source, cfg.data.dir, cfg.data.workers = "tokenized", root, workers
     cfg.data.domains, cfg.data.replay_domains, cfg.data.replay_fraction = "main", "old", 0.25
     validate(cfg)
-    it = TrainData(cfg).iterator(0)
+    it = TrainData.from_config(cfg).iterator(0)
     for _ in range(warmup):  # worker start-up and first reads are not timed
         next(it)
     c0, t0 = cpu_seconds(), time.perf_counter()

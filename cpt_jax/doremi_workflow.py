@@ -123,7 +123,7 @@ def run_proxy(cfg: Any, k: int, reference: str, log: Log) -> dict[str, dict[str,
     if is_finished(pc) and out.is_file():
         log(f"round {k} proxy: finished earlier ({pc.run_dir}), skipped")
         return storage.read_json(out)
-    data = TrainData(pc)
+    data = TrainData.from_config(pc)
     domains = data.domains
     ref_params, ref_config = load_params(reference)
     mcfg = pythia.PythiaConfig.from_config(pc.model)
@@ -240,9 +240,9 @@ def run_workflow(cfg: Any, stage: str = "all", log: Log = print) -> dict:
     """Every stage in order (or one); returns and writes ``doremi_report.json``."""
     if stage not in STAGES:
         raise UserError(f"stage '{stage}' is not one of {', '.join(STAGES)}")
-    data = TrainData(cfg)
-    catalog = Catalog(cfg)
-    names, members, _ = domain_lists(cfg, catalog)
+    catalog = Catalog.from_config(cfg)
+    data = TrainData(cfg.train, catalog)
+    names, members, _ = domain_lists(cfg.data, catalog)
     src = "synthetic source" if cfg.data.source == "synthetic" else cfg.data.dir
     log(f"DoReMi over {len(data.domains)} domains ({', '.join(data.domains)}) from the {src}")
     ref_w = parse_weights(cfg.doremi.reference_weights, names, members, catalog.tokens,

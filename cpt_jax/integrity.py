@@ -17,28 +17,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
 from cpt_jax.errors import UserError
+from cpt_jax.tree_io import path_name
 
 DIGEST_FILE = "digest.json"  # inside a params checkpoint's item
 _M1, _A1, _M2, _A2 = 0x9E3779B1, 0x7F4A7C15, 0x85EBCA6B, 0xC2B2AE35
 _CHUNK = 1 << 16  # numpy elements per chunk (its temporaries stay a few hundred KiB)
-
-
-def leaf_name(path: Iterable[Any]) -> str:
-    """A ``/``-joined name of a jax key path (dict keys, attribute names, sequence indices)."""
-    parts = []
-    for k in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                parts.append(str(getattr(k, attr)))
-                break
-        else:
-            parts.append(str(k))
-    return "/".join(parts)
 
 
 def _words_np(x: np.ndarray) -> np.ndarray:
@@ -123,7 +111,7 @@ def tree_digest(tree: Any) -> tuple[dict[str, str], dict[str, int]]:
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
     if not flat:
         return {}, {}
-    names = [leaf_name(p) for p, _ in flat]
+    names = [path_name(p) for p, _ in flat]
     leaves = [x for _, x in flat]
     if not any(isinstance(x, jax.Array) for x in leaves):
         pairs = [array_digest_np(x) for x in leaves]
@@ -165,7 +153,7 @@ def cast(tree: Any, dtype: Any) -> Any:
     out = jax.tree.map(lambda x: x.astype(dtype), tree)
     before, after = tree_digest(tree)[1], tree_digest(out)[1]
     for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        name = leaf_name(path)
+        name = path_name(path)
         if after[name] > before[name]:
             peak = float(jnp.max(jnp.abs(jnp.asarray(x, jnp.float32))))
             raise UserError(f"casting parameter {name} to {jnp.dtype(dtype).name} overflows "

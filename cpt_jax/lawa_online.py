@@ -1,15 +1,15 @@
-"""Online LAWA during training: the k latest snapshots taken every nu steps, and an EMA.
+"""Online LAWA during training: the k latest snapshots of the params, taken every nu steps.
 
 LAWA (Kaddour 2022; Sanyal et al. 2023): ``theta_bar_t = (1/k) sum_{i<k} theta_{t - i nu}``,
 evaluated beside the raw theta_t at each eval step (``eval_lawa/<domain>/loss``) once the
-window holds k snapshots. EMA, for comparison: ``theta_ema <- beta theta_ema + (1 - beta)
-theta`` after every optimizer step, started from the first params it sees, kept on device in
-fp32 (``eval_ema/<domain>/loss``). The optimizer state is never averaged.
+window holds k snapshots. The optimizer state is never averaged. The EMA evaluated beside it
+(``lawa.ema``, ``eval_ema/<domain>/loss``) lives in the train state and is updated inside the
+jitted step (``train.step.update_ema``).
 
 Snapshots live in host memory (``lawa.store = "host"``, k full copies gathered onto every
 process) or on disk (``"disk"``: one orbax params item per snapshot under ``RUN/lawa/<step>``,
-averaged with the streaming offline code). ``state()`` / ``load_state()`` carry the window and
-the EMA through a checkpoint, so a resumed run continues the same averages.
+averaged with the streaming offline code). ``state()`` / ``load_state()`` carry the window
+through a checkpoint, so a resumed run continues the same average.
 """
 
 from __future__ import annotations
@@ -66,49 +66,30 @@ def _to_device(host: Tree, like: Tree) -> Tree:
 
 
 class OnlineLawa:
-    """The LAWA window (k snapshots every nu steps, host or disk) and an optional EMA."""
+    """The LAWA window (k snapshots every nu steps, host or disk)."""
 
-    def __init__(self, k: int, every: int, store: str = "host", ema: float = 0.0, run_dir: str = "") -> None:
-        self.k, self.every, self.store, self.beta = int(k), int(every), store, float(ema)
+    def __init__(self, k: int, every: int, store: str = "host", run_dir: str = "") -> None:
+        self.k, self.every, self.store = int(k), int(every), store
         self.dir = RunDir(run_dir or ".").lawa  # local or gs://
         self.steps: list[int] = []  # window, oldest first
         self.snapshots: dict[int, Tree] = {}  # host store only
-        self.ema: Tree | None = None  # device fp32
-        self._ema_update: Callable | None = None
         self._protected: int | None = None  # disk: oldest step a saved checkpoint still needs
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "OnlineLawa | None":
-        """From the ``lawa`` config section; None when both LAWA (k = 0) and EMA are off."""
-        lw = cfg.lawa
-        if lw.k == 0 and lw.ema == 0.0:
+    def from_config(cls, lawa_cfg: Any, run_dir: str) -> "OnlineLawa | None":
+        """From the ``lawa`` config section (disk snapshots under ``run_dir``); None when LAWA is
+        off (k = 0)."""
+        lw = lawa_cfg
+        if lw.k == 0:
             return None
-        return cls(lw.k, lw.every, lw.store, lw.ema, cfg.run_dir)
+        return cls(lw.k, lw.every, lw.store, run_dir)
 
     # -- per step ---------------------------------------------------------------------
 
     def after_step(self, step: int, params: Tree) -> None:
-        """Call with theta_t after optimizer step t: updates the EMA, snapshots when nu | t."""
-        if self.beta > 0.0:
-            self._update_ema(params)
+        """Call with theta_t after optimizer step t: a snapshot when nu | t."""
         if self.k > 0 and step % self.every == 0 and step not in self.steps:
             self._snapshot(step, params)
-
-    def _update_ema(self, params: Tree) -> None:
-        import jax
-        import jax.numpy as jnp
-
-        if self.ema is None:
-            self.ema = jax.tree_util.tree_map(lambda p: jnp.array(p, dtype=jnp.float32), params)
-            return
-        if self._ema_update is None:
-            beta = self.beta
-
-            def update(ema: Tree, p: Tree) -> Tree:
-                return jax.tree_util.tree_map(lambda e, x: beta * e + (1.0 - beta) * x.astype(jnp.float32), ema, p)
-
-            self._ema_update = jax.jit(update, donate_argnums=0)
-        self.ema = self._ema_update(self.ema, params)
 
     def _snapshot(self, step: int, params: Tree) -> None:
         self.steps.append(step)
@@ -148,30 +129,19 @@ class OnlineLawa:
         """theta_bar on device like ``like`` when the window is full, else None."""
         return _to_device(self.average_host(), like) if self.full else None
 
-    def ema_params(self, like: Tree) -> Tree | None:
-        """theta_ema cast to the params' dtypes, or None when the EMA is off or unstarted."""
-        import jax
-
-        if self.ema is None:
-            return None
-        return jax.tree_util.tree_map(lambda e, p: e.astype(p.dtype), self.ema, like)
-
     def eval_metrics(self, evaluate: Callable[[Tree], dict], like: Tree) -> dict[str, float]:
-        """``eval_lawa/...`` and ``eval_ema/...`` metrics from ``evaluate(params) -> results``."""
+        """``eval_lawa/...`` metrics from ``evaluate(params) -> results`` (none until the window is full)."""
         from cpt_jax.eval.perplexity import to_metrics
 
-        metrics: dict[str, float] = {}
-        for prefix, params in (("eval_lawa", self.lawa_params(like)), ("eval_ema", self.ema_params(like))):
-            if params is not None:
-                metrics.update(to_metrics(evaluate(params), prefix=prefix))
-        return metrics
+        params = self.lawa_params(like)
+        return {} if params is None else to_metrics(evaluate(params), prefix="eval_lawa")
 
     # -- checkpointing ----------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint must hold to continue these averages, as host arrays:
-        ``steps`` (int64 [n], the window), ``snapshots`` {``step_<t>``: params} (host store),
-        ``ema`` (fp32 params); empty parts are left out (orbax writes no empty tree)."""
+        ``steps`` (int64 [n], the window), ``snapshots`` {``step_<t>``: params} (host store);
+        empty parts are left out (orbax writes no empty tree)."""
         tree: dict[str, Any] = {}
         if self.steps:
             tree["steps"] = np.asarray(self.steps, np.int64)
@@ -180,32 +150,16 @@ class OnlineLawa:
         if self.store == "disk":
             self._protected = min(self.steps) if self.steps else None
             self._prune_disk()
-        if self.ema is not None:
-            tree["ema"] = _to_host(self.ema)
         return tree
 
-    def load_state(self, tree: dict[str, Any], like: Tree | None = None) -> None:
-        """Continue from ``state()`` of a checkpoint (the EMA placed like ``like`` when given)."""
-        import jax
-
+    def load_state(self, tree: dict[str, Any]) -> None:
+        """Continue from ``state()`` of a checkpoint."""
         self.steps = [int(s) for s in np.asarray(tree.get("steps", np.zeros(0, np.int64))).reshape(-1)]
         if self.store == "host":
             snaps = tree.get("snapshots", {})
             self.snapshots = {s: snaps[f"step_{s}"] for s in self.steps}
         else:
             self._protected = min(self.steps) if self.steps else None
-        ema = tree.get("ema")
-        if ema is None:
-            self.ema = None
-            return
-        f32 = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), ema)
-        if like is None:
-            self.ema = jax.tree_util.tree_map(jax.numpy.asarray, f32)
-        else:
-            target = jax.tree_util.tree_map(
-                lambda p: jax.ShapeDtypeStruct(p.shape, np.float32, sharding=getattr(p, "sharding", None)), like
-            )
-            self.ema = _to_device(f32, target)
 
     # -- disk store -------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ import numpy as np
 from cpt_jax import integrity, storage
 from cpt_jax.errors import UserError
 from cpt_jax.run_dir import CHECKPOINTS, PARAMS_ITEM, RunDir
-from cpt_jax.tree_io import one_line
+from cpt_jax.tree_io import one_line, path_name
 
 
 def read_item(item: Any) -> dict[str, np.ndarray]:
@@ -34,7 +34,7 @@ def read_item(item: Any) -> dict[str, np.ndarray]:
             out = ckptr.restore(item, args=ocp.args.PyTreeRestore(restore_args=args))
     except Exception as err:  # orbax/tensorstore raise many types for a damaged item
         raise UserError(f"{item} cannot be read: {one_line(err)}") from None
-    return {integrity.leaf_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(out)[0]}
+    return {path_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(out)[0]}
 
 
 def iter_arrays(item: Any) -> Iterator[tuple[str, np.ndarray]]:
@@ -76,7 +76,7 @@ def verify_step(run: RunDir, step: int) -> str:
     meta = run.step_meta(step) or {}
     digest = meta.get("digest")
     n = nonfinite = 0
-    for item in ("params", "opt_state", "extras"):
+    for item in ("params", "opt_state", "extras", "ema"):
         if not (step_dir / item).is_dir():
             continue
         k, bad = _check_arrays(iter_arrays(step_dir / item), (digest or {}).get(item), where, item)

@@ -133,7 +133,7 @@ def test_uniform_proxy_batches_hold_every_domain(tmp_path):
     absent-domain rule never fires; counts stay within one sequence of B / k."""
     from cpt_jax.data.pipeline import TrainData
 
-    data = TrainData(wf.proxy_config(tiny(tmp_path), 1))
+    data = TrainData.from_config(wf.proxy_config(tiny(tmp_path), 1))
     for step in range(0, 400, 7):
         counts = np.bincount(data.batch(step)["domain"], minlength=3)
         assert counts.min() >= 5 and counts.max() <= 6, (step, counts)

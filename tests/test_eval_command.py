@@ -11,7 +11,7 @@ import pytest
 from cpt_jax import cli
 from cpt_jax import config as config_lib
 from cpt_jax import configure
-from cpt_jax.data.pipeline import eval_sets
+from cpt_jax.data.pipeline import Catalog, eval_sets
 from cpt_jax.eval import multiple_choice as mc
 from cpt_jax.eval import perplexity, tasks as tasks_lib
 from cpt_jax.configure import config_from_json
@@ -62,7 +62,8 @@ def test_eval_command_writes_tasks_and_domains(tmp_path, capsys):
     for key in ("acc", "acc_norm", "n", "chance"):
         assert res["tasks"]["toy"][key] == pytest.approx(expect[key])
     assert res["tasks"]["toy"]["chance"] == pytest.approx((1 / 2 + 1 / 3) / 2)
-    domains = perplexity.evaluate(params, mcfg, eval_sets(config_from_json(tmp_path / "config.json")))
+    saved = config_from_json(tmp_path / "config.json")
+    domains = perplexity.evaluate(params, mcfg, eval_sets(saved.train, Catalog.from_config(saved)))
     assert set(res["domains"]) == set(domains)
     for d, r in domains.items():
         assert res["domains"][d]["loss"] == pytest.approx(r["loss"], rel=1e-6)

@@ -1,5 +1,5 @@
-"""LAWA with the training engine: online window/EMA through an interrupted-and-resumed run, and
-the CLI average of a real run's last 3 checkpoints against numpy."""
+"""LAWA with the training engine: online window/EMA through an interrupted-and-resumed run, the
+EMA started at a resume, and the CLI average of a real run's last 3 checkpoints against numpy."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class Data:
     def __init__(self, cfg, kill_at=None):
         from cpt_jax.data.pipeline import TrainData
 
-        self.inner, self.kill_at = TrainData(cfg), kill_at
+        self.inner, self.kill_at = TrainData.from_config(cfg), kill_at
         self.domains = self.inner.domains
 
     def batch(self, step):
@@ -83,6 +83,69 @@ def test_online_average_after_resume_equals_uninterrupted(runs):
     assert fa.keys() == fb.keys()
     for k in fa:
         np.testing.assert_array_equal(fa[k], fb[k])
+    # the EMA is part of the train state: its checkpoint item continues bit for bit
+    ema_a = RunCheckpoints(a, cfg.checkpoint).restore_host_item(8, "ema")
+    ema_b = RunCheckpoints(b, cfg.checkpoint).restore_host_item(8, "ema")
+    assert int(ema_a["count"]) == int(ema_b["count"]) == 8
+    fa, fb = tree_io.flatten(ema_a["params"]), tree_io.flatten(ema_b["params"])
+    assert fa.keys() == fb.keys() and all(v.dtype == np.float32 for v in fa.values())
+    for k in fa:
+        np.testing.assert_array_equal(fa[k], fb[k])
+
+
+def test_a_checkpoint_that_kept_the_ema_in_its_lawa_item_continues_it(runs, tmp_path):
+    """Checkpoints written before the EMA joined the train state kept it in the ``lawa`` item."""
+    import shutil
+
+    import orbax.checkpoint as ocp
+
+    from cpt_jax.train.checkpoint import RunCheckpoints
+
+    a, _ = runs
+    old = tmp_path / "old"
+    shutil.copytree(a, old)
+    (old / "summary.json").unlink()
+    for step in (6, 8):
+        shutil.rmtree(old / "checkpoints" / str(step))
+    step4 = old / "checkpoints" / "4"
+    ckpts = RunCheckpoints(str(old), configure.load(TINY, OVERRIDES).checkpoint)
+    lawa, ema = ckpts.restore_host_item(4, "lawa"), ckpts.restore_host_item(4, "ema")
+    shutil.rmtree(step4 / "lawa")
+    shutil.rmtree(step4 / "ema")
+    with ocp.StandardCheckpointer() as ckptr:  # the former layout: {steps, snapshots, ema}
+        ckptr.save(step4 / "lawa", {**lawa, "ema": ema["params"]})
+    assert train(str(old))["resumed_from"] == 4
+    cfg = configure.load(TINY, OVERRIDES)
+    got = RunCheckpoints(str(old), cfg.checkpoint).restore_host_item(8, "ema")
+    want = RunCheckpoints(a, cfg.checkpoint).restore_host_item(8, "ema")
+    assert int(got["count"]) == 8  # taken as the step (4), then 4 updates
+    fa, fb = tree_io.flatten(got["params"]), tree_io.flatten(want["params"])
+    assert fa.keys() == fb.keys()
+    for k in fa:
+        np.testing.assert_array_equal(fa[k], fb[k])
+
+
+def test_an_ema_switched_on_at_a_resume_starts_from_the_first_params_after_it(tmp_path):
+    from cpt_jax.train import loop
+    from cpt_jax.train.checkpoint import RunCheckpoints
+
+    run = str(tmp_path / "run")
+    plain = ["--config.lawa.k=0", "--config.lawa.ema=0.0", "--config.checkpoint.every=1",
+             "--config.train.eval_every=0", f"--config.run_dir={run}"]
+    loop.run(configure.load(TINY, OVERRIDES + plain + ["--config.train.steps=5"]))
+    assert not (tmp_path / "run" / "checkpoints" / "5" / "ema").exists()
+    cfg = configure.load(TINY, OVERRIDES + plain + ["--config.lawa.ema=0.5"])
+    assert loop.run(cfg)["resumed_from"] == 5
+    ckpts = RunCheckpoints(run, cfg.checkpoint)
+    ema = ckpts.restore_host_item(8, "ema")
+    assert int(ema["count"]) == 3  # steps 6, 7, 8
+    thetas = [tree_io.flatten(ckpts.restore_host_item(s, "params")) for s in (6, 7, 8)]
+    want = {k: np.asarray(v, np.float64) for k, v in thetas[0].items()}  # theta_6, then the recursion
+    for theta in thetas[1:]:
+        want = {k: 0.5 * want[k] + 0.5 * np.asarray(theta[k], np.float64) for k in want}
+    got = tree_io.flatten(ema["params"])
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-7, err_msg=k)
 
 
 def test_cli_average_of_a_trained_run_equals_numpy_and_online_window(runs, tmp_path):

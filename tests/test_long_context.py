@@ -18,7 +18,7 @@ from cpt_jax import configure
 from cpt_jax import experiment, losses
 from cpt_jax.data.indexed import IndexedDatasetWriter
 from cpt_jax.data.manifest import update_manifest
-from cpt_jax.data.pipeline import TrainData, eval_sets
+from cpt_jax.data.pipeline import Catalog, TrainData, eval_sets
 from cpt_jax.errors import UserError
 from cpt_jax.model import attention, pythia
 from cpt_jax.model.checkpoint import load_params
@@ -61,7 +61,8 @@ def test_continuation_at_512_lowers_the_loss_beyond_128(continued):
     assert (long_mcfg.max_position_embeddings, long_mcfg.rotary_emb_base) == (512, 160000.0)
     held_cfg = copy.deepcopy(long_cfg)
     held_cfg.train.eval_batches, held_cfg.train.batch_size = 8, 4
-    held = eval_sets(held_cfg)["pattern"]  # 32 fixed held-out T = 512 windows
+    # 32 fixed held-out T = 512 windows
+    held = eval_sets(held_cfg.train, Catalog.from_config(held_cfg))["pattern"]
     assert sum(len(b["tokens"]) for b in held) == 32 and held[0]["tokens"].shape[1] == 513
     before = position_losses(short_params, held, long_mcfg)  # start of the continuation
     extrapolated = position_losses(short_params, held, short_mcfg)  # old base, no training
@@ -172,7 +173,7 @@ def test_long_document_filter_keeps_long_documents_and_each_source_share(tmp_pat
     cfg.train.seq_len, cfg.train.batch_size = 32, 40
     cfg.data.long_threshold, cfg.data.long_keep = 100, 0.25
     configure.validate(cfg)
-    td = TrainData(cfg)
+    td = TrainData.from_config(cfg)
     totals = {n: sum(len(d) for d in ds) for n, ds in docs.items()}
     share = np.array([totals[n] for n in td.domains], np.float64) / sum(totals.values())
     np.testing.assert_allclose(td.weights_at(0), share, rtol=1e-12)  # unfiltered token shares

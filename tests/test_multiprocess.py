@@ -247,7 +247,7 @@ def _main(spec: dict) -> None:
 
     cfg = load_cfg(spec["run_dir"], spec["overrides"])
     sharding.maybe_initialize_distributed(cfg)  # before TrainData asks for the process count
-    data = _SignalAt(TrainData(cfg, jax.process_index(), jax.process_count()),
+    data = _SignalAt(TrainData.from_config(cfg, jax.process_index(), jax.process_count()),
                      spec["stop_at"], spec["process"], spec["slow"])
     summary = loop.run(cfg, data=data, eval_sets={})
     print("RESULT " + json.dumps(summary, default=float), flush=True)

@@ -239,6 +239,6 @@ def test_token_byte_table_written_and_found_by_eval(tmp_path, tok_path):
     assert (out / tz.TOKEN_BYTES).is_file()
     cfg = C.defaults()
     cfg.data.source, cfg.data.dir = "tokenized", str(out)
-    assert token_bytes_for(cfg).tolist() == want
+    assert token_bytes_for(cfg.data).tolist() == want
     cfg.data.source = "synthetic"
-    assert token_bytes_for(cfg) is None
+    assert token_bytes_for(cfg.data) is None

@@ -19,7 +19,7 @@ from cpt_jax.optim import make_optimizer
 from cpt_jax.schedules import make_schedule
 from cpt_jax.train import checkpoint, loop
 from cpt_jax.train.metrics import flops_per_token
-from cpt_jax.train.state import TrainState, state_shardings
+from cpt_jax.train.state import TrainState, ema_params, init_ema, state_shardings
 from cpt_jax.train.step import NextTokenObjective, accumulate, make_train_step
 from train_worker import load_cfg
 
@@ -75,6 +75,30 @@ def test_four_micro_batches_equal_one_batch(tmp_path):
     np.testing.assert_allclose(metrics4["loss"], ce.mean(), rtol=1e-5)
     np.testing.assert_allclose(metrics4["grad_norm"], gnorm, rtol=1e-4)
     np.testing.assert_allclose(metrics4["lr"], float(schedule(0)), rtol=1e-6)
+
+
+def test_the_steps_ema_starts_at_the_first_params_and_follows_the_recursion(tmp_path):
+    cfg = load_cfg(str(tmp_path), ["train.batch_size=4"])
+    mesh, mcfg, tx, state, _ = _setup(cfg)
+    state = state.replace(ema=init_ema(state.params))
+    shard = state_shardings(state, mesh)
+    state = jax.device_put(state, shard)
+    schedule = make_schedule(cfg.schedule, cfg.optim.peak_lr, cfg.train.steps)
+    step = make_train_step(NextTokenObjective(mcfg, 3), tx, schedule, shard, mesh, ema_beta=0.75)
+    assert ema_params(state) is None  # no update yet: nothing to evaluate
+    rng, want = np.random.RandomState(1), None
+    for _ in range(4):
+        batch = {"tokens": rng.randint(0, mcfg.vocab_size, (4, cfg.train.seq_len + 1)).astype(np.int32),
+                 "domain": rng.randint(0, 3, 4).astype(np.int32)}
+        state, _ = step(state, sharding.global_batch(batch, mesh, 4))
+        theta = {k: np.asarray(v, np.float64) for k, v in jax.tree_util.tree_flatten_with_path(state.params)[0]}
+        # independent: theta_ema = theta_1, then 0.75 theta_ema + 0.25 theta_t
+        want = theta if want is None else {k: 0.75 * want[k] + 0.25 * theta[k] for k in theta}
+    assert int(state.ema["count"]) == 4
+    got = dict(jax.tree_util.tree_flatten_with_path(ema_params(state))[0])
+    for k, w in want.items():
+        assert got[k].dtype == dict(jax.tree_util.tree_flatten_with_path(state.params)[0])[k].dtype
+        np.testing.assert_allclose(np.asarray(got[k], np.float64), w, rtol=1e-5, atol=1e-6, err_msg=str(k))
 
 
 class NanAfter(NextTokenObjective):

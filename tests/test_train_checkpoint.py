@@ -30,8 +30,34 @@ def test_keep_last_and_listed_steps_and_skip_half_written(tmp_path):
     restored, meta = ck.restore(5, _state(0))
     ck.close()
     assert {k: meta[k] for k in ("step", "data")} == {"step": 5, "data": {"step": 5}} and int(restored.step) == 5
-    assert set(meta["digest"]) == {"params", "opt_state", "extras"} and "meta_digest" in meta
+    assert set(meta["digest"]) == {"params", "opt_state", "extras", "ema"} and "meta_digest" in meta
     np.testing.assert_array_equal(np.asarray(restored.params["w"]), np.full((4, 2), 5.0))
     np.testing.assert_array_equal(np.asarray(restored.params["b"]), np.arange(2.0) + 5)
     assert restored.extras == {}
     assert RunDir(tmp_path / "nowhere").latest_step() is None
+
+
+def _with_ema(step: int) -> TrainState:
+    params = _state(step).params
+    ema = {"params": {"w": params["w"] + 0.25, "b": params["b"] - 0.5}, "count": jnp.int32(step + 3)}
+    return _state(step).replace(ema=ema)
+
+
+def test_the_ema_item_round_trips_and_a_step_without_one_keeps_the_target(tmp_path):
+    cfg = ml_collections.ConfigDict({"keep": 0, "keep_steps": "", "async_save": False, "every": 1})
+    ck = checkpoint.RunCheckpoints(RunDir(tmp_path), cfg)
+    ck.save(_with_ema(1), {"step": 1, "data": {"step": 1}})
+    ck.save(_state(2), {"step": 2, "data": {"step": 2}})  # EMA off: no ema item
+    ck.wait()
+    assert (tmp_path / "checkpoints" / "1" / "ema").is_dir()
+    assert not (tmp_path / "checkpoints" / "2" / "ema").exists()
+    restored, meta = ck.restore(1, _with_ema(0))
+    assert "ema" in meta["digest"]
+    np.testing.assert_array_equal(np.asarray(restored.ema["params"]["w"]), np.full((4, 2), 1.25))
+    np.testing.assert_array_equal(np.asarray(restored.ema["params"]["b"]), np.arange(2.0) + 0.5)
+    assert int(restored.ema["count"]) == 4
+    target = _with_ema(0)
+    restored, _ = ck.restore(2, target)
+    ck.close()
+    assert restored.ema is target.ema  # nothing saved: the caller's fresh EMA stays
+    np.testing.assert_array_equal(np.asarray(restored.params["w"]), np.full((4, 2), 2.0))

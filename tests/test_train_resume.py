@@ -57,7 +57,7 @@ def test_sigterm_then_resume_is_bitwise_identical(tmp_path):
     assert cpt["resumed_from"] is None and cpt["steps"] == 2 * n
     params, mcfg = load_params(tmp_path / "full")
     cfg = load_cfg(str(tmp_path / "x"), common)
-    batch0 = TrainData(cfg).batch(0)
+    batch0 = TrainData.from_config(cfg).batch(0)
     expected = float(jnp.mean(next_token_losses(params, jnp.asarray(batch0["tokens"]), mcfg)))
     first = read("cpt")[0]
     assert first[0] == 1 and abs(first[1] - expected) <= 1e-5 * expected

@@ -66,7 +66,7 @@ def job(spec: dict) -> dict:
         from cpt_jax.data.pipeline import TrainData
 
         sig = signal.SIGTERM if spec["mode"] == "sigterm" else signal.SIGKILL
-        return loop.run(cfg, data=KillAt(TrainData(cfg), int(spec["stop_at"]), sig), eval_sets={})
+        return loop.run(cfg, data=KillAt(TrainData.from_config(cfg), int(spec["stop_at"]), sig), eval_sets={})
     if spec["mode"] == "bytes":  # real arrays, placed without compiling anything
         import numpy as np
 

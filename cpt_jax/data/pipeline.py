@@ -1,16 +1,18 @@
 """Training and evaluation batches: domains -> windows -> mixture -> ``{tokens, domain}``.
 
-``TrainData(cfg, process_index, process_count).batch(k)`` is this process's rows of global batch
-k, a pure function of (config, seed, k): the mixture plan gives every slot of batch k a domain
-and a draw index j (``mixture.MixturePlan.layout``), and draw j of a domain reads window
+``TrainData.from_config(cfg, process_index, process_count).batch(k)`` is this process's rows of
+global batch k, a pure function of (config, seed, k): the mixture plan gives every slot of batch k
+a domain and a draw index j (``mixture.MixturePlan.layout``), and draw j of a domain reads window
 ``pi_{j // n}(j mod n)`` of that domain's stream (``sources.WindowSource``). Resuming therefore
 needs only the step. Each process reads only the windows of the rows its devices hold
 (``process_rows``: a contiguous share under data / fsdp parallelism, every row when the
 ``tensor`` axis spans processes). ``iterator(k)`` runs ``batch`` for k, k + 1, ... through grain
 (``MapDataset.range(...).map(...)``, thread prefetch, optional worker processes).
 
-``eval_sets(cfg)`` gives each domain ``train.eval_batches`` fixed batches of ``train.batch_size``
-windows spread evenly over its held-out ``val`` split (synthetic data: a disjoint seed).
+A ``Catalog`` (one per run) says what the ``data`` section can read; ``TrainData`` and
+``eval_sets(train, catalog)`` read from it. ``eval_sets`` gives each domain ``train.eval_batches``
+fixed batches of ``train.batch_size`` windows spread evenly over its held-out ``val`` split
+(synthetic data: a disjoint seed).
 """
 
 from __future__ import annotations
@@ -77,21 +79,25 @@ def _names(text: str) -> list[str]:
 
 
 class Catalog:
-    """What ``cfg.data`` can read: domain names, train token counts, and their streams."""
+    """What a ``data`` section can read: domain names, train token counts, and their streams.
 
-    def __init__(self, cfg: Any):
-        self.cfg, self.vocab = cfg, model_vocab(cfg)
-        d, t = cfg.data, cfg.train
-        if d.source == "synthetic":
+    One per run: the training batches and the eval sets read the same catalog (the manifest of
+    a tokenized ``data.dir`` is read once)."""
+
+    def __init__(self, data: Any, seed: int, vocab: int, min_val_tokens: int = 0):
+        """``vocab``: the model's V (token ids must stay below it); ``min_val_tokens``: the
+        least a synthetic val split holds (enough for the eval batches)."""
+        self.data, self.seed, self.vocab = data, int(seed), int(vocab)
+        if data.source == "synthetic":
             self.where = "the synthetic source"
             self.available = list(SYNTHETIC_DOMAINS)
-            self.val_tokens = max(d.synthetic_tokens // 16, t.eval_batches * t.batch_size * t.seq_len + 1)
-            self.tokens = {n: int(d.synthetic_tokens) for n in self.available}
+            self.val_tokens = max(data.synthetic_tokens // 16, int(min_val_tokens))
+            self.tokens = {n: int(data.synthetic_tokens) for n in self.available}
         else:
-            if not d.dir:
+            if not data.dir:
                 raise UserError("data.source is 'tokenized' but data.dir is empty")
-            self.manifest = load_manifest(d.dir)
-            self.where = str(manifest_path(d.dir))
+            self.manifest = load_manifest(data.dir)
+            self.where = str(manifest_path(data.dir))
             self.available = list(self.manifest["domains"])
             self.tokens = {n: e["train_tokens"] for n, e in self.manifest["domains"].items()}
             tok = self.manifest["tokenizer"]
@@ -100,6 +106,12 @@ class Catalog:
                     f"{self.where}: tokenizer {tok['name']} has {tok['vocab_size']} ids but the "
                     f"model's vocabulary has {self.vocab} (token ids >= {self.vocab} cannot be embedded)"
                 )
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "Catalog":
+        """The catalog of ``cfg.data`` for ``cfg.model``'s vocabulary and ``cfg.train``'s eval batches."""
+        t = cfg.train
+        return cls(cfg.data, cfg.seed, model_vocab(cfg), t.eval_batches * t.batch_size * t.seq_len + 1)
 
     def check(self, names: list[str], what: str) -> list[str]:
         """``names``, or a UserError naming the first one not available."""
@@ -113,21 +125,20 @@ class Catalog:
 
     def stream(self, name: str, split: str) -> Any:
         """The ``split`` ("train" | "val") token stream of domain ``name``."""
-        seed = self.cfg.seed
-        if self.cfg.data.source == "synthetic":
+        if self.data.source == "synthetic":
             n = self.tokens[name] if split == "train" else self.val_tokens
-            return SyntheticStream(name, n, self.vocab, derive_key(seed, "synthetic", name, split))
+            return SyntheticStream(name, n, self.vocab, derive_key(self.seed, "synthetic", name, split))
 
-        return IndexedStream(domain_prefix(self.cfg.data.dir, self.manifest, name, split))
+        return IndexedStream(domain_prefix(self.data.dir, self.manifest, name, split))
 
 
-def domain_lists(cfg: Any, catalog: Catalog) -> tuple[list[str], list[str], list[str]]:
-    """(all domains in id order, main-mixture members, replay members).
+def domain_lists(data: Any, catalog: Catalog) -> tuple[list[str], list[str], list[str]]:
+    """(all domains in id order, main-mixture members, replay members) of the ``data`` section.
 
     All = ``data.domains`` ("" = every available domain), then replay, upstream and downstream
     domains not already listed; ids index this list in batches, metrics and eval sets.
     """
-    d = cfg.data
+    d = data
     main = catalog.check(_names(d.domains), "data.domains") or list(catalog.available)
     replay = catalog.check(_names(d.replay_domains), "data.replay_domains")
     extra = catalog.check(_names(d.upstream) + _names(d.downstream), "data.upstream/downstream")
@@ -138,9 +149,10 @@ def domain_lists(cfg: Any, catalog: Catalog) -> tuple[list[str], list[str], list
     return names, main, replay
 
 
-def build_plan(cfg: Any, names: list[str], main: list[str], replay: list[str], tokens: dict) -> MixturePlan:
-    """The mixture plan of ``cfg.data`` over ``names`` (see ``mixture``)."""
-    d, t = cfg.data, cfg.train
+def build_plan(data: Any, batch_size: int, seed: int, names: list[str], main: list[str],
+               replay: list[str], tokens: dict) -> MixturePlan:
+    """The mixture plan of the ``data`` section over ``names`` (see ``mixture``)."""
+    d = data
     phases = [(s, spec, f"data.phases (step {s})") for s, spec in parse_phases(d.phases)]
     if not phases or phases[0][0] > 0:  # data.weights until the first phase
         phases = [(0, d.weights, "data.weights")] + phases
@@ -149,35 +161,53 @@ def build_plan(cfg: Any, names: list[str], main: list[str], replay: list[str], t
     if d.replay_fraction > 0:
         if not replay:
             raise UserError("data.replay_fraction > 0 needs data.replay_domains")
-        quota = replay_quota(d.replay_fraction, t.batch_size)
+        quota = replay_quota(d.replay_fraction, batch_size)
         replay_w = parse_weights(d.replay_weights, names, replay, tokens, "data.replay_weights")
-    return MixturePlan(names, weighted, t.batch_size, cfg.seed, replay_w, quota)
+    return MixturePlan(names, weighted, batch_size, seed, replay_w, quota)
 
 
 class TrainData:
-    """Deterministic, resumable training batches for process ``process_index`` of ``process_count``."""
+    """Deterministic, resumable training batches: the global rows ``rows`` (every row when None)
+    of each batch of ``train.batch_size`` sequences of ``train.seq_len`` + 1 tokens, drawn
+    from ``catalog`` by the mixture of its ``data`` section."""
 
-    def __init__(self, cfg: Any, process_index: int = 0, process_count: int = 1,
-                 rows: np.ndarray | None = None):
-        t, d = cfg.train, cfg.data
-        self.cfg, self.seq_len, self.batch_size = cfg, int(t.seq_len), int(t.batch_size)
-        if rows is None:
-            rows = process_rows(cfg, process_index, process_count)
-        self.rows = np.asarray(rows, np.int64)
-        catalog = Catalog(cfg)
-        self.vocab = catalog.vocab
-        self.domains, self.main_domains, self.replay_domains = domain_lists(cfg, catalog)
-        self.plan = build_plan(cfg, self.domains, self.main_domains, self.replay_domains, catalog.tokens)
+    def __init__(self, train: Any, catalog: Catalog, rows: np.ndarray | None = None):
+        d, seed = catalog.data, catalog.seed
+        self.data_cfg, self.seed = d, seed
+        self.seq_len, self.batch_size = int(train.seq_len), int(train.batch_size)
+        self.rows = np.asarray(np.arange(self.batch_size) if rows is None else rows, np.int64)
+        self.vocab, self.where = catalog.vocab, catalog.where
+        self.tokens = {n: int(c) for n, c in catalog.tokens.items()}
+        self.domains, self.main_domains, self.replay_domains = domain_lists(d, catalog)
+        self.plan = build_plan(d, self.batch_size, seed, self.domains, self.main_domains,
+                               self.replay_domains, catalog.tokens)
         self.sources = []
         for name in self.domains:
             stream = catalog.stream(name, "train")
             if d.long_threshold > 0 and name in self.main_domains:
-                key = derive_key(cfg.seed, "long", name)
+                key = derive_key(seed, "long", name)
                 stream = FilteredStream(stream, d.long_threshold, d.long_keep, key)
-            self.sources.append(WindowSource(stream, self.seq_len, name, cfg.seed))
+            self.sources.append(WindowSource(stream, self.seq_len, name, seed))
         used = np.max([self.plan.weights_at(s) for s in self.plan.starts], axis=0) > 0
         for i in np.flatnonzero(used):
             len(self.sources[i])  # every sampled domain must hold at least one window
+
+    @classmethod
+    def from_config(cls, cfg: Any, process_index: int = 0, process_count: int = 1,
+                    rows: np.ndarray | None = None, catalog: Catalog | None = None) -> "TrainData":
+        """The batches of ``cfg`` that process ``process_index`` of ``process_count`` loads
+        (``process_rows``, unless ``rows`` says which), read from ``catalog`` when given."""
+        if rows is None:
+            rows = process_rows(cfg, process_index, process_count)
+        return cls(cfg.train, catalog or Catalog.from_config(cfg), rows)
+
+    def describe(self) -> str:
+        """Where the batches come from, for the run's banner: ``tokenized DIR: web 1,204 tokens,
+        code 9,876 tokens`` (synthetic data: the domain names)."""
+        if self.data_cfg.source != "tokenized":
+            return f"synthetic tokens: {', '.join(self.domains)}"
+        listed = ", ".join(f"{n} {self.tokens[n]:,} tokens" for n in self.domains)
+        return f"tokenized {self.data_cfg.dir}: {listed}"
 
     def weights_at(self, step: int) -> np.ndarray:
         """Expected share of each domain (id order) among the sequences of global batch ``step``."""
@@ -212,7 +242,7 @@ class TrainData:
         stop = _FAR if stop_step is None else int(stop_step)
         if not 0 <= start_step <= stop:
             raise UserError(f"data iterator range [{start_step}, {stop}) is invalid")
-        d = self.cfg.data
+        d = self.data_cfg
         ds = grain.MapDataset.range(int(start_step), stop).map(_BatchFn(self))
         if d.workers > 0:
             from absl import flags
@@ -231,7 +261,7 @@ class TrainData:
     def state(self, step: int) -> dict:
         """What a checkpoint stores to resume the data: the next step and the domain ids."""
         return {"step": int(step), "domains": list(self.domains), "batch_size": self.batch_size,
-                "seq_len": self.seq_len, "seed": int(self.cfg.seed)}
+                "seq_len": self.seq_len, "seed": self.seed}
 
     def resume_step(self, state: dict) -> int:
         """The step to pass to ``iterator`` for a saved ``state``; refuses changed domain ids."""
@@ -312,21 +342,21 @@ def _check_ids(tokens: np.ndarray, vocab: int, where: str) -> None:
         )
 
 
-def eval_sets(cfg: Any, domains: list[str] | None = None) -> dict[str, list[Batch]]:
-    """``train.eval_batches`` fixed batches of each domain's held-out ``val`` split.
+def eval_sets(train: Any, catalog: Catalog, domains: list[str] | None = None) -> dict[str, list[Batch]]:
+    """``train.eval_batches`` fixed batches of ``train.batch_size`` windows of each domain's
+    held-out ``val`` split (every domain of the catalog's ``data`` section, or ``domains``).
 
     Windows (T + 1 tokens, stride T) are taken at evenly spaced positions over the split; a split
     with fewer windows than wanted gives all it has (the last batch may be short); a domain with
     no window at all is left out with a warning. Domain ids follow ``TrainData.domains``.
     """
-    catalog = Catalog(cfg)
-    names, _, _ = domain_lists(cfg, catalog)
+    names, _, _ = domain_lists(catalog.data, catalog)
     wanted = names if domains is None else catalog.check(list(domains), "eval domains")
     ids = {n: i for i, n in enumerate(names + [n for n in wanted if n not in names])}
-    t = cfg.train
+    t = train
     out: dict[str, list[Batch]] = {}
     for name in wanted:
-        source = WindowSource(catalog.stream(name, "val"), t.seq_len, name, cfg.seed)
+        source = WindowSource(catalog.stream(name, "val"), t.seq_len, name, catalog.seed)
         n = max(0, (source.stream.num_tokens - 1) // t.seq_len)
         if n == 0:
             log.warning("eval: domain '%s' has no val window of %d tokens; skipped", name, t.seq_len + 1)

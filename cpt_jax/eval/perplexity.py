@@ -112,13 +112,13 @@ def bits_per_byte(nats: float, nbytes: int) -> float:
     return nats / (nbytes * math.log(2)) if nbytes > 0 else float("nan")
 
 
-def token_bytes_for(cfg: Any) -> np.ndarray | None:
-    """The byte table of the config's tokenized data dir (``DATA_DIR/token_bytes.npy``, written
-    by ``cpt-jax tokenize``); None for synthetic data or a data dir without one."""
-    if cfg.data.source != "tokenized" or not cfg.data.dir:
+def token_bytes_for(data: Any) -> np.ndarray | None:
+    """The byte table of the ``data`` section's tokenized dir (``DATA_DIR/token_bytes.npy``,
+    written by ``cpt-jax tokenize``); None for synthetic data or a data dir without one."""
+    if data.source != "tokenized" or not data.dir:
         return None
 
-    return load_token_bytes(local_data_dir(cfg.data.dir))
+    return load_token_bytes(local_data_dir(data.dir))
 
 
 def _exp(x: float) -> float:

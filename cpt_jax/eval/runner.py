@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from cpt_jax.checks import comma_list
-from cpt_jax.data.pipeline import eval_sets
+from cpt_jax.data.pipeline import Catalog, eval_sets
 from cpt_jax.data.tokenizer import load_tokenizer, pythia_tokenizer
 from cpt_jax.errors import UserError
 from cpt_jax.eval import tasks as tasks_lib
@@ -79,11 +79,11 @@ def evaluate_checkpoint(
         result.update(run_harness(params, mcfg, checkpoint, harness, tokenizer, batch_size, limit, log))
     if cfg is not None and domains != "none":
         wanted = None if domains is None else _names(domains)
-        sets = eval_sets(cfg, wanted)
+        sets = eval_sets(cfg.train, Catalog.from_config(cfg), wanted)
         if not sets:
             raise UserError("no eval domain has a held-out window (check data.dir and train.seq_len)")
         result["domains"] = perplexity.evaluate(params, mcfg, sets,
-                                                token_bytes=perplexity.token_bytes_for(cfg))
+                                                token_bytes=perplexity.token_bytes_for(cfg.data))
         result["summary"] = perplexity.summarize(
             result["domains"],
             [d for d in _names(cfg.data.upstream) if d in result["domains"]],

@@ -20,14 +20,15 @@ stops the run there (``check_memory``) instead of failing in the allocator mid-s
 
 from __future__ import annotations
 
-import math
 import sys
 from typing import Any
 
 import jax
 
 from cpt_jax.checks import comma_list
+from cpt_jax.data.mixture import replay_quota
 from cpt_jax.errors import UserError
+from cpt_jax.model.pythia import count_params
 
 GIB = 1 << 30
 
@@ -35,7 +36,7 @@ GIB = 1 << 30
 def lines(cfg: Any, plan: Any, resumed: int | None, run: Any) -> list[str]:
     """The banner's lines (see the module docstring)."""
     m, t = plan.mcfg, cfg.train
-    n = sum(math.prod(x.shape) for x in jax.tree.leaves(plan.abstract.params))
+    n = count_params(plan.abstract.params)
     devices = jax.devices()
     mesh = " ".join(f"{k}={v}" for k, v in dict(plan.mesh.shape).items())
     out = [f"run       {run}",
@@ -44,7 +45,7 @@ def lines(cfg: Any, plan: Any, resumed: int | None, run: Any) -> list[str]:
            f"model     L={m.num_layers} d={m.hidden_size} H={m.num_heads} V={m.vocab_size}, {n:,} "
            f"parameters, {m.param_dtype} params / {m.compute_dtype} compute",
            f"weights   {_weights(cfg, resumed)}",
-           f"data      {_data(cfg, plan.data)}"]
+           f"data      {plan.data.describe()}"]
     mixture = _mixture(cfg, plan.data)
     if mixture:
         out.append(f"mixture   {mixture}")
@@ -126,41 +127,20 @@ def _weights(cfg: Any, resumed: int | None) -> str:
     return f"Pythia initialisation, seed {cfg.seed}"
 
 
-def _token_counts(cfg: Any) -> dict[str, int]:
-    d = cfg.data
-    if d.source != "tokenized":
-        return {}
-    try:
-        from cpt_jax.data.manifest import load_manifest
-
-        return {n: int(e["train_tokens"]) for n, e in load_manifest(d.dir)["domains"].items()}
-    except Exception:  # a custom data object: counts are optional
-        return {}
-
-
-def _data(cfg: Any, data: Any) -> str:
-    domains = list(getattr(data, "domains", []))
-    counts = _token_counts(cfg)
-    where = f"tokenized {cfg.data.dir}" if cfg.data.source == "tokenized" else "synthetic tokens"
-    if counts:
-        listed = ", ".join(f"{n} {counts[n]:,} tokens" if n in counts else n for n in domains)
-    else:
-        listed = ", ".join(domains)
-    return f"{where}: {listed}" if listed else where
-
-
 def _mixture(cfg: Any, data: Any) -> str:
-    if not hasattr(data, "weights_at"):
-        return ""
+    """Each domain's share of the first batch, the replay quota and the phases ("" when the
+    source states no mixture)."""
     w = data.weights_at(0)
+    if w is None:
+        return ""
     text = ", ".join(f"{n} {100 * float(x):.1f}%" for n, x in zip(data.domains, w) if x > 0)
-    plan = getattr(data, "plan", None)
-    quota, b = getattr(plan, "replay", 0), cfg.train.batch_size
+    d, b = cfg.data, cfg.train.batch_size
+    quota = float(replay_quota(d.replay_fraction, b)) if d.replay_fraction > 0 else 0.0
     if quota:
         text += (f" (replay: {quota:g} of {b} sequences per batch from "
-                 f"{', '.join(comma_list(cfg.data.replay_domains))})")
-    if cfg.data.phases:
-        text += f"; phases {cfg.data.phases}"
+                 f"{', '.join(comma_list(d.replay_domains))})")
+    if d.phases:
+        text += f"; phases {d.phases}"
     return text
 
 

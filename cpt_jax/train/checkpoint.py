@@ -6,9 +6,11 @@ Each step directory holds the composite items
     opt_state  StandardSave of the optax state (fp32 moments, counts)
     extras     StandardSave of the objective's state (omitted when it is empty: orbax cannot
                write an empty tree; restoring then keeps the objective's fresh extras)
+    ema        StandardSave of the params' online EMA and its update count (omitted when
+               ``lawa.ema`` is 0, restored like ``extras``)
     meta       JsonSave: {"step", "data": {"step"}, "tokens", "wall_time_s", "time", "run",
                "model", "digest", "meta_digest"}: "run" is the run's record (what a resume
-               may not change), "digest" one per array of params, opt_state and extras
+               may not change), "digest" one per array of params, opt_state, extras and ema
                (``cpt_jax.integrity``), "meta_digest" one of the record itself
 
 Saves are asynchronous (``checkpoint.async_save``): the step's arrays are copied off the devices
@@ -37,8 +39,9 @@ from cpt_jax.run_dir import PARAMS_ITEM, RunDir
 from cpt_jax.train.collective import main_checks
 from cpt_jax.train.state import TrainState
 
-ITEMS = ("params", "opt_state", "extras", "meta", "lawa")  # lawa: RunCheckpoints.save host_items
-DIGESTED = ("params", "opt_state", "extras")
+ITEMS = ("params", "opt_state", "extras", "ema", "meta", "lawa")  # lawa: RunCheckpoints.save host_items
+DIGESTED = ("params", "opt_state", "extras", "ema")
+OPTIONAL = ("extras", "ema")  # state items saved only when they hold arrays
 
 
 def check_section(ckpt_cfg: Any) -> None:
@@ -86,7 +89,7 @@ class RunCheckpoints:
         a = self._ocp.args
         step = int(meta["step"])
         needed = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(
-            (state.params, state.opt_state, state.extras)))
+            [getattr(state, name) for name in DIGESTED]))
         main_checks(lambda: storage.check_free_space(self.directory, needed, f"checkpoint step {step}"),
                     f"process 0 found no room for checkpoint step {step} under {self.directory}")
         meta = dict(meta, digest={name: integrity.tree_digest(getattr(state, name))[0]
@@ -97,8 +100,9 @@ class RunCheckpoints:
             "opt_state": a.StandardSave(state.opt_state),
             "meta": a.JsonSave(meta),
         }
-        if jax.tree.leaves(state.extras):
-            items["extras"] = a.StandardSave(state.extras)
+        for name in OPTIONAL:
+            if jax.tree.leaves(getattr(state, name)):
+                items[name] = a.StandardSave(getattr(state, name))
         for name, tree in (host_items or {}).items():
             if jax.tree.leaves(tree):
                 items[name] = a.StandardSave(tree)
@@ -118,7 +122,8 @@ class RunCheckpoints:
 
     def restore(self, step: int, target: TrainState) -> tuple[TrainState, dict[str, Any]]:
         """Restore ``step`` onto ``target``'s shapes and shardings (ShapeDtypeStructs with
-        ``sharding``, or arrays); ``target.extras`` is kept when the step saved none."""
+        ``sharding``, or arrays); ``target.extras`` / ``target.ema`` are kept when the step
+        saved none."""
         a = self._ocp.args
         step_dir = self.directory / str(step)
         items = {
@@ -126,9 +131,9 @@ class RunCheckpoints:
             "opt_state": a.StandardRestore(_abstract(target.opt_state)),
             "meta": a.JsonRestore(),
         }
-        has_extras = (step_dir / "extras").is_dir() and jax.tree.leaves(target.extras)
-        if has_extras:
-            items["extras"] = a.StandardRestore(_abstract(target.extras))
+        saved = [n for n in OPTIONAL if (step_dir / n).is_dir() and jax.tree.leaves(getattr(target, n))]
+        for name in saved:
+            items[name] = a.StandardRestore(_abstract(getattr(target, name)))
         try:
             out = self.manager.restore(step, args=a.Composite(**items))
         except Exception as err:  # orbax/tensorstore raise many types for a bad or partial step
@@ -136,20 +141,19 @@ class RunCheckpoints:
                 f"cannot restore checkpoint {step_dir} (different model or optimizer?): "
                 f"{str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}"
             ) from None
-        extras = out["extras"] if has_extras else target.extras
         meta = dict(out["meta"])
         where = f"checkpoint step {step} ({step_dir})"
         integrity.check_meta(meta, where)
         recorded = meta.get("digest") or {}
-        for name, tree in (("params", out["params"]), ("opt_state", out["opt_state"]),
-                           ("extras", extras if has_extras else None)):
-            if tree is not None and name in recorded:
-                integrity.compare(recorded[name], integrity.tree_digest(tree)[0], where, name)
+        for name in ("params", "opt_state", *saved):
+            if name in recorded:
+                integrity.compare(recorded[name], integrity.tree_digest(out[name])[0], where, name)
+        kept = {n: out[n] if n in saved else getattr(target, n) for n in OPTIONAL}
         state = TrainState(
             step=jax.device_put(np.int32(meta["step"]), _sharding(target.step)),
             params=out["params"],
             opt_state=out["opt_state"],
-            extras=extras,
+            **kept,
         )
         return state, meta
 

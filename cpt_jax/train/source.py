@@ -1,8 +1,9 @@
 """What the training loop asks of its data: ``TrainSource``, and an adapter for plain sources.
 
 The loop needs the batch of step k as a pure function of k (so resume needs only the step), an
-iterator from a step on (prefetching where it can), what a checkpoint stores to resume, and a
-check of that stored state. ``cpt_jax.data.pipeline.TrainData`` is the full source; a test or
+iterator from a step on (prefetching where it can), what a checkpoint stores to resume, a
+check of that stored state, and for the run's banner where the batches come from and the
+mixture weights at a step. ``cpt_jax.data.pipeline.TrainData`` is the full source; a test or
 tool can pass anything with ``domains`` and ``batch(step)``, and ``as_source`` fills in the rest.
 """
 
@@ -30,10 +31,14 @@ class TrainSource(Protocol):
 
     def resume_step(self, state: dict) -> int: ...
 
+    def describe(self) -> str: ...
+
+    def weights_at(self, step: int) -> np.ndarray | None: ...
+
 
 class BatchFunction:
     """A ``TrainSource`` over any object with ``domains`` and ``batch(step)`` (no prefetch; the
-    checkpointed state is the step alone)."""
+    checkpointed state is the step alone; described by its class and domains)."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
@@ -50,6 +55,13 @@ class BatchFunction:
 
     def resume_step(self, state: dict) -> int:
         return int(state["step"])
+
+    def describe(self) -> str:
+        return f"{', '.join(self.domains)} (batches of a {type(self.inner).__name__})"
+
+    def weights_at(self, step: int) -> np.ndarray | None:
+        """None: a plain source states no mixture."""
+        return None
 
 
 def as_source(data: Any) -> TrainSource:

@@ -13,6 +13,9 @@ so every device holds an equal slice of every micro-batch (no data movement to s
 A step whose loss, gradient norm or updated params are not finite is not applied: params,
 optimizer state and extras stay as they were, only the step counter advances (the batch is
 skipped), and the step's ``nonfinite`` metric is 1. The loop decides whether to go on.
+
+With ``lawa.ema`` = beta > 0 the state also carries the EMA of the params, updated after every
+step with the params the step leaves (``update_ema``).
 """
 
 from __future__ import annotations
@@ -127,6 +130,18 @@ def accumulate(objective: Objective, params: Any, batch: Batch, ctx: Any, micro_
     return loss, aux, grads
 
 
+def update_ema(ema: dict[str, Any], params: Any, beta: float) -> dict[str, Any]:
+    """``theta_ema <- beta theta_ema + (1 - beta) theta`` in fp32, one more update counted; the
+    first update (count 0) sets ``theta_ema = theta``: the EMA starts from the first params it sees."""
+    first = ema["count"] == 0
+
+    def one(e: jax.Array, x: jax.Array) -> jax.Array:
+        x = x.astype(jnp.float32)
+        return jnp.where(first, x, beta * e + (1.0 - beta) * x)
+
+    return {"params": jax.tree.map(one, ema["params"], params), "count": ema["count"] + 1}
+
+
 def make_train_step(
     objective: Objective,
     tx: optax.GradientTransformation,
@@ -134,6 +149,7 @@ def make_train_step(
     shardings: TrainState,
     mesh: Mesh,
     micro_batches: int = 1,
+    ema_beta: float = 0.0,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """``train_step(state, batch) -> (state', metrics)``: one ``jax.jit`` with the state's
     shardings in and out, the batch split over ``(data, fsdp)``, and the state donated, traced
@@ -143,6 +159,7 @@ def make_train_step(
     metrics: ``loss``, ``grad_norm`` (global L2 norm of g before clipping), ``lr`` (eta_t),
     ``nonfinite`` (1.0 when the update was not applied, see the module docstring), the
     objective's aux sums and its ``prepare`` metrics (all replicated scalars / vectors).
+    A state with an EMA (``state.ema``) gets it updated with ``ema_beta`` (``update_ema``).
     """
 
     def step_fn(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -158,7 +175,8 @@ def make_train_step(
         out.update(aux)
         out.update(metrics)
         kept = _select(ok, (params, opt_state, extras), (state.params, state.opt_state, state.extras))
-        new = TrainState(step=state.step + 1, params=kept[0], opt_state=kept[1], extras=kept[2])
+        ema = update_ema(state.ema, kept[0], ema_beta) if state.ema else state.ema
+        new = TrainState(step=state.step + 1, params=kept[0], opt_state=kept[1], extras=kept[2], ema=ema)
         return new, out
 
     jitted = jax.jit(
