@@ -170,7 +170,17 @@ def test_sigterm_in_one_process_stops_both_and_resume_matches(slurm_run, tmp_pat
     np.testing.assert_allclose([got[s] for s in steps], [ref[s] for s in steps], rtol=1e-5)
 
 
-def test_sigkill_of_one_process_ends_the_other(tmp_path):
+def _error_lines(log: Path) -> list[str]:
+    """The lines of a process's output that report an error (jax's C++ log and tracebacks included)."""
+    marks = ("error", "Traceback", "Check failure", "Fatal Python")
+    return [line for line in log.read_text().splitlines()
+            if any(m in line for m in marks) or line[:1] in ("E", "F") and line[1:5].isdigit()]
+
+
+@pytest.mark.parametrize("victim", [1, 0])
+def test_sigkill_of_one_process_ends_the_other_with_one_line_and_75(tmp_path, victim):
+    """The survivor ends within the heartbeat and shutdown timeouts, with one line naming the
+    dead process and exit 75, whether the dead one is a worker or the coordinator."""
     port = free_port()
     cmd = [cpt_jax(), "train", *cli_args(tmp_path / "run", FSDP4 + ["train.steps=100000"])]
     procs = []
@@ -183,15 +193,32 @@ def test_sigkill_of_one_process_ends_the_other(tmp_path):
         while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
             assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
             time.sleep(0.2)
-        procs[1].send_signal(signal.SIGKILL)
+        procs[victim].send_signal(signal.SIGKILL)  # the trainer under it dies with it
         t0 = time.monotonic()
-        code = procs[0].wait(60)  # heartbeat timeout 4 s: jax ends the survivor
-        assert code != 0 and time.monotonic() - t0 < 60
+        survivor = 1 - victim
+        code = procs[survivor].wait(60)  # heartbeat 4 s, shutdown 10 s
+        took = time.monotonic() - t0
+        lines = _error_lines(tmp_path / f"p{survivor}.log")
+        assert code == 75 and took < 40, (code, took, lines)
+        assert len(lines) == 1 and f"process {victim}" in lines[0] and "died" in lines[0], lines
+        assert lines[0].startswith("cpt-jax train: error:") and "exit 75" not in lines[0][:20]
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def test_a_peer_that_never_arrives_is_one_line_and_75(tmp_path):
+    """Process 0 alone of 2: after ``mesh.init_timeout_s`` it ends with one line naming process 1."""
+    log = tmp_path / "p0.log"
+    cmd = [cpt_jax(), "train", *cli_args(tmp_path / "run", FSDP4 + ["mesh.init_timeout_s=5"])]
+    t0 = time.monotonic()
+    (code,) = run_all([cmd], [coordinator_env(free_port(), 0)], [log], timeout=90)
+    lines = _error_lines(log)
+    assert code == 75 and time.monotonic() - t0 < 60, (code, log.read_text()[-3000:])
+    assert len(lines) == 1 and "process 1 never joined" in lines[0], lines
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_failing_run_makes_the_local_launcher_fail(tmp_path):
@@ -246,7 +273,7 @@ def _main(spec: dict) -> None:
     from cpt_jax.train import loop
 
     cfg = load_cfg(spec["run_dir"], spec["overrides"])
-    sharding.maybe_initialize_distributed(cfg)  # before TrainData asks for the process count
+    sharding.maybe_initialize_distributed(cfg.mesh)  # before TrainData asks for the process count
     data = _SignalAt(TrainData(cfg, jax.process_index(), jax.process_count()),
                      spec["stop_at"], spec["process"], spec["slow"])
     summary = loop.run(cfg, data=data, eval_sets={})
