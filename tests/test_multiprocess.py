@@ -262,7 +262,8 @@ class _SignalAt:
 
 
 def _main(spec: dict) -> None:
-    """One training process of the SIGTERM case; prints ``RESULT {summary}``."""
+    """One training process of the SIGTERM case (and of the one whose hosts list different
+    checkpoints: ``blind``); prints ``RESULT {summary}``."""
     import jax
 
     sys.path.insert(0, str(ROOT / "tests"))
@@ -274,6 +275,11 @@ def _main(spec: dict) -> None:
 
     cfg = load_cfg(spec["run_dir"], spec["overrides"])
     sharding.maybe_initialize_distributed(cfg.mesh)  # before TrainData asks for the process count
+    if jax.process_index() in spec.get("blind", []):  # this host's listing shows no checkpoint
+        from cpt_jax import run_dir
+
+        run_dir.RunDir.complete_steps = lambda self: []
+        run_dir.RunDir.latest_step = lambda self: None
     data = _SignalAt(TrainData(cfg, jax.process_index(), jax.process_count()),
                      spec["stop_at"], spec["process"], spec["slow"])
     summary = loop.run(cfg, data=data, eval_sets={})
@@ -305,6 +311,31 @@ def test_an_altered_newest_step_makes_every_process_fall_back_together(slurm_run
     assert "checkpoint step 12 cannot be restored" in said and "resuming from step 6" in said
     assert "fails its integrity check" in said
     assert (run_dir / "checkpoints" / "12.unreadable" / "params").is_dir()
+    got, ref = step_losses(run_dir), step_losses(slurm_run)
+    np.testing.assert_allclose([got[s] for s in range(7, STEPS + 1)], [ref[s] for s in range(7, STEPS + 1)],
+                               rtol=1e-5)
+
+
+def test_hosts_listing_different_checkpoints_all_restore_process_0s_step(slurm_run, tmp_path):
+    """Process 1's listing shows no checkpoint at all (as a stale listing of a bucket or a lagging
+    shared disk can): it still restores the step process 0 listed and chose, and the resumed
+    steps match the uninterrupted run."""
+    run_dir = tmp_path / "run"
+    first = [cpt_jax(), "train", *cli_args(run_dir, FSDP4 + ["checkpoint.every=6", "checkpoint.keep=0"])]
+    logs = [tmp_path / f"first{r}.log" for r in range(2)]
+    codes = run_all([first, first], [coordinator_env(free_port(), r) for r in range(2)], logs, timeout=240)
+    assert codes == [0, 0], "\n".join(log.read_text()[-2000:] for log in logs)
+    import shutil
+
+    shutil.rmtree(run_dir / "checkpoints" / "12")  # the run stopped after saving step 6
+    (run_dir / "summary.json").unlink()
+    spec = {"run_dir": str(run_dir), "overrides": COMMON + FSDP4 + ["checkpoint.every=6", "checkpoint.keep=0"],
+            "stop_at": -1, "process": 1, "slow": 0, "blind": [1]}
+    cmd = [sys.executable, __file__, json.dumps(spec)]
+    logs = [tmp_path / f"resumed{r}.log" for r in range(2)]
+    codes = run_all([cmd, cmd], [coordinator_env(free_port(), r) for r in range(2)], logs, timeout=240)
+    assert codes == [0, 0], "\n".join(log.read_text()[-2000:] for log in logs)
+    assert [last_result(log)["resumed_from"] for log in logs] == [6, 6]
     got, ref = step_losses(run_dir), step_losses(slurm_run)
     np.testing.assert_allclose([got[s] for s in range(7, STEPS + 1)], [ref[s] for s in range(7, STEPS + 1)],
                                rtol=1e-5)
