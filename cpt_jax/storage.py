@@ -8,7 +8,8 @@ folder named ``gs:``.
 The Cloud Storage endpoint comes from ``STORAGE_EMULATOR_HOST`` when it is set (what Google's
 clients and gcsfs honour); tensorstore is pointed at the same endpoint, so a local emulator
 serves the whole program. Each gcsfs request times out after ``CPT_JAX_GCS_REQUEST_TIMEOUT_S``
-seconds (120); gcsfs retries it with backoff, then fails (a ``TimeoutError``: exit 75).
+seconds (120, or ``CPT_JAX_STORAGE_TIMEOUT_S`` when shorter); gcsfs retries it with backoff,
+then fails (a ``TimeoutError``: exit 75).
 
 Object stores cannot rename or append: JSON files are written whole (one object write is
 atomic), local ones through a temporary file and ``os.replace``; appended logs are mirrored
@@ -92,7 +93,10 @@ def _configure_gcs() -> None:
     the same folders), and an emulator at ``STORAGE_EMULATOR_HOST`` serves tensorstore too."""
     import fsspec.config
 
-    timeout = float(os.environ.get("CPT_JAX_GCS_REQUEST_TIMEOUT_S", "120"))
+    from cpt_jax.outage import read_timeout_s
+
+    # one request never outlasts the whole read's deadline (a silent endpoint: one line, exit 75)
+    timeout = float(os.environ.get("CPT_JAX_GCS_REQUEST_TIMEOUT_S", min(120.0, read_timeout_s())))
     for protocol in ("gs", "gcs"):
         conf = fsspec.config.conf.setdefault(protocol, {})
         conf["use_listings_cache"] = False

@@ -112,7 +112,7 @@ def test_a_verb_on_a_silent_endpoint_fails_within_the_request_timeout(black_hole
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
     assert out.returncode == 75, out.stderr[-2000:]
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and "storage did not answer" in lines[0]
+    assert len(lines) == 1 and "storage at gs://bucket/run did not answer" in lines[0]
 
 
 def test_convert_onto_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys):
