@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from bad_input_cases import CASES
+from bad_input_more import MORE
 from cpt_jax.cli import main
 from conftest import tree_digest
 
@@ -34,14 +35,18 @@ def _snapshot(root: Path) -> dict[str, tuple]:
     return out
 
 
+TABLE = {**CASES, **MORE}
+
+
 def test_the_table_is_large_enough():
-    assert len(CASES) >= 200
+    assert not CASES.keys() & MORE.keys()
+    assert len(TABLE) >= 290  # and the gs:// rows of tests/test_gcs.py
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", list(TABLE))
 def test_bad_input_is_one_line(case, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    make_argv, names = CASES[case]
+    make_argv, names = TABLE[case]
     argv = make_argv(tmp_path)
     before = _snapshot(tmp_path), tree_digest(tmp_path)
     capsys.readouterr()

@@ -228,6 +228,18 @@ GS_CASES = {
     "convert from a gs path of nothing": (lambda: ["convert", "--from", f"gs://{BUCKET}/bad/void", "--to",
                                                    f"gs://{BUCKET}/bad/out"], "does not exist"),
     "gs path without a bucket": (lambda: ["verify", "gs://"], "needs a bucket"),
+    "generate from a missing gs checkpoint": (lambda: ["generate", "--checkpoint", f"gs://{BUCKET}/bad/gone",
+                                                       "--prompt", "a"], "does not exist"),
+    "vocab extend into a gs run dir": (lambda: ["vocab", "extend", "--corpus", "c.txt", "--new-tokens", "2",
+                                                "--checkpoint", "x", "--out", _gs_run("g")], "training run"),
+    "average --to-hf over gs foreign files": (lambda: ["average", "--ckpt", "x", "--out", f"gs://{BUCKET}/bad/a2",
+                                                       "--to-hf", _gs_foreign()], "not written by average"),
+    "verify a gs step dir without params": (
+        lambda: ["verify", f"{_gs_run('h', 'checkpoints/4/meta.json')}/checkpoints/4"], "4"),
+    "train from a missing gs init_from": (lambda: ["train", "--config", str(ROOT / "configs" / "tiny.py"),
+                                                   f"--config.run_dir=gs://{BUCKET}/bad/newrun",
+                                                   f"--config.train.init_from=gs://{BUCKET}/bad/nowhere",
+                                                   "--config.train.progress=false"], "nowhere"),
 }
 
 

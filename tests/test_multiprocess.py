@@ -323,7 +323,8 @@ def test_hosts_listing_different_checkpoints_all_restore_process_0s_step(slurm_r
     run_dir = tmp_path / "run"
     first = [cpt_jax(), "train", *cli_args(run_dir, FSDP4 + ["checkpoint.every=6", "checkpoint.keep=0"])]
     logs = [tmp_path / f"first{r}.log" for r in range(2)]
-    codes = run_all([first, first], [coordinator_env(free_port(), r) for r in range(2)], logs, timeout=240)
+    port = free_port()
+    codes = run_all([first, first], [coordinator_env(port, r) for r in range(2)], logs, timeout=240)
     assert codes == [0, 0], "\n".join(log.read_text()[-2000:] for log in logs)
     import shutil
 
@@ -333,7 +334,8 @@ def test_hosts_listing_different_checkpoints_all_restore_process_0s_step(slurm_r
             "stop_at": -1, "process": 1, "slow": 0, "blind": [1]}
     cmd = [sys.executable, __file__, json.dumps(spec)]
     logs = [tmp_path / f"resumed{r}.log" for r in range(2)]
-    codes = run_all([cmd, cmd], [coordinator_env(free_port(), r) for r in range(2)], logs, timeout=240)
+    port = free_port()
+    codes = run_all([cmd, cmd], [coordinator_env(port, r) for r in range(2)], logs, timeout=240)
     assert codes == [0, 0], "\n".join(log.read_text()[-2000:] for log in logs)
     assert [last_result(log)["resumed_from"] for log in logs] == [6, 6]
     got, ref = step_losses(run_dir), step_losses(slurm_run)

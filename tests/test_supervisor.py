@@ -19,6 +19,8 @@ HEARTBEAT = ("E1207 00:01:40.457 12095 coordination_service.cc:1549] Use error p
              "service detected fatal errors.\n*** Check failure stack trace: ***\n    @ 0x7f SendToLog()\n")
 GLOO = ("Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n"
         "ValueError: UNKNOWN: Gloo AllGather failed: pair.cc:547] Connection closed by peer [127.0.0.1]:1759\n")
+WARNING = ("W1207 00:04:59.9 16660 preemption_sync_manager.cc:147] Failed to retrieve preemption notice "
+           "from coordination service: UNAVAILABLE: Socket closed\n")
 USER = "Traceback (most recent call last):\n  File \"x.py\", line 1\nKeyError: 'step'\n"
 
 
@@ -55,6 +57,7 @@ def _supervise(tmp_path, monkeypatch, capfd, stderr: str, code: int, env: dict[s
 
 @pytest.mark.parametrize("stderr,code,me,named", [
     (HEARTBEAT, -6, "0", "process 2 died or stopped answering"),
+    (WARNING + "more\n", -6, "1", "process 0 (the coordinator) died"),  # a warning, then an abort
     (GLOO, 1, "1", "process 0 (the coordinator) died"),
     (GLOO, 1, "0", "processes 1, 2 died"),
     ("F1207 00:02:02.9 12901 client.h:80] Terminating process because the JAX distributed service detected "
@@ -76,6 +79,7 @@ def test_a_gone_peer_is_one_line_and_75(tmp_path, monkeypatch, capfd, stderr, co
     ("cpt-jax train: error: mesh.tensor=3 does not divide 4\n", 2, 2),
     (HEARTBEAT, 0, 0),  # jax complained, but the trainer finished: its output, its code
     ("", -15, 143),  # killed by a signal: the shell's 128 + N
+    (WARNING + "cpt-jax train: error: data.dir /x does not exist\n", 2, 2),  # a warning, then bad input
 ])
 def test_other_endings_pass_unchanged(tmp_path, monkeypatch, capfd, stderr, code, expected):
     got, err = _supervise(tmp_path, monkeypatch, capfd, stderr, code, {"JAX_PROCESS_ID": "0"})

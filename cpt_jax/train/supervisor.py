@@ -77,7 +77,7 @@ def supervise(argv: list[str], shutdown_timeout_s: float = 300.0) -> int:
             signal.signal(sig, old)
         if child.poll() is None:
             child.kill()
-    if watch.report and code != 0:
+    if watch.peer_gone(code):
         print(f"cpt-jax train: error: {peer_line(watch.report, code)}", file=sys.stderr, flush=True)
         return TEMPFAIL
     watch.flush()
@@ -171,6 +171,7 @@ class _StderrWatch:
         self.report = ""  # non-empty once a peer is known gone
         self._in_traceback = False
         self._soft_since: float | None = None  # a warning about the peers is being held
+        self._warned = False  # the child ended while such a warning was held (no error yet)
         self._timer: threading.Timer | None = None
 
     def pump(self) -> None:
@@ -179,8 +180,16 @@ class _StderrWatch:
             self._line(raw.decode(errors="replace"))
         if self._timer is not None:
             self._timer.cancel()
-        if self.report or self._soft_since is not None:
+        self._warned = self._soft_since is not None
+        if self.report or self._warned:
             self.report = "".join(self.held)
+
+    def peer_gone(self, code: int) -> bool:
+        """Whether the child, ended with ``code``, stopped because a peer is gone: an error
+        said so, or it aborted (SIGABRT) after a warning that did."""
+        if code == 0 or not self.report:
+            return False
+        return not self._warned or code in (-signal.SIGABRT, 128 + signal.SIGABRT)
 
     def _line(self, line: str) -> None:
         if self.report:
@@ -218,7 +227,7 @@ class _StderrWatch:
         sys.stderr.flush()
 
     def _gone(self) -> None:
-        self.report = "gone"
+        self.report, self._soft_since = "gone", None
         self._timer = threading.Timer(self.grace, self.child.kill)
         self._timer.daemon = True
         self._timer.start()
