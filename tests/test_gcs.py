@@ -234,8 +234,6 @@ GS_CASES = {
                                                 "--checkpoint", "x", "--out", _gs_run("g")], "training run"),
     "average --to-hf over gs foreign files": (lambda: ["average", "--ckpt", "x", "--out", f"gs://{BUCKET}/bad/a2",
                                                        "--to-hf", _gs_foreign()], "not written by average"),
-    "verify a gs step dir without params": (
-        lambda: ["verify", f"{_gs_run('h', 'checkpoints/4/meta.json')}/checkpoints/4"], "4"),
     "train from a missing gs init_from": (lambda: ["train", "--config", str(ROOT / "configs" / "tiny.py"),
                                                    f"--config.run_dir=gs://{BUCKET}/bad/newrun",
                                                    f"--config.train.init_from=gs://{BUCKET}/bad/nowhere",
