@@ -2,7 +2,8 @@
 # One SLURM task of launch/slurm_gpu.sbatch: one JAX process, owning every GPU the task sees,
 # or, when several tasks share a node (SLURM_NTASKS_PER_NODE > 1), task SLURM_LOCALID's equal
 # share of them (task 1 of 4 on 8 GPUs: GPUs 2,3). Runs `cpt-jax train "$@"`; its exit code is
-# the task's.
+# the task's. GPUs that do not split evenly, or a SLURM_LOCALID not below the tasks per node,
+# are refused in one line (exit 2).
 #
 # Environment (all optional): CPT_JAX (the cpt-jax executable, default .venv/bin/cpt-jax),
 # JAX_LOCAL_DEVICE_IDS (default: this task's share of the visible GPUs), XLA_FLAGS (the GPU

@@ -188,3 +188,19 @@ def _tokenize_into(out: Path, r: Path, domain: str = "d") -> list[str]:
     tk = save_word_level_tokenizer(r / "tok.json", word_level_vocab(["hello", "world"]))
     return ["tokenize", "--input", str(txt("hello world\n")(r)), "--domain", domain, "--out", str(out),
             "--tokenizer", str(tk), "--workers", "1"]
+
+
+def _step_without_params(r: Path) -> Path:
+    step = fake_run("checkpoints")(r) / "checkpoints" / "4"
+    step.mkdir()
+    (step / "meta.json").write_text('{"step": 4}')
+    return step
+
+
+# damaged checkpoints `verify` is asked about: the answer is a report (exit 1, one FAILED line
+# naming the checkpoint on stdout), not a refusal of the input
+REPORTED = {
+    "verify a step dir without params": (lambda r: ["verify", str(_step_without_params(r))], "FAILED"),
+    "verify a params checkpoint with an empty params item": (lambda r: ["verify", str(ckpt_with(MODEL)(r))],
+                                                            "FAILED"),
+}

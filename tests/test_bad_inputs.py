@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from bad_input_cases import CASES
-from bad_input_more import MORE
+from bad_input_more import MORE, REPORTED
 from cpt_jax.cli import main
 from conftest import tree_digest
 
@@ -40,7 +40,7 @@ TABLE = {**CASES, **MORE}
 
 def test_the_table_is_large_enough():
     assert not CASES.keys() & MORE.keys()
-    assert len(TABLE) >= 290  # and the gs:// rows of tests/test_gcs.py
+    assert len(TABLE) + len(REPORTED) >= 290  # and the gs:// rows of tests/test_gcs.py
 
 
 @pytest.mark.parametrize("case", list(TABLE))
@@ -65,6 +65,22 @@ def test_bad_input_is_one_line(case, tmp_path, capsys, monkeypatch):
     if lock not in before[1] and after[1].get(lock) == EMPTY_SHA256:
         after = tuple({k: v for k, v in part.items() if k != lock} for part in after)
     assert after == before, "files were written, changed or deleted"
+
+
+@pytest.mark.parametrize("case", list(REPORTED))
+def test_damage_that_verify_reports(case, tmp_path, capsys, monkeypatch):
+    """The other class: the input is accepted and the answer is the report (exit 1)."""
+    monkeypatch.chdir(tmp_path)
+    make_argv, names = REPORTED[case]
+    argv = make_argv(tmp_path)
+    before = _snapshot(tmp_path), tree_digest(tmp_path)
+    capsys.readouterr()
+    code = main(argv)
+    out, err = capsys.readouterr()
+    failed = [line for line in out.splitlines() if line.startswith(names)]
+    assert code == 1 and len(failed) == 1 and str(tmp_path) in failed[0], (out, err)
+    assert "Traceback" not in err
+    assert (_snapshot(tmp_path), tree_digest(tmp_path)) == before
 
 
 # ---- kill -9 during writes -------------------------------------------------------------------
