@@ -43,10 +43,9 @@ def test_the_table_is_large_enough():
     assert len(TABLE) + len(REPORTED) >= 290  # and the gs:// rows of tests/test_gcs.py
 
 
-@pytest.mark.parametrize("case", list(TABLE))
-def test_bad_input_is_one_line(case, tmp_path, capsys, monkeypatch):
+def _run_case(make_argv, tmp_path: Path, capsys, monkeypatch) -> tuple[int, str, str, tuple]:
+    """Run one row in its folder: ``(exit code, stdout, stderr, the folder's state before)``."""
     monkeypatch.chdir(tmp_path)
-    make_argv, names = TABLE[case]
     argv = make_argv(tmp_path)
     before = _snapshot(tmp_path), tree_digest(tmp_path)
     capsys.readouterr()
@@ -54,7 +53,14 @@ def test_bad_input_is_one_line(case, tmp_path, capsys, monkeypatch):
         code = main(argv)
     except SystemExit as exit_:  # argparse
         code = exit_.code
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
+    return code, out, err, before
+
+
+@pytest.mark.parametrize("case", list(TABLE))
+def test_bad_input_is_one_line(case, tmp_path, capsys, monkeypatch):
+    make_argv, names = TABLE[case]
+    code, _, err, before = _run_case(make_argv, tmp_path, capsys, monkeypatch)
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2, err
     assert len(lines) == 1, err
@@ -70,13 +76,8 @@ def test_bad_input_is_one_line(case, tmp_path, capsys, monkeypatch):
 @pytest.mark.parametrize("case", list(REPORTED))
 def test_damage_that_verify_reports(case, tmp_path, capsys, monkeypatch):
     """The other class: the input is accepted and the answer is the report (exit 1)."""
-    monkeypatch.chdir(tmp_path)
     make_argv, names = REPORTED[case]
-    argv = make_argv(tmp_path)
-    before = _snapshot(tmp_path), tree_digest(tmp_path)
-    capsys.readouterr()
-    code = main(argv)
-    out, err = capsys.readouterr()
+    code, out, err, before = _run_case(make_argv, tmp_path, capsys, monkeypatch)
     failed = [line for line in out.splitlines() if line.startswith(names)]
     assert code == 1 and len(failed) == 1 and str(tmp_path) in failed[0], (out, err)
     assert "Traceback" not in err
