@@ -5,7 +5,9 @@
   launch/local_multiprocess.sh: every process loads every row);
 * SIGTERM in one process stops both at the same step (jax's preemption sync) with a
   checkpoint, and 2 new processes resume it to the uninterrupted run's losses;
-* SIGKILL of one process makes the other exit within a bounded time (no hang);
+* SIGKILL of one process (a worker or the coordinator) ends the other within a bounded time
+  with one line naming the dead process and exit 75, and so does a peer that never arrives;
+* a host whose checkpoint listing differs from process 0's restores process 0's step;
 * a failing run makes launch/local_multiprocess.sh exit non-zero.
 
 Run as a script (``python tests/test_multiprocess.py SPEC``) this file is the training process
