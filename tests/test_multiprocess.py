@@ -343,3 +343,36 @@ def test_hosts_listing_different_checkpoints_all_restore_process_0s_step(slurm_r
     got, ref = step_losses(run_dir), step_losses(slurm_run)
     np.testing.assert_allclose([got[s] for s in range(7, STEPS + 1)], [ref[s] for s in range(7, STEPS + 1)],
                                rtol=1e-5)
+
+
+def test_sigterm_to_every_process_of_a_supervised_run_saves_once(tmp_path):
+    """As SLURM and a VM shutdown do, SIGTERM reaches every process: each supervisor (which
+    passes it on) and each trainer under it. Both processes still save one step and exit 0."""
+    run_dir = tmp_path / "run"
+    cmd = [cpt_jax(), "train", *cli_args(run_dir, FSDP4 + ["train.steps=100000"])]
+    port = free_port()
+    procs = [subprocess.Popen(cmd, env=coordinator_env(port, r), cwd=ROOT, stdout=open(tmp_path / f"p{r}.log", "w"),
+                              stderr=subprocess.STDOUT) for r in range(2)]
+    try:
+        metrics = run_dir / "metrics.jsonl"
+        deadline = time.monotonic() + 120
+        while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+            time.sleep(0.2)
+        for p in procs:
+            trainers = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
+            assert len(trainers) == 1, trainers
+            os.kill(int(trainers[0]), signal.SIGTERM)
+            time.sleep(0.3)  # the trainer has handled it when the supervisor passes it on
+            os.kill(p.pid, signal.SIGTERM)
+        codes = [p.wait(120) for p in procs]
+        logs = [(tmp_path / f"p{r}.log").read_text() for r in range(2)]
+        assert codes == [0, 0], [log[-2000:] for log in logs]
+        assert all("again: exiting without a checkpoint" not in log for log in logs)
+        assert json.loads(logs[0][logs[0].index("{"):])["interrupted"] == "SIGTERM"
+        assert len(RunDir(run_dir).complete_steps()) == 1
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
