@@ -8,6 +8,7 @@
 * SIGKILL of one process (a worker or the coordinator) ends the other within a bounded time
   with one line naming the dead process and exit 75, and so does a peer that never arrives;
 * a host whose checkpoint listing differs from process 0's restores process 0's step;
+* SIGTERM delivered to every process of a supervised run (trainers and supervisors) saves once;
 * a failing run makes launch/local_multiprocess.sh exit non-zero.
 
 Run as a script (``python tests/test_multiprocess.py SPEC``) this file is the training process
