@@ -85,11 +85,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.config_overrides and not getattr(args, "takes_config", False):
         parser.error(f"'{args.verb}' takes no --config.* overrides")
     try:
+        from cpt_jax.train import supervisor
+
+        mesh = supervisor.mesh_to_watch(args)
+        if mesh is not None:  # several processes: a dead or missing peer is one line, exit 75
+            return supervisor.supervise(argv, float(mesh.shutdown_timeout_s))
         code = args.func(args)
     except (UserError, OSError, EOFError) as err:
         # storage or a peer unreachable: a temporary failure (75) that a restart loop retries
         temporary = isinstance(err, (ConnectionError, TimeoutError))
-        tail = " (storage did not answer: a temporary failure, exit 75)" if temporary else ""
+        remote = sorted({a.split("=", 1)[-1] for a in argv if "gs://" in a})  # what it was reading
+        at = f" at {', '.join(remote)}" if remote else ""
+        tail = f" (storage{at} did not answer: a temporary failure, exit 75)" if temporary else ""
         print(f"cpt-jax {args.verb}: error: {one_line(err)}{tail}", file=sys.stderr)
         return 75 if temporary else 2
     return int(code or 0)

@@ -266,7 +266,7 @@ def _on_cloud_tpu_vm(env: dict[str, str]) -> bool:
     return bool(glob.glob("/dev/accel*")) and importlib.util.find_spec("libtpu") is not None
 
 
-def maybe_initialize_distributed(cfg: Any) -> bool:
+def maybe_initialize_distributed(mesh_cfg: Any) -> bool:
     """``jax.distributed.initialize()`` when ``mesh.distributed`` is ``on``, or ``auto`` and
     :func:`detect_cluster` finds several processes. Returns whether it initialised. Call
     before any other jax use.
@@ -276,7 +276,7 @@ def maybe_initialize_distributed(cfg: Any) -> bool:
     GPUs a process owns). ``mesh.heartbeat_timeout_s`` bounds how long the others run on after
     one process dies; ``mesh.shutdown_timeout_s`` how long exit waits for the rest.
     """
-    mode = cfg.mesh.distributed
+    mode = mesh_cfg.distributed
     if mode == "off" or (mode == "auto" and detect_cluster() is None):
         return False
     if _already_initialized():
@@ -289,7 +289,7 @@ def maybe_initialize_distributed(cfg: Any) -> bool:
             kwargs["num_processes"] = int(os.environ["JAX_NUM_PROCESSES"])
         if "JAX_PROCESS_ID" in os.environ:
             kwargs["process_id"] = int(os.environ["JAX_PROCESS_ID"])
-    kwargs.update(_timeouts(cfg.mesh))
+    kwargs.update(_timeouts(mesh_cfg))
     try:
         jax.distributed.initialize(**kwargs)
     except (RuntimeError, ValueError) as err:

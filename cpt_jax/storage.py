@@ -8,16 +8,18 @@ folder named ``gs:``.
 The Cloud Storage endpoint comes from ``STORAGE_EMULATOR_HOST`` when it is set (what Google's
 clients and gcsfs honour); tensorstore is pointed at the same endpoint, so a local emulator
 serves the whole program. Each gcsfs request times out after ``CPT_JAX_GCS_REQUEST_TIMEOUT_S``
-seconds (120); gcsfs retries it with backoff, then fails (a ``TimeoutError``: exit 75).
+seconds (120, or ``CPT_JAX_STORAGE_TIMEOUT_S`` when shorter); gcsfs retries it with backoff,
+then fails (a ``TimeoutError``: exit 75).
 
 Object stores cannot rename or append: JSON files are written whole (one object write is
 atomic), local ones through a temporary file and ``os.replace``; appended logs are mirrored
 (``Mirror``) from a local folder and uploaded whole.
 
-A storage step that does not finish within its deadline (``Deadline``: training's
-``storage.timeout_s``) ends the program with one line and exit code 75 (``EX_TEMPFAIL``): what
-is saved stays saved, and a restart loop (``launch/tpu_vm.sh --restart``, SLURM ``--requeue``)
-tries again later. A full local disk is one line naming the folder and the bytes needed.
+A storage step that does not finish within its deadline (``cpt_jax.outage``: training's
+``storage.timeout_s``, ``CPT_JAX_STORAGE_TIMEOUT_S`` for reads outside training) ends the
+program with one line and exit code 75 (``EX_TEMPFAIL``): what is saved stays saved, and a
+restart loop (``launch/tpu_vm.sh --restart``, SLURM ``--requeue``) tries again later.
+A full local disk is one line naming the folder and the bytes needed.
 """
 
 from __future__ import annotations
@@ -37,37 +39,9 @@ from typing import Any, Iterator
 import numpy as np
 
 from cpt_jax.errors import UserError
+from cpt_jax.outage import TEMPFAIL, Deadline, read_remote, reading  # noqa: F401  (storage's API)
 
 REMOTE_PREFIXES = ("gs://",)
-TEMPFAIL = 75  # exit code of a temporary failure (sysexits.h EX_TEMPFAIL): a restart may succeed
-
-
-class Deadline:
-    """``with Deadline(seconds, "saving checkpoint step 8"):`` -- when the block is still
-    running after ``seconds`` (storage that stopped answering, a peer that is gone), print one
-    line and end the process with exit code 75. Blocked C threads cannot be interrupted, hence
-    a hard exit; what earlier steps saved is complete and stays."""
-
-    def __init__(self, seconds: float, what: str) -> None:
-        import threading
-
-        self.seconds, self.what = float(seconds), what
-        self._timer = threading.Timer(self.seconds, self._expire)
-        self._timer.daemon = True
-
-    def _expire(self) -> None:
-        print(f"cpt-jax: error: no answer within {self.seconds:.0f}s while {self.what} (storage or "
-              f"another process stopped responding): stopping with exit code {TEMPFAIL}, a "
-              "temporary failure; what was saved is kept and a restart resumes from it",
-              file=sys.stderr, flush=True)
-        os._exit(TEMPFAIL)
-
-    def __enter__(self) -> "Deadline":
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._timer.cancel()
 
 
 def check_free_space(folder: Any, needed: int, what: str) -> None:
@@ -81,6 +55,19 @@ def check_free_space(folder: Any, needed: int, what: str) -> None:
     if free < needed:
         raise UserError(f"{folder}: {free:,} bytes free, {what} needs about {needed:,}: free "
                         "some space (or lower checkpoint.keep) and run again")
+
+
+@contextlib.contextmanager
+def full_disk_is_one_line(where: Any, what: str, needed: int) -> Iterator[None]:
+    """Run the block; an out-of-space error anywhere in it (orbax wraps its writer threads'
+    ``OSError``) becomes one UserError line naming ``where``, ``what`` and the bytes needed."""
+    try:
+        yield
+    except Exception as err:
+        if not is_disk_full(err):
+            raise
+        raise UserError(f"{where}: no space left on the device while writing {what} (it needs "
+                        f"about {needed:,} bytes): free some space and run again") from None
 
 
 def is_disk_full(err: BaseException) -> bool:
@@ -106,7 +93,10 @@ def _configure_gcs() -> None:
     the same folders), and an emulator at ``STORAGE_EMULATOR_HOST`` serves tensorstore too."""
     import fsspec.config
 
-    timeout = float(os.environ.get("CPT_JAX_GCS_REQUEST_TIMEOUT_S", "120"))
+    from cpt_jax.outage import read_timeout_s
+
+    # one request never outlasts the whole read's deadline (a silent endpoint: one line, exit 75)
+    timeout = float(os.environ.get("CPT_JAX_GCS_REQUEST_TIMEOUT_S", min(120.0, read_timeout_s())))
     for protocol in ("gs", "gcs"):
         conf = fsspec.config.conf.setdefault(protocol, {})
         conf["use_listings_cache"] = False
@@ -155,7 +145,12 @@ def write_text(target: Any, text: str) -> None:
         target.write_text(text)
         return
     tmp = Path(f"{target}.tmp{os.getpid()}")
-    tmp.write_text(text)
+    try:
+        with full_disk_is_one_line(target, target.name, len(text.encode())):
+            tmp.write_text(text)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # the old file stays whole; no partial copy is left
+        raise
     os.replace(tmp, os.fspath(target))
 
 

@@ -51,7 +51,10 @@ def leaf_specs(params_dir: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     import orbax.checkpoint as ocp
 
     try:
-        meta = ocp.PyTreeCheckpointHandler().metadata(storage.path(params_dir))
+        meta = storage.read_remote(params_dir, "checkpoint metadata",
+                                   lambda: ocp.PyTreeCheckpointHandler().metadata(storage.path(params_dir)))
+    except ConnectionError:  # storage did not answer: exit 75
+        raise
     except Exception as err:  # orbax raises many types for a missing, partial or corrupt item
         raise UserError(f"cannot read checkpoint metadata in {params_dir}: {one_line(err)}") from None
     tree = getattr(meta, "tree", meta)
@@ -69,10 +72,15 @@ def restore_numpy(params_dir: str, leaves: list[str] | None = None) -> dict[str,
     item = unflatten({leaf: 0 for leaf in leaves})
     args = unflatten({leaf: ocp.RestoreArgs(restore_type=np.ndarray) for leaf in leaves})
     try:
-        with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
-            tree = ckptr.restore(
-                path, args=ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True)
-            )
+        def read() -> Any:
+            with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
+                return ckptr.restore(
+                    path, args=ocp.args.PyTreeRestore(item=item, restore_args=args, partial_restore=True)
+                )
+
+        tree = storage.read_remote(path, "checkpoint arrays", read)
+    except ConnectionError:
+        raise
     except Exception as err:  # a corrupt or truncated array file
         raise UserError(f"cannot restore {params_dir}: {one_line(err)}") from None
     return flatten(tree)

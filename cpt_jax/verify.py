@@ -2,7 +2,8 @@
 digests recorded when they were saved (``cpt_jax.integrity``), without training or a config.
 
 Each orbax item is read onto this host as numpy (whatever mesh or process count wrote it),
-one item at a time, and every array's digest is compared; a step's meta record is checked
+a group of arrays at a time (host memory about the largest array), and every array's digest
+is compared; a step's meta record is checked
 against its own digest and its model against the run's ``model.json``. A checkpoint saved
 before digests were recorded is reported as such (readable, but not verifiable).
 """
@@ -20,37 +21,50 @@ from cpt_jax.run_dir import CHECKPOINTS, PARAMS_ITEM, RunDir
 from cpt_jax.tree_io import one_line, path_name
 
 
-def read_item(item: Any) -> dict[str, np.ndarray]:
-    """``{leaf name: array}`` of an orbax PyTree item, restored on the host."""
+def _is_array(x: Any) -> bool:
+    return hasattr(x, "shape") and hasattr(x, "dtype")
+
+
+def iter_arrays(item: Any, whole: bool = False) -> Iterator[tuple[str, np.ndarray]]:
+    """``(leaf name, array)`` of an orbax PyTree item (params' nested dicts, an optimizer
+    state's lists and tuples alike), restored on the host a group of leaves at a time -- each
+    group no bigger than the largest leaf -- so host memory stays about one leaf group however
+    large the checkpoint; the whole tree at once when ``whole``."""
     import jax
     import orbax.checkpoint as ocp
 
-    is_leaf = lambda x: hasattr(x, "shape") and hasattr(x, "dtype")  # noqa: E731
+    from cpt_jax.lawa import leaf_groups
+
     try:
-        handler = ocp.PyTreeCheckpointHandler()
-        tree = getattr(handler.metadata(item), "tree", None)
-        args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree, is_leaf=is_leaf)
-        with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
-            out = ckptr.restore(item, args=ocp.args.PyTreeRestore(restore_args=args))
+        meta = storage.read_remote(item, "checkpoint metadata", lambda: ocp.PyTreeCheckpointHandler().metadata(item))
+        flat, treedef = jax.tree_util.tree_flatten_with_path(getattr(meta, "tree", meta), is_leaf=_is_array)
+    except ConnectionError:  # storage did not answer: exit 75
+        raise
     except Exception as err:  # orbax/tensorstore raise many types for a damaged item
         raise UserError(f"{item} cannot be read: {one_line(err)}") from None
-    return {path_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(out)[0]}
+    names = [path_name(p) for p, _ in flat]
+    if whole or not all(_is_array(m) for _, m in flat):  # leaves of unknown size: all at once
+        groups = [names]
+    else:
+        groups = leaf_groups({n: (tuple(m.shape), np.dtype(m.dtype)) for n, (_, m) in zip(names, flat)})
+    for group in groups:
+        wanted = set(group)
+        pick = lambda value, name: value if name in wanted else ocp.PLACEHOLDER  # noqa: E731
+        target = treedef.unflatten([pick(0, n) for n in names])
+        args = treedef.unflatten([pick(ocp.RestoreArgs(restore_type=np.ndarray), n) for n in names])
+        def read(target: Any = target, args: Any = args) -> Any:
+            with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as ckptr:
+                return ckptr.restore(item, args=ocp.args.PyTreeRestore(item=target, restore_args=args))
 
-
-def iter_arrays(item: Any) -> Iterator[tuple[str, np.ndarray]]:
-    """``(leaf name, array)`` of an orbax item, a group of leaves (no bigger than the largest)
-    at a time for the plain nested dicts params are, so host memory stays about one leaf group;
-    other trees (optimizer states) are read whole."""
-    from cpt_jax.lawa import leaf_groups
-    from cpt_jax.tree_io import leaf_specs, restore_numpy
-
-    try:
-        specs = leaf_specs(os.fspath(item))
-    except (UserError, AttributeError, TypeError):  # not a tree of dicts
-        yield from read_item(item).items()
-        return
-    for group in leaf_groups(specs):
-        yield from restore_numpy(os.fspath(item), group).items()
+        try:
+            out = storage.read_remote(item, "checkpoint arrays", read)
+        except ConnectionError:
+            raise
+        except Exception as err:
+            raise UserError(f"{item} cannot be read: {one_line(err)}") from None
+        for name, x in zip(names, treedef.flatten_up_to(out)):
+            if name in wanted:
+                yield name, x
 
 
 def _check_arrays(arrays: Iterable[tuple[str, np.ndarray]], recorded: dict[str, str] | None,
@@ -71,9 +85,10 @@ def verify_step(run: RunDir, step: int) -> str:
 
     step_dir = run.step_dir(step)
     where = f"checkpoint step {step} ({step_dir})"
-    locate(step_dir)  # its model is readable
-    recorded_digest(step_dir / PARAMS_ITEM)  # its meta matches its own digest
-    meta = run.step_meta(step) or {}
+    with storage.reading(step_dir, "the records of a checkpoint"):
+        locate(step_dir)  # its model is readable
+        recorded_digest(step_dir / PARAMS_ITEM)  # its meta matches its own digest
+        meta = run.step_meta(step) or {}
     digest = meta.get("digest")
     n = nonfinite = 0
     for item in ("params", "opt_state", "extras", "ema"):
@@ -114,19 +129,8 @@ def verify(path: str, say: Callable[[str], None] = print) -> int:
     """Verify a run (every complete step), a step or a params checkpoint; the number of
     checkpoints that failed (each named in one line by ``say``)."""
     root = storage.path(path)
-    if not root.exists():
-        raise UserError(f"{path} does not exist")
-    if (root / CHECKPOINTS).exists():
-        run = RunDir(root)
-        steps = run.complete_steps()
-        if not steps:
-            raise UserError(f"{run.checkpoints} holds no complete checkpoint")
-        checks = [(lambda s=s: verify_step(run, s)) for s in steps]
-    elif root.parent.name == CHECKPOINTS and root.name.isdigit():
-        checks = [lambda: verify_step(RunDir(root.parent.parent), int(root.name))]
-    else:
-        item = params_item(root)  # not a checkpoint at all: one line, exit 2
-        checks = [lambda: verify_params(root, item)]
+    with storage.reading(root, "the checkpoint listing"):
+        checks = _checks(root, path)
     failed = 0
     for check in checks:
         try:
@@ -135,3 +139,19 @@ def verify(path: str, say: Callable[[str], None] = print) -> int:
             failed += 1
             say(f"FAILED {err}")
     return failed
+
+
+def _checks(root: Any, path: str) -> list[Callable[[], str]]:
+    """One check per step of a run, the step itself, or the params checkpoint at ``root``."""
+    if not root.exists():
+        raise UserError(f"{path} does not exist")
+    if (root / CHECKPOINTS).exists():
+        run = RunDir(root)
+        steps = run.complete_steps()
+        if not steps:
+            raise UserError(f"{run.checkpoints} holds no complete checkpoint")
+        return [(lambda s=s: verify_step(run, s)) for s in steps]
+    if root.parent.name == CHECKPOINTS and root.name.isdigit():
+        return [lambda: verify_step(RunDir(root.parent.parent), int(root.name))]
+    item = params_item(root)  # not a checkpoint at all: one line, exit 2
+    return [lambda: verify_params(root, item)]

@@ -16,6 +16,9 @@ if [ $# -lt 3 ]; then
   exit 2
 fi
 N=$1; DEV=$2; shift 2
+for v in "NUM_PROCESSES=$N" "DEVICES_PER_PROCESS=$DEV"; do
+  [[ ${v#*=} =~ ^[1-9][0-9]*$ ]] || { echo "$0: ${v%%=*} must be a positive integer, got '${v#*=}'" >&2; exit 2; }
+done
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 CPT=${CPT_JAX:-"$ROOT/.venv/bin/cpt-jax"}
 [ -x "$CPT" ] || CPT=cpt-jax

@@ -2,7 +2,8 @@
 # One SLURM task of launch/slurm_gpu.sbatch: one JAX process, owning every GPU the task sees,
 # or, when several tasks share a node (SLURM_NTASKS_PER_NODE > 1), task SLURM_LOCALID's equal
 # share of them (task 1 of 4 on 8 GPUs: GPUs 2,3). Runs `cpt-jax train "$@"`; its exit code is
-# the task's.
+# the task's. GPUs that do not split evenly, or a SLURM_LOCALID not below the tasks per node,
+# are refused in one line (exit 2).
 #
 # Environment (all optional): CPT_JAX (the cpt-jax executable, default .venv/bin/cpt-jax),
 # JAX_LOCAL_DEVICE_IDS (default: this task's share of the visible GPUs), XLA_FLAGS (the GPU
@@ -21,12 +22,17 @@ if [ -z "${JAX_LOCAL_DEVICE_IDS:-}" ]; then
   per_node=${SLURM_NTASKS_PER_NODE:-${SLURM_TASKS_PER_NODE:-1}}
   per_node=${per_node%%[!0-9]*}  # "4(x2)" -> 4
   per_node=${per_node:-1}
+  local_id=${SLURM_LOCALID:-0}
+  if ! [[ $per_node =~ ^[1-9][0-9]*$ && $local_id =~ ^[0-9]+$ ]] || [ "$local_id" -ge "$per_node" ]; then
+    echo "slurm_task.sh: SLURM_LOCALID '$local_id' must be below SLURM_NTASKS_PER_NODE '$per_node' (whole numbers)" >&2
+    exit 2
+  fi
   if [ "${n:-0}" -gt 0 ]; then
     if [ $((n % per_node)) -ne 0 ]; then
       echo "slurm_task.sh: $n GPUs on $(hostname) cannot be shared evenly by $per_node tasks" >&2
       exit 2
     fi
-    share=$((n / per_node)); first=$((${SLURM_LOCALID:-0} * share))
+    share=$((n / per_node)); first=$((local_id * share))
     export JAX_LOCAL_DEVICE_IDS=$(seq -s, "$first" $((first + share - 1)))
   fi
 fi

@@ -35,6 +35,7 @@ CMD=$1; shift
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 REPO_DIR=${REPO_DIR:-cpt-jax}
 POLL=${POLL:-60}
+[[ $POLL =~ ^[0-9]+([.][0-9]+)?$ ]] && [[ $POLL != 0 ]] || { echo "tpu_vm.sh: POLL must be a positive number of seconds, got '$POLL'" >&2; exit 2; }
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 LOC=(--zone="$ZONE")

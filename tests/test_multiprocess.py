@@ -5,7 +5,10 @@
   launch/local_multiprocess.sh: every process loads every row);
 * SIGTERM in one process stops both at the same step (jax's preemption sync) with a
   checkpoint, and 2 new processes resume it to the uninterrupted run's losses;
-* SIGKILL of one process makes the other exit within a bounded time (no hang);
+* SIGKILL of one process (a worker or the coordinator) ends the other within a bounded time
+  with one line naming the dead process and exit 75, and so does a peer that never arrives;
+* a host whose checkpoint listing differs from process 0's restores process 0's step;
+* SIGTERM delivered to every process of a supervised run (trainers and supervisors) saves once;
 * a failing run makes launch/local_multiprocess.sh exit non-zero.
 
 Run as a script (``python tests/test_multiprocess.py SPEC``) this file is the training process
@@ -170,7 +173,17 @@ def test_sigterm_in_one_process_stops_both_and_resume_matches(slurm_run, tmp_pat
     np.testing.assert_allclose([got[s] for s in steps], [ref[s] for s in steps], rtol=1e-5)
 
 
-def test_sigkill_of_one_process_ends_the_other(tmp_path):
+def _error_lines(log: Path) -> list[str]:
+    """The lines of a process's output that report an error (jax's C++ log and tracebacks included)."""
+    marks = ("error", "Traceback", "Check failure", "Fatal Python")
+    return [line for line in log.read_text().splitlines()
+            if any(m in line for m in marks) or line[:1] in ("E", "F") and line[1:5].isdigit()]
+
+
+@pytest.mark.parametrize("victim", [1, 0])
+def test_sigkill_of_one_process_ends_the_other_with_one_line_and_75(tmp_path, victim):
+    """The survivor ends within the heartbeat and shutdown timeouts, with one line naming the
+    dead process and exit 75, whether the dead one is a worker or the coordinator."""
     port = free_port()
     cmd = [cpt_jax(), "train", *cli_args(tmp_path / "run", FSDP4 + ["train.steps=100000"])]
     procs = []
@@ -183,15 +196,32 @@ def test_sigkill_of_one_process_ends_the_other(tmp_path):
         while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
             assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
             time.sleep(0.2)
-        procs[1].send_signal(signal.SIGKILL)
+        procs[victim].send_signal(signal.SIGKILL)  # the trainer under it dies with it
         t0 = time.monotonic()
-        code = procs[0].wait(60)  # heartbeat timeout 4 s: jax ends the survivor
-        assert code != 0 and time.monotonic() - t0 < 60
+        survivor = 1 - victim
+        code = procs[survivor].wait(60)  # heartbeat 4 s, shutdown 10 s
+        took = time.monotonic() - t0
+        lines = _error_lines(tmp_path / f"p{survivor}.log")
+        assert code == 75 and took < 40, (code, took, lines)
+        assert len(lines) == 1 and f"process {victim}" in lines[0] and "died" in lines[0], lines
+        assert lines[0].startswith("cpt-jax train: error:") and "exit 75" not in lines[0][:20]
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def test_a_peer_that_never_arrives_is_one_line_and_75(tmp_path):
+    """Process 0 alone of 2: after ``mesh.init_timeout_s`` it ends with one line naming process 1."""
+    log = tmp_path / "p0.log"
+    cmd = [cpt_jax(), "train", *cli_args(tmp_path / "run", FSDP4 + ["mesh.init_timeout_s=5"])]
+    t0 = time.monotonic()
+    (code,) = run_all([cmd], [coordinator_env(free_port(), 0)], [log], timeout=90)
+    lines = _error_lines(log)
+    assert code == 75 and time.monotonic() - t0 < 60, (code, log.read_text()[-3000:])
+    assert len(lines) == 1 and "process 1 never joined" in lines[0], lines
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_failing_run_makes_the_local_launcher_fail(tmp_path):
@@ -235,7 +265,8 @@ class _SignalAt:
 
 
 def _main(spec: dict) -> None:
-    """One training process of the SIGTERM case; prints ``RESULT {summary}``."""
+    """One training process of the SIGTERM case (and of the one whose hosts list different
+    checkpoints: ``blind``); prints ``RESULT {summary}``."""
     import jax
 
     sys.path.insert(0, str(ROOT / "tests"))
@@ -246,7 +277,12 @@ def _main(spec: dict) -> None:
     from cpt_jax.train import loop
 
     cfg = load_cfg(spec["run_dir"], spec["overrides"])
-    sharding.maybe_initialize_distributed(cfg)  # before TrainData asks for the process count
+    sharding.maybe_initialize_distributed(cfg.mesh)  # before TrainData asks for the process count
+    if jax.process_index() in spec.get("blind", []):  # this host's listing shows no checkpoint
+        from cpt_jax import run_dir
+
+        run_dir.RunDir.complete_steps = lambda self: []
+        run_dir.RunDir.latest_step = lambda self: None
     data = _SignalAt(TrainData.from_config(cfg, jax.process_index(), jax.process_count()),
                      spec["stop_at"], spec["process"], spec["slow"])
     summary = loop.run(cfg, data=data, eval_sets={})
@@ -281,3 +317,63 @@ def test_an_altered_newest_step_makes_every_process_fall_back_together(slurm_run
     got, ref = step_losses(run_dir), step_losses(slurm_run)
     np.testing.assert_allclose([got[s] for s in range(7, STEPS + 1)], [ref[s] for s in range(7, STEPS + 1)],
                                rtol=1e-5)
+
+
+def test_hosts_listing_different_checkpoints_all_restore_process_0s_step(slurm_run, tmp_path):
+    """Process 1's listing shows no checkpoint at all (as a stale listing of a bucket or a lagging
+    shared disk can): it still restores the step process 0 listed and chose, and the resumed
+    steps match the uninterrupted run."""
+    run_dir = tmp_path / "run"
+    first = [cpt_jax(), "train", *cli_args(run_dir, FSDP4 + ["checkpoint.every=6", "checkpoint.keep=0"])]
+    logs = [tmp_path / f"first{r}.log" for r in range(2)]
+    port = free_port()
+    codes = run_all([first, first], [coordinator_env(port, r) for r in range(2)], logs, timeout=240)
+    assert codes == [0, 0], "\n".join(log.read_text()[-2000:] for log in logs)
+    import shutil
+
+    shutil.rmtree(run_dir / "checkpoints" / "12")  # the run stopped after saving step 6
+    (run_dir / "summary.json").unlink()
+    spec = {"run_dir": str(run_dir), "overrides": COMMON + FSDP4 + ["checkpoint.every=6", "checkpoint.keep=0"],
+            "stop_at": -1, "process": 1, "slow": 0, "blind": [1]}
+    cmd = [sys.executable, __file__, json.dumps(spec)]
+    logs = [tmp_path / f"resumed{r}.log" for r in range(2)]
+    port = free_port()
+    codes = run_all([cmd, cmd], [coordinator_env(port, r) for r in range(2)], logs, timeout=240)
+    assert codes == [0, 0], "\n".join(log.read_text()[-2000:] for log in logs)
+    assert [last_result(log)["resumed_from"] for log in logs] == [6, 6]
+    got, ref = step_losses(run_dir), step_losses(slurm_run)
+    np.testing.assert_allclose([got[s] for s in range(7, STEPS + 1)], [ref[s] for s in range(7, STEPS + 1)],
+                               rtol=1e-5)
+
+
+def test_sigterm_to_every_process_of_a_supervised_run_saves_once(tmp_path):
+    """As SLURM and a VM shutdown do, SIGTERM reaches every process: each supervisor (which
+    passes it on) and each trainer under it. Both processes still save one step and exit 0."""
+    run_dir = tmp_path / "run"
+    cmd = [cpt_jax(), "train", *cli_args(run_dir, FSDP4 + ["train.steps=100000"])]
+    port = free_port()
+    procs = [subprocess.Popen(cmd, env=coordinator_env(port, r), cwd=ROOT, stdout=open(tmp_path / f"p{r}.log", "w"),
+                              stderr=subprocess.STDOUT) for r in range(2)]
+    try:
+        metrics = run_dir / "metrics.jsonl"
+        deadline = time.monotonic() + 120
+        while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+            time.sleep(0.2)
+        for p in procs:
+            trainers = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
+            assert len(trainers) == 1, trainers
+            os.kill(int(trainers[0]), signal.SIGTERM)
+            time.sleep(0.3)  # the trainer has handled it when the supervisor passes it on
+            os.kill(p.pid, signal.SIGTERM)
+        codes = [p.wait(120) for p in procs]
+        logs = [(tmp_path / f"p{r}.log").read_text() for r in range(2)]
+        assert codes == [0, 0], [log[-2000:] for log in logs]
+        assert all("again: exiting without a checkpoint" not in log for log in logs)
+        assert json.loads(logs[0][logs[0].index("{"):])["interrupted"] == "SIGTERM"
+        assert len(RunDir(run_dir).complete_steps()) == 1
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()

@@ -104,10 +104,10 @@ def test_distributed_off_and_auto_without_env(monkeypatch):
                 "SLURM_JOB_ID", "SLURM_NTASKS", "TPU_WORKER_HOSTNAMES"):
         monkeypatch.delenv(var, raising=False)
     cfg = config_lib.defaults()
-    assert sharding.maybe_initialize_distributed(cfg) is False
+    assert sharding.maybe_initialize_distributed(cfg.mesh) is False
     cfg.mesh.distributed = "off"
     monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "localhost:1")
-    assert sharding.maybe_initialize_distributed(cfg) is False
+    assert sharding.maybe_initialize_distributed(cfg.mesh) is False
 
 
 def test_global_batch_checks_the_process_rows():
@@ -147,7 +147,7 @@ def test_distributed_on_passes_the_configured_timeouts(monkeypatch):
         monkeypatch.setenv(var, value)
     cfg = config_lib.defaults()
     cfg.mesh.heartbeat_timeout_s = 7
-    assert sharding.maybe_initialize_distributed(cfg) is True
+    assert sharding.maybe_initialize_distributed(cfg.mesh) is True
     (kw,) = calls
     assert kw["coordinator_address"] == "127.0.0.1:9" and kw["num_processes"] == 2
     assert kw["process_id"] == 1 and kw["heartbeat_timeout_seconds"] == 7

@@ -112,7 +112,7 @@ def test_a_verb_on_a_silent_endpoint_fails_within_the_request_timeout(black_hole
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
     assert out.returncode == 75, out.stderr[-2000:]
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and "storage did not answer" in lines[0]
+    assert len(lines) == 1 and "storage at gs://bucket/run did not answer" in lines[0]
 
 
 def test_convert_onto_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys):
@@ -130,3 +130,73 @@ def test_convert_onto_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys):
     assert main(["convert", "--from", str(tmp_path / "src"), "--to", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "10 bytes free, the params checkpoint needs about" in err
+
+
+def _enospc_after(limit: int):
+    """A ``Path.write_text`` that writes ``limit`` characters, then fails as a full disk does."""
+    import errno
+
+    def write_text(self, text, *args, **kwargs):
+        with open(self, "w") as f:
+            f.write(text[:limit])
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    return write_text
+
+
+def test_a_full_disk_while_writing_the_summary_is_one_line_and_keeps_the_old_file(tmp_path, monkeypatch):
+    import json
+
+    from cpt_jax import storage
+    from cpt_jax.run_dir import SUMMARY, RunDir
+
+    run = RunDir(tmp_path / "run")
+    run.write_json(SUMMARY, {"steps": 2, "final_loss": 3.5})
+    before = (run.root / SUMMARY).read_bytes()
+    new = {"steps": 4, "final_loss": 3.25, "note": "é"}
+    needed = len((json.dumps(new, indent=2) + "\n").encode())  # bytes, not characters
+    monkeypatch.setattr(storage.Path, "write_text", _enospc_after(10))
+    with pytest.raises(UserError) as err:
+        run.write_json(SUMMARY, new)
+    text = str(err.value)
+    assert text == (f"{run.root / SUMMARY}: no space left on the device while writing {SUMMARY} "
+                    f"(it needs about {needed:,} bytes): free some space and run again")
+    assert (run.root / SUMMARY).read_bytes() == before
+    assert sorted(p.name for p in run.root.iterdir()) == [SUMMARY]  # no partial temporary file
+
+
+def test_a_full_disk_while_writing_metrics_is_one_line(tmp_path):
+    import json
+
+    from cpt_jax.train.metrics import MetricsWriter
+
+    writer = MetricsWriter(tmp_path / "run", enabled=True, tensorboard=False, progress=False)
+    writer.write({"step": 1, "loss": 2.5})
+    writer._file.close()
+    writer._file = open("/dev/full", "a")  # every write to it fails with ENOSPC, as a full disk does
+    record = {"step": 2, "loss": 2.25, "lr": 1e-3}
+    with pytest.raises(UserError) as err:
+        writer.write(record)
+    needed = len(json.dumps(record)) + 1
+    assert str(err.value).startswith(f"{writer.path}: no space left on the device while writing a metrics "
+                                     f"record (it needs about {needed:,} bytes)")
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == '{"step": 1, "loss": 2.5}\n'
+
+
+def test_eval_onto_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys):
+    import jax
+
+    from cpt_jax import storage
+    from cpt_jax.cli import main
+    from cpt_jax.model import checkpoint, pythia
+
+    mcfg = pythia.PythiaConfig.from_config({"vocab_size": 64, "hidden_size": 16, "num_layers": 1, "num_heads": 2})
+    checkpoint.save_params(tmp_path / "src", jax.device_get(pythia.init_params(mcfg, jax.random.key(0))), mcfg)
+    capsys.readouterr()
+    monkeypatch.setattr(storage.Path, "write_text", _enospc_after(0))
+    out = tmp_path / "eval.json"
+    code = main(["eval", "--checkpoint", str(tmp_path / "src"), "--tasks", "none", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2, err
+    assert f"{out}: no space left on the device while writing eval.json (it needs about" in err
+    assert not out.exists()

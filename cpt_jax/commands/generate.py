@@ -54,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
     if not prompts:
         raise UserError("no prompts: give --prompt or --prompts-file")
     sampling = gen.Sampling(args.temperature, args.top_k, args.top_p)
+    for flag, value in (("--max-new-tokens", args.max_new_tokens), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:  # refused before any weight is read
+            raise UserError(f"{flag} must be at least 1, got {value}")
     params, config = checkpoint.load_params(args.checkpoint)
     tok = checkpoint_tokenizer(args.checkpoint, args.tokenizer, config.vocab_size)
     empty = [i for i, p in enumerate(prompts) if not tok.encode(p, add_special_tokens=False).ids]

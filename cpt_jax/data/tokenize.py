@@ -22,11 +22,13 @@ UTF-8 bytes of each token id, from which evaluation reports bits per byte.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
 import multiprocessing as mp
 import os
+import shutil
 import sys
 import time
 from collections import deque
@@ -244,8 +246,10 @@ def _tokenizer(path: str | os.PathLike | None, name: str | None, eos_id: int | N
         eos_id = tok.token_to_id("<|endoftext|>")
         if eos_id is None:
             raise UserError(f"{path}: no <|endoftext|> token; pass the EOS id explicitly")
-    record = {"name": name or os.fspath(path), "sha256": file_sha256(path),
-              "vocab_size": tok.get_vocab_size(with_added_tokens=True)}
+    vocab = tok.get_vocab_size(with_added_tokens=True)
+    if not 0 <= eos_id < vocab:
+        raise UserError(f"EOS id {eos_id} is not a token of {path} (ids 0..{vocab - 1})")
+    record = {"name": name or os.fspath(path), "sha256": file_sha256(path), "vocab_size": vocab}
     return tok, path, eos_id, record
 
 
@@ -321,6 +325,37 @@ def tokenize_domain(
     first = next(texts, None)  # refuse empty input before anything is written
     if first is None:
         raise UserError(f"tokenize {domain}: no non-empty document in {', '.join(map(str, paths))}")
+    with _nothing_left_on_error(data_dir, domain):
+        return _write_domain(data_dir, domain, tok, tokenizer, tokenizer_path, first, texts, eos_id,
+                             workers, val_fraction, max_tokens, progress, stats, sources, inputs, license,
+                             fingerprint, log)
+
+
+@contextlib.contextmanager
+def _nothing_left_on_error(data_dir: Path, domain: str) -> Iterator[None]:
+    """A domain tokenized for the first time leaves nothing behind when tokenizing fails (a bad
+    line, a full disk): its folder goes, and the manifest (and data dir) as they were."""
+    folder, manifest = data_dir / domain, data_dir / mf.MANIFEST
+    new_dir, new_folder = not data_dir.exists(), not folder.exists()
+    old = manifest.read_bytes() if manifest.is_file() else None
+    try:
+        yield
+    except BaseException:
+        if new_folder:
+            shutil.rmtree(folder, ignore_errors=True)
+            if old is None:
+                manifest.unlink(missing_ok=True)
+            else:
+                manifest.write_bytes(old)
+            if new_dir:
+                shutil.rmtree(data_dir, ignore_errors=True)
+        raise
+
+
+def _write_domain(data_dir: Path, domain: str, tok: Any, tokenizer: dict, tokenizer_path: Path, first: Any,
+                  texts: Iterator, eos_id: int, workers: int, val_fraction: float,
+                  max_tokens: int | None, progress: bool, stats: ReadStats, sources: Any, inputs: Any,
+                  license: Any, fingerprint: str, log: Callable[[str], None]) -> dict[str, Any]:
     mf.update_manifest(data_dir, tokenizer, domain, None)  # never points at half-rewritten files
     docs = _encoded_documents(
         _chunks(itertools.chain([first], texts)), os.fspath(tokenizer_path), eos_id, workers)

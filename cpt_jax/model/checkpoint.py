@@ -138,13 +138,9 @@ def _write_item(item: Any, params: Params) -> None:
         storage.check_free_space(item.parent, needed, "the params checkpoint")
     ckptr = ocp.StandardCheckpointer()
     try:
-        ckptr.save(item, params, force=True)
-        ckptr.wait_until_finished()
-    except Exception as err:  # orbax wraps the OSError of its writer threads
-        if not storage.is_disk_full(err):
-            raise
-        raise UserError(f"{item}: no space left on the device (the params checkpoint needs about "
-                        f"{needed:,} bytes)") from None
+        with storage.full_disk_is_one_line(item, "the params checkpoint", needed):
+            ckptr.save(item, params, force=True)
+            ckptr.wait_until_finished()
     finally:
         ckptr.close()
 
@@ -208,7 +204,9 @@ def restore_params_item(item_dir: Any, shardings: Any = None) -> Params:
     target = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s), specs, shardings)
     ckptr = ocp.StandardCheckpointer()
     try:
-        return ckptr.restore(item_dir, target)
+        return storage.read_remote(item_dir, "the params", lambda: ckptr.restore(item_dir, target))
+    except ConnectionError:  # storage did not answer: exit 75, not a damaged checkpoint
+        raise
     except Exception as err:  # orbax raises many types for a corrupt or partial item
         raise UserError(f"cannot restore params checkpoint {item_dir}: {_one_line(err)}") from None
     finally:
@@ -267,15 +265,16 @@ def load_params(path: Any, shardings: Any = None, allow_nonfinite: bool = False,
     on this process's first device. Every array is checked against its recorded digest, and
     NaN or inf weights are refused unless ``allow_nonfinite`` (one line each)."""
     path = storage.path(path)
-    found = locate(path)
-    if found is None:
-        params, config = hf.load_params(storage.readable_dir(path, "hf"))
-        recorded, where = None, os.fspath(path)
-    else:
-        config, item = found
-        _check_shapes(param_specs(item), config, item)
-        params = restore_params_item(item, shardings)
-        recorded, where = recorded_digest(item), _where(item)
+    with storage.reading(path, "a checkpoint"):
+        found = locate(path)
+        if found is None:
+            params, config = hf.load_params(storage.readable_dir(path, "hf"))
+            recorded, where = None, os.fspath(path)
+        else:
+            config, item = found
+            _check_shapes(param_specs(item), config, item)
+            params = restore_params_item(item, shardings)
+            recorded, where = recorded_digest(item), _where(item)
     digest, nonfinite = integrity.tree_digest(params)
     integrity.compare(recorded, digest, where)
     integrity.refuse_nonfinite(nonfinite, where, allow_nonfinite, hint)
@@ -318,7 +317,9 @@ def param_specs(item_dir: Any) -> Params:
     ckptr = ocp.StandardCheckpointer()
     try:
         with _quiet_absl():
-            meta = ckptr.metadata(storage.path(item_dir))
+            meta = storage.read_remote(item_dir, "the params metadata", lambda: ckptr.metadata(storage.path(item_dir)))
+    except ConnectionError:
+        raise
     except Exception as err:
         raise UserError(f"cannot read params checkpoint {item_dir}: {_one_line(err)}") from None
     finally:

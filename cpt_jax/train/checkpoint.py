@@ -111,14 +111,9 @@ class RunCheckpoints:
 
     def _full_disk_is_one_line(self, step: int | None, write: Any) -> None:
         """Run ``write``; an out-of-space error anywhere in it becomes one UserError line."""
-        try:
+        which = f"checkpoint step {step}" if step is not None else "a checkpoint"
+        with storage.full_disk_is_one_line(self.directory, which, getattr(self, "_needed", 0)):
             write()
-        except Exception as err:  # orbax wraps the OSError of its writer threads
-            if not storage.is_disk_full(err):
-                raise
-            which = f"checkpoint step {step}" if step is not None else "a checkpoint"
-            raise UserError(f"{self.directory}: no space left on the device while writing {which} "
-                            f"(it needs about {getattr(self, '_needed', 0):,} bytes)") from None
 
     def restore(self, step: int, target: TrainState) -> tuple[TrainState, dict[str, Any]]:
         """Restore ``step`` onto ``target``'s shapes and shardings (ShapeDtypeStructs with

@@ -108,7 +108,7 @@ def run(
     pipeline (a ``TrainSource``, or anything with ``.domains`` and ``.batch(step)``; and
     ``{domain: [batch]}``).
     """
-    sharding.maybe_initialize_distributed(cfg)
+    sharding.maybe_initialize_distributed(cfg.mesh)
     wall0 = time.time()
     plan = _plan(cfg, objective, trainable, data)
     with storage.Deadline(cfg.storage.timeout_s, f"opening the run dir {cfg.run_dir}"):

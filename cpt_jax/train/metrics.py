@@ -29,6 +29,7 @@ import numpy as np
 
 from cpt_jax.errors import UserError
 from cpt_jax.run_dir import METRICS, TENSORBOARD, trim_metrics
+from cpt_jax import storage
 from cpt_jax.storage import Mirror
 
 # ungrouped metrics.jsonl keys -> their TensorBoard / W&B tag ("loss" repeats "train/loss")
@@ -122,8 +123,10 @@ class MetricsWriter:
         if not self.enabled:
             return
         clean = {k: _jsonable(v) for k, v in record.items()}
-        self._file.write(json.dumps(clean) + "\n")
-        self._file.flush()
+        line = json.dumps(clean) + "\n"
+        with storage.full_disk_is_one_line(self.path, "a metrics record", len(line.encode())):
+            self._file.write(line)
+            self._file.flush()
         step = int(record["step"])
         scalars = tagged(clean)
         if self._tb is not None:

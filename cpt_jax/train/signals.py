@@ -2,7 +2,9 @@
 
 SIGTERM, SIGHUP (a dropped ssh session) and SIGINT are recorded; the loop asks
 :meth:`StopFlag.should_stop` after each step and saves a checkpoint before it stops. A second
-signal ends the process at once (killed by that signal, no checkpoint).
+signal ends the process at once (killed by that signal, no checkpoint) -- unless it is the same
+signal within ``DUPLICATE_S`` of the first: one event delivered twice (SLURM and a VM shutdown
+signal every process of a job, and a multi-process trainer's supervisor passes it on too).
 
 With several processes they must all stop at the same step. When jax's distributed client runs
 its preemption service (the default), that service owns SIGTERM; the first signal of any kind
@@ -18,12 +20,14 @@ import ctypes
 import os
 import signal
 import sys
+import time
 from typing import Any
 
 import jax
 import numpy as np
 
 SIGNALS: tuple[str, ...] = ("SIGTERM", "SIGHUP", "SIGINT")
+DUPLICATE_S = 1.0  # the same signal again this soon is the same event, delivered twice
 _CODES = {name: i + 1 for i, name in enumerate(SIGNALS)}
 _SA_SIGINFO = 4  # Linux
 _SA_FLAGS_OFFSET = 8 + 128  # struct sigaction (glibc, 64-bit): handler, sigset_t (1024 bits), flags
@@ -84,6 +88,7 @@ class StopFlag:
         self._foreign: _ForeignHandler | None = None
         self._preemption = False
         self._step = int(first_step)
+        self._first_at = 0.0
 
     def install(self) -> None:
         """Take SIGTERM / SIGHUP / SIGINT (main thread only; elsewhere nothing is installed)."""
@@ -100,12 +105,14 @@ class StopFlag:
 
     def _handle(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
+        if self.signal == name and time.monotonic() - self._first_at < DUPLICATE_S:
+            return  # the first one, delivered again (to this process and through its supervisor)
         if self.signal is not None:  # the second signal: stop now
             os.write(2, f"\n{name} again: exiting without a checkpoint\n".encode())
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             os._exit(128 + signum)
-        self.signal = name
+        self.signal, self._first_at = name, time.monotonic()
         os.write(2, f"\n{name}: finishing the step and saving a checkpoint "
                     f"(send it again to exit at once)\n".encode())
         if self._foreign is not None:
