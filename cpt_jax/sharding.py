@@ -94,11 +94,9 @@ def logical_to_spec(names: tuple[str, ...]) -> P:
     return P(*(RULES.get(n) for n in names))
 
 
-def param_shardings(params: Any, mesh: Mesh) -> Any:
-    """NamedSharding per parameter (``params`` may hold arrays or ShapeDtypeStructs)."""
-    from cpt_jax.model import pythia
-
-    axes = pythia.logical_axes(params)
+def param_shardings(params: Any, axes: Any, mesh: Mesh) -> Any:
+    """NamedSharding per parameter (``params`` may hold arrays or ShapeDtypeStructs) from its
+    logical axis names ``axes`` (the same tree of name tuples: ``pythia.logical_axes(params)``)."""
 
     def one(path: tuple, leaf: Any, names: tuple[str, ...]) -> NamedSharding:
         spec = logical_to_spec(names)

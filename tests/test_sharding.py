@@ -49,7 +49,7 @@ def test_rules_give_the_expected_specs():
     cfg = pythia.PythiaConfig(vocab_size=64, hidden_size=16, num_layers=2, num_heads=2)
     shapes = jax.eval_shape(lambda: pythia.init_params(cfg, jax.random.key(0)))
     mesh = sharding.make_mesh(_mesh_cfg())
-    specs = jax.tree.map(lambda s: s.spec, sharding.param_shardings(shapes, mesh))
+    specs = jax.tree.map(lambda s: s.spec, sharding.param_shardings(shapes, pythia.logical_axes(shapes), mesh))
     assert specs["embed_in"] == P("tensor", "fsdp")
     assert specs["layers"]["qkv"]["kernel"] == P(None, "fsdp", "tensor")
     assert specs["layers"]["qkv"]["bias"] == P(None, "tensor")
@@ -61,7 +61,7 @@ def test_optimizer_state_follows_params():
     cfg = pythia.PythiaConfig(vocab_size=64, hidden_size=16, num_layers=2, num_heads=2)
     shapes = jax.eval_shape(lambda: pythia.init_params(cfg, jax.random.key(0)))
     mesh = sharding.make_mesh(_mesh_cfg())
-    ps = sharding.param_shardings(shapes, mesh)
+    ps = sharding.param_shardings(shapes, pythia.logical_axes(shapes), mesh)
     opt = jax.eval_shape(optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3)).init, shapes)
     os_ = sharding.like_params(opt, shapes, ps, mesh)
     adam = os_[1][0]
@@ -81,7 +81,7 @@ def test_indivisible_dimension_is_a_clear_error():
     shapes = jax.eval_shape(lambda: pythia.init_params(cfg, jax.random.key(0)))
     with pytest.raises(UserError, match=r"parameter embed_in dimension 1 \('embed', size 16\) does not "
                                         r"divide by mesh axis 'fsdp' of size 3"):
-        sharding.param_shardings(shapes, _FakeMesh())
+        sharding.param_shardings(shapes, pythia.logical_axes(shapes), _FakeMesh())
 
 
 def test_batch_must_split_over_data_and_fsdp():

@@ -76,7 +76,7 @@ def job(spec: dict) -> dict:
         mesh = sharding.make_mesh(cfg.mesh)
         mcfg = pythia.PythiaConfig.from_config(cfg.model)
         shapes = jax.eval_shape(lambda: pythia.init_params(mcfg, jax.random.key(0)))
-        shard = sharding.param_shardings(shapes, mesh)
+        shard = sharding.param_shardings(shapes, pythia.logical_axes(shapes), mesh)
         host = jax.tree.map(lambda s: np.ones(s.shape, s.dtype), shapes)
         params = sharding.put_global(host, shard)
         per_device = {str(d.id): 0 for d in jax.devices()}

@@ -54,7 +54,7 @@ def ema_params(state: TrainState) -> Any:
 def state_shardings(abstract: TrainState, mesh: Any) -> TrainState:
     """NamedShardings for every leaf: params by the logical-axis rules, optimizer moments,
     param-shaped extras and the EMA like their parameter, ``step`` and other scalars replicated."""
-    p = sharding.param_shardings(abstract.params, mesh)
+    p = sharding.param_shardings(abstract.params, pythia.logical_axes(abstract.params), mesh)
     return TrainState(
         step=sharding.replicated(mesh),
         params=p,
