@@ -82,14 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.config_overrides = [a for a in extra if a.startswith("--config.")]
+    args.argv = argv  # what a supervised `train` runs again as its child
     if args.config_overrides and not getattr(args, "takes_config", False):
         parser.error(f"'{args.verb}' takes no --config.* overrides")
     try:
-        from cpt_jax.train import supervisor
-
-        mesh = supervisor.mesh_to_watch(args)
-        if mesh is not None:  # several processes: a dead or missing peer is one line, exit 75
-            return supervisor.supervise(argv, float(mesh.shutdown_timeout_s))
         code = args.func(args)
     except (UserError, OSError, EOFError) as err:
         # storage or a peer unreachable: a temporary failure (75) that a restart loop retries

@@ -7,7 +7,7 @@ the same whether computed by jit over a sharded array (any mesh, any process cou
 numpy over host chunks, so a checkpoint saved on 256 chips is checked on one CPU. The same pass
 counts the non-finite elements of float arrays.
 
-A training step records ``{"params": {leaf: hex}, "opt_state": ..., "extras": ...}`` in its
+A training step records ``{"params": {leaf: hex}, "opt_state": ..., "extras": ..., "ema": ...}`` in its
 ``meta`` item, with the run's record (``cpt_jax.run_dir.run_record``) and the model; a params
 checkpoint records ``digest.json`` inside its params item. Readers compare and refuse a
 mismatch in one line naming the leaf.

@@ -22,7 +22,7 @@ import numpy as np
 from cpt_jax import checks
 from cpt_jax import lawa as offline
 from cpt_jax import tree_io
-from cpt_jax.run_dir import RunDir
+from cpt_jax.run_dir import PARAMS_ITEM, RunDir
 
 Tree = dict[str, Any]
 
@@ -164,13 +164,13 @@ class OnlineLawa:
     # -- disk store -------------------------------------------------------------------
 
     def _source(self, step: int) -> offline.Source:
-        return offline.Source(f"lawa snapshot {step}", os.fspath(self.dir / str(step) / "params"), {})
+        return offline.Source(f"lawa snapshot {step}", os.fspath(self.dir / str(step) / PARAMS_ITEM), {})
 
     def _save_disk(self, step: int, params: Tree) -> None:
         import orbax.checkpoint as ocp
 
         with ocp.StandardCheckpointer() as ckptr:
-            ckptr.save(self.dir / str(step) / "params", params, force=True)
+            ckptr.save(self.dir / str(step) / PARAMS_ITEM, params, force=True)
             ckptr.wait_until_finished()
 
     def _prune_disk(self) -> None:

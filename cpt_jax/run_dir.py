@@ -10,7 +10,7 @@
     RUN/summary.json          written when the run ends (finished or interrupted)
     RUN/eval.json             ``cpt-jax eval --out``
     RUN/lease.json            the lease of the run writing here (``cpt_jax.lease``)
-    RUN/checkpoints/<step>/   orbax steps: params, opt_state, extras, meta, lawa (meta holds
+    RUN/checkpoints/<step>/   orbax steps: params, opt_state, extras, ema, meta, lawa (meta holds
                               the run's record, the model and the arrays' digests)
     RUN/lawa/<step>/params    online LAWA snapshots (disk store)
     RUN/tensorboard/          TensorBoard events

@@ -77,6 +77,8 @@ def tpu_plans():
     return _compile_many({
         "fsdp": ("v5e-4", SMALL + ["--config.model.attention=splash", "--config.train.batch_size=8"], {}),
         "one_chip": ("v5e-1", SMALL + ["--config.model.attention=splash", "--config.train.batch_size=2"], {}),
+        "one_chip_ema": ("v5e-1", SMALL + ["--config.model.attention=splash", "--config.train.batch_size=2",
+                                           "--config.lawa.ema=0.99"], {}),
         "data_tensor": ("v5e-4", SMALL + ["--config.model.attention=splash", "--config.train.batch_size=8",
                                           "--config.mesh.data=2", "--config.mesh.fsdp=1",
                                           "--config.mesh.tensor=2"], {}),
@@ -105,6 +107,19 @@ def test_tpu_step_compiles_with_the_splash_kernel(tpu_plans, case):
     assert p["fits"] and not p["refused"]
     assert p["attention"].startswith("splash (tpu_custom_call x") and not p["attention"].endswith("x0)")
     assert p["peak_bytes"] == p["argument_bytes"] + p["temp_bytes"] + p["output_bytes"] - p["alias_bytes"]
+
+
+@needs_libtpu
+def test_the_plan_counts_the_params_ema_the_step_carries(tpu_plans):
+    """``lawa.ema`` puts an fp32 copy of the params (and its update count) in the train state:
+    on one chip the step's arguments grow by 4 bytes per parameter, give or take the count."""
+    from cpt_jax import configure
+    from cpt_jax.model import pythia
+
+    cfg = configure.load(str(ROOT / "configs" / "tiny.py"), SMALL)
+    n = pythia.count_params(pythia.PythiaConfig.from_config(cfg.model))
+    grown = tpu_plans["one_chip_ema"]["argument_bytes"] - tpu_plans["one_chip"]["argument_bytes"]
+    assert 4 * n <= grown <= 4 * n + 64, (grown, 4 * n)
 
 
 @needs_libtpu

@@ -87,7 +87,7 @@ def test_other_endings_pass_unchanged(tmp_path, monkeypatch, capfd, stderr, code
 
 
 def test_only_multi_process_training_is_supervised(monkeypatch, tmp_path):
-    from cpt_jax.cli import build_parser
+    from cpt_jax import configure
     from pathlib import Path
 
     tiny = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.py")
@@ -95,9 +95,7 @@ def test_only_multi_process_training_is_supervised(monkeypatch, tmp_path):
         monkeypatch.delenv(var, raising=False)
 
     def args(*extra: str):
-        ns, rest = build_parser().parse_known_args(["train", "--config", tiny, *extra])
-        ns.config_overrides = rest
-        return ns
+        return configure.load(tiny, list(extra)).mesh
 
     assert supervisor.mesh_to_watch(args()) is None
     assert supervisor.mesh_to_watch(args("--config.mesh.distributed=on")).shutdown_timeout_s == 300

@@ -95,18 +95,19 @@ def abstract_step(cfg: Any, devices: list[Any], doremi: bool = False,
     k = _domains(cfg, doremi)
     schedule = make_schedule(cfg.schedule, cfg.optim.peak_lr, cfg.train.steps)
     tx = make_optimizer(cfg.optim, schedule)
-    state = abstract_state(mcfg, tx)
+    state = abstract_state(mcfg, tx, ema=cfg.lawa.ema > 0)  # the params' EMA: one more fp32 copy
     if doremi:
         d = cfg.doremi
         objective = doremi_lib.DoReMiObjective(mcfg, k, state.params, d.eta, d.c, d.normalization,
                                                absent=d.absent, micro_batches=m)
         extras = {"doremi": jax.eval_shape(lambda: doremi_lib.init_state(k)), "reference": state.params}
-        state = TrainState(step=state.step, params=state.params, opt_state=state.opt_state, extras=extras)
+        state = TrainState(step=state.step, params=state.params, opt_state=state.opt_state, extras=extras,
+                           ema=state.ema)
     else:
         objective = NextTokenObjective(mcfg, k, cfg.train.vocab_chunk)
     shard = state_shardings(state, mesh)
     state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, shard)
-    step = make_train_step(objective, tx, schedule, shard, mesh, m)
+    step = make_train_step(objective, tx, schedule, shard, mesh, m, cfg.lawa.ema)
     return step, (state, sharding.abstract_batch(mesh, b, t)), mesh, mcfg
 
 

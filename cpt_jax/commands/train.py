@@ -21,14 +21,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cpt_jax.train import loop
-
     from cpt_jax import configure
-
+    from cpt_jax.train import loop, supervisor
 
     cfg = configure.load(args.config, args.config_overrides)
     if args.force:
         cfg.train.force = True
+    mesh = supervisor.mesh_to_watch(cfg.mesh)
+    if mesh is not None:  # several processes: a dead or missing peer is one line, exit 75
+        return supervisor.supervise(args.argv, float(mesh.shutdown_timeout_s))
     summary = loop.run(cfg)
     import jax
 

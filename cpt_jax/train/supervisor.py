@@ -44,16 +44,14 @@ _PEER_GONE = re.compile(
 _TRACEBACK = "Traceback (most recent call last):"
 
 
-def mesh_to_watch(args: Any) -> Any:
-    """The ``mesh`` section when ``cpt-jax train`` with these parsed arguments runs supervised
-    (it will join several processes: ``mesh.distributed`` on, or auto with a cluster detected;
-    and it is not itself the supervised child); None otherwise."""
-    if args.verb != "train" or os.environ.get(SUPERVISED_ENV):
+def mesh_to_watch(mesh: Any) -> Any:
+    """The ``mesh`` section when a ``cpt-jax train`` with it runs supervised (it will join
+    several processes: ``mesh.distributed`` on, or auto with a cluster detected; and it is not
+    itself the supervised child); None otherwise."""
+    if os.environ.get(SUPERVISED_ENV):
         return None
-    from cpt_jax import config as config_lib
     from cpt_jax.sharding import detect_cluster
 
-    mesh = config_lib.load(args.config, args.config_overrides).mesh
     joins = mesh.distributed == "on" or (mesh.distributed == "auto" and detect_cluster() is not None)
     return mesh if joins else None
 
