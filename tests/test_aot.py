@@ -262,6 +262,15 @@ def test_bad_slice_names_are_one_line_errors(name, words):
         topology.parse(name)
 
 
+def test_the_cli_loads_no_jax_before_a_verb_runs():
+    """`cpt-jax compile` puts its CUDA compiler on the path before jax loads (cuDNN is found
+    only then), so importing the CLI with all its verbs must not import jax."""
+    code = "import sys, cpt_jax.cli; print(sorted(m for m in sys.modules if m.split('.')[0] == 'jax'))"
+    out = subprocess.run([sys.executable, "-c", code], env=_env(), cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout[-500:] + out.stderr[-1000:]
+
+
 def test_the_cuda_plugin_stays_out_of_other_processes():
     """Only processes that import cpt_jax.aot see the CUDA compiler: a plain jax import on this
     GPU-less host prints nothing about CUDA drivers."""

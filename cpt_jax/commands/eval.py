@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from cpt_jax import config as config_lib
-from cpt_jax import configure
 from cpt_jax import storage
 from cpt_jax.errors import UserError
-from cpt_jax.eval import runner
 from cpt_jax.run_dir import CONFIG
 
 
@@ -48,7 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
+    from cpt_jax import configure  # here: jax stays unloaded until a verb runs (see commands/doremi.py)
+    from cpt_jax.eval import runner
 
     run = runner.run_of(args.checkpoint)
     cfg = None

@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cpt_jax import experiment
 from cpt_jax.checks import comma_list
-from cpt_jax.eval import report
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,6 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cpt_jax import experiment  # here: jax stays unloaded until a verb runs (see commands/doremi.py)
+    from cpt_jax.eval import report
+
     shared, runs = experiment.load_experiment(args.config, args.config_overrides)
     summaries = experiment.run_experiment(shared, runs)
     upstream = comma_list(shared.data.upstream)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from cpt_jax import sweep
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep", help="run a grid of runs and collect their losses into one CSV")
@@ -16,6 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cpt_jax import sweep  # here: jax stays unloaded until a verb runs (see commands/doremi.py)
+
     shared, runs = sweep.load_sweep(args.config, args.config_overrides)
     if args.print_commands:
         print("\n".join(sweep.commands(args.config, args.config_overrides, shared, runs)))
