@@ -105,7 +105,9 @@ def _configure_gcs() -> None:
     if not host:
         return
     url = host if "://" in host else f"http://{host}"
-    os.environ.setdefault("TENSORSTORE_GCS_HTTP_URL", url)
+    # tensorstore reads its endpoint from its own variable: keep it on the emulator named now
+    # (a value left by an earlier emulator in this process would send array writes to a dead port)
+    os.environ["TENSORSTORE_GCS_HTTP_URL"] = url
     os.environ.setdefault("GOOGLE_AUTH_TOKEN_FOR_TESTING", "emulator")
     # gcsfs probes the bucket type with real credentials first; an emulator has none
     logging.getLogger("gcsfs").setLevel(logging.ERROR)
