@@ -112,14 +112,15 @@ def test_tpu_step_compiles_with_the_splash_kernel(tpu_plans, case):
 @needs_libtpu
 def test_the_plan_counts_the_params_ema_the_step_carries(tpu_plans):
     """``lawa.ema`` puts an fp32 copy of the params (and its update count) in the train state:
-    on one chip the step's arguments grow by 4 bytes per parameter, give or take the count."""
+    on one chip the step's arguments grow by 4 bytes per parameter, plus the count and the TPU's
+    padding of small arrays (under 1%)."""
     from cpt_jax import configure
     from cpt_jax.model import pythia
 
     cfg = configure.load(str(ROOT / "configs" / "tiny.py"), SMALL)
     n = pythia.count_params(pythia.PythiaConfig.from_config(cfg.model))
     grown = tpu_plans["one_chip_ema"]["argument_bytes"] - tpu_plans["one_chip"]["argument_bytes"]
-    assert 4 * n <= grown <= 4 * n + 64, (grown, 4 * n)
+    assert 4 * n <= grown <= 4 * n * 1.01, (grown, 4 * n)
 
 
 @needs_libtpu
