@@ -326,9 +326,23 @@ def tokenize_domain(
     if first is None:
         raise UserError(f"tokenize {domain}: no non-empty document in {', '.join(map(str, paths))}")
     with _nothing_left_on_error(data_dir, domain):
-        return _write_domain(data_dir, domain, tok, tokenizer, tokenizer_path, first, texts, eos_id,
-                             workers, val_fraction, max_tokens, progress, stats, sources, inputs, license,
-                             fingerprint, log)
+        mf.update_manifest(data_dir, tokenizer, domain, None)  # never points at half-rewritten files
+        docs = _encoded_documents(
+            _chunks(itertools.chain([first], texts)), os.fspath(tokenizer_path), eos_id, workers)
+        train, val = _write_splits(docs, data_dir / domain, dtype_for_vocab(tokenizer["vocab_size"]),
+                                   domain, val_fraction, max_tokens, _Progress(domain, progress))
+        _report(domain, stats, val.num_documents, val_fraction, log)
+        entry = {
+            "train": f"{domain}/train", "val": f"{domain}/val",
+            "train_tokens": train.num_tokens, "val_tokens": val.num_tokens,
+            "train_documents": train.num_documents, "val_documents": val.num_documents,
+            "sources": sources if sources is not None else [
+                {"name": os.fspath(p), "license": license} for p in map(Path, inputs)],
+            "license": license, "fingerprint": fingerprint,
+        }
+        mf.update_manifest(data_dir, tokenizer, domain, entry)
+        write_token_bytes(data_dir, tok, eos_id)
+        return entry
 
 
 @contextlib.contextmanager
@@ -350,29 +364,6 @@ def _nothing_left_on_error(data_dir: Path, domain: str) -> Iterator[None]:
             if new_dir:
                 shutil.rmtree(data_dir, ignore_errors=True)
         raise
-
-
-def _write_domain(data_dir: Path, domain: str, tok: Any, tokenizer: dict, tokenizer_path: Path, first: Any,
-                  texts: Iterator, eos_id: int, workers: int, val_fraction: float,
-                  max_tokens: int | None, progress: bool, stats: ReadStats, sources: Any, inputs: Any,
-                  license: Any, fingerprint: str, log: Callable[[str], None]) -> dict[str, Any]:
-    mf.update_manifest(data_dir, tokenizer, domain, None)  # never points at half-rewritten files
-    docs = _encoded_documents(
-        _chunks(itertools.chain([first], texts)), os.fspath(tokenizer_path), eos_id, workers)
-    train, val = _write_splits(docs, data_dir / domain, dtype_for_vocab(tokenizer["vocab_size"]),
-                               domain, val_fraction, max_tokens, _Progress(domain, progress))
-    _report(domain, stats, val.num_documents, val_fraction, log)
-    entry = {
-        "train": f"{domain}/train", "val": f"{domain}/val",
-        "train_tokens": train.num_tokens, "val_tokens": val.num_tokens,
-        "train_documents": train.num_documents, "val_documents": val.num_documents,
-        "sources": sources if sources is not None else [
-            {"name": os.fspath(p), "license": license} for p in map(Path, inputs)],
-        "license": license, "fingerprint": fingerprint,
-    }
-    mf.update_manifest(data_dir, tokenizer, domain, entry)
-    write_token_bytes(data_dir, tok, eos_id)
-    return entry
 
 
 def _report(domain: str, stats: ReadStats, val_docs: int, val_fraction: float,
