@@ -16,8 +16,8 @@ from experiments.repro import settings
 
 def get_config(size="full"):
     c = settings.base_config(size, "runs/repro/pretrain")
-    c.train.steps = settings.steps(size, 300)
-    c.train.eval_every = settings.steps(size, 50, 2)
+    c.train.steps = settings.steps(size, 600)
+    c.train.eval_every = settings.steps(size, 100, 2)
     c.data.domains = ",".join(settings.UPSTREAM)
     c.data.weights = settings.uniform(settings.UPSTREAM)
     c.data.upstream = ",".join(settings.UPSTREAM)

@@ -4,7 +4,7 @@ hold-out fraction is recovered from the document split."""
 import numpy as np
 
 from cpt_jax.data.tokenize import is_val_document
-from experiments.repro import vocab, vocab_eval
+from experiments.repro import corpus_bpe, vocab, vocab_eval
 
 
 def test_windows_score_every_target_once():
@@ -20,7 +20,7 @@ def test_windows_score_every_target_once():
 def test_val_fraction_is_recovered_from_the_split():
     for frac in (0.05, 0.2):
         n_val = sum(is_val_document(i, "math", frac) for i in range(116))
-        got = vocab._val_fraction("math", 116, n_val)
+        got = corpus_bpe.val_fraction("math", 116, n_val)
         assert [is_val_document(i, "math", got) for i in range(116)] == \
             [is_val_document(i, "math", frac) for i in range(116)]
 

@@ -53,8 +53,8 @@ def experiments_package(cwd: Path | None = None) -> ModuleType:
 
 def run(args: argparse.Namespace) -> int:
     repro = experiments_package()
-    from experiments.repro import report
-    from experiments.repro.common import Context, timed
+    from experiments.repro import corpus_bpe, report, settings
+    from experiments.repro.common import Context, compilation_cache, timed
 
     parts = list(repro.PARTS) if args.parts == "all" else [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = [p for p in parts if p not in repro.PARTS]
@@ -62,13 +62,18 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--parts: unknown part {unknown[0]!r} (parts: {', '.join(repro.PARTS)})")
     if not (Path(args.data) / "manifest.json").is_file():
         raise UserError(f"--data {args.data}: no manifest.json (build it: cpt-jax corpus --out {args.data})")
-    ctx = Context(data_dir=args.data, runs=Path(args.runs), images=Path(args.images), size=args.size)
-    for part in parts:
-        print(f"== reproduce {part} ==", flush=True)
-        module = importlib.import_module(f"experiments.repro.{part}")
-        section = timed(lambda module=module: module.run(ctx), ctx.part_dir(part))
-        section.save(ctx.part_dir(part))
-        print(f"{part}: {section.verdict} ({section.minutes:.1f} min)", flush=True)
+    data = args.data
+    vocab = settings.BPE_VOCAB[args.size]
+    if vocab:  # the corpus re-tokenized with a small BPE trained on it (once)
+        data = corpus_bpe.retokenize(args.data, f"{args.data.rstrip('/')}_bpe{vocab}", vocab)
+    ctx = Context(data_dir=data, runs=Path(args.runs), images=Path(args.images), size=args.size)
+    with compilation_cache(ctx.runs / "jax_cache"):
+        for part in parts:
+            print(f"== reproduce {part} ==", flush=True)
+            module = importlib.import_module(f"experiments.repro.{part}")
+            section = timed(lambda module=module: module.run(ctx), ctx.part_dir(part))
+            section.save(ctx.part_dir(part))
+            print(f"{part}: {section.verdict} ({section.minutes:.1f} min)", flush=True)
     command = "cpt-jax reproduce" + ("" if args.size == "full" else f" --size {args.size}")
     path = report.write(ctx.runs, Path(args.out), command)
     print(f"report: {path}")

@@ -4,13 +4,14 @@ is :mod:`experiments.repro.stats`)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -130,6 +131,29 @@ def _jsonable(x: Any) -> Any:
     if isinstance(x, np.ndarray):
         return x.tolist()
     return str(x)
+
+
+@contextlib.contextmanager
+def compilation_cache(folder: Path) -> Iterator[None]:
+    """Keep every compiled step and eval under ``folder`` (jax's persistent cache) while the
+    block runs, so the many runs of one shape compile once: about 15 s of a 20 s short run on
+    2 CPU cores. A cache the user chose (``JAX_COMPILATION_CACHE_DIR``) is left as it is."""
+    import jax
+
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    settings = {"jax_compilation_cache_dir": str(folder), "jax_persistent_cache_min_compile_time_secs": 0.0,
+                "jax_persistent_cache_min_entry_size_bytes": 0}
+    before = {k: jax.config.values[k] for k in settings}
+    for k, v in settings.items():
+        jax.config.update(k, v)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            jax.config.update(k, v)
 
 
 def training_minutes(folder: Path) -> float:

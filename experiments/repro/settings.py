@@ -1,7 +1,8 @@
 """What every reproduction shares: the domains, the model, the batch and the three sizes.
 
-``full`` is the CPU-scale setting of ``docs/reproductions.md`` (a d = 64, L = 2 Pythia with
-Pythia's 50k vocabulary, 8 x 128 tokens per step); ``tiny`` is a few steps of a smaller model,
+``full`` is the CPU-scale setting of ``docs/reproductions.md`` (a d = 128, L = 6 Pythia with a
+4k byte-level BPE trained on the corpus, ``corpus_bpe``: 53% of its parameters in the transformer,
+8 x 128 tokens per step); ``tiny`` is a few steps of a smaller model,
 for the test that keeps the pipeline from rotting; ``gpu`` is Pythia-70m's shape (d = 512,
 L = 6, 8 heads), 16 x 512 tokens per step and ``GPU_STEPS`` x the full size's steps, for one
 accelerator (``bench/repro_part.py``).
@@ -16,7 +17,9 @@ from cpt_jax.config import ConfigDict, base
 from cpt_jax.errors import UserError
 
 SIZES = ("full", "tiny", "gpu")
-LAYERS = {"full": 2, "tiny": 1, "gpu": 6}  # also how a config tells its size
+LAYERS = {"full": 6, "tiny": 1, "gpu": 6}
+HEADS = {"full": 4, "tiny": 2, "gpu": 8}  # also how a config tells its size
+BPE_VOCAB = {"full": 4096, "tiny": None, "gpu": None}  # the corpus re-tokenized (gpu, tiny: synthetic)
 GPU_STEPS = 2
 UPSTREAM = ("books", "legal", "techdocs", "science", "reference")  # the "general" pretraining data
 DOMAIN_A = "code_python"  # the first new domain of a continuation
@@ -40,8 +43,8 @@ def steps(size: str, full: int, tiny: int = 4) -> int:
 
 
 def size_of(c: ConfigDict) -> str:
-    """The size a config was made at (from its number of layers)."""
-    return next(k for k, n in LAYERS.items() if n == int(c.model.num_layers))
+    """The size a config was made at (from its number of heads)."""
+    return next(k for k, n in HEADS.items() if n == int(c.model.num_heads))
 
 
 def uniform(domains: tuple[str, ...] | list[str]) -> str:
@@ -54,11 +57,11 @@ def base_config(size: str, run_dir: str) -> ConfigDict:
     size = check_size(size)
     c = base()
     c.run_dir = run_dir
-    c.model.vocab_size = 50304  # Pythia's tokenizer (50,277 ids) padded to a multiple of 128
+    c.model.vocab_size = 50304  # Pythia's tokenizer padded; the data dir's tokenizer sets it (Context)
     pick = lambda full, tiny, gpu: {"full": full, "tiny": tiny, "gpu": gpu}[size]  # noqa: E731
-    c.model.hidden_size = pick(64, 16, 512)
+    c.model.hidden_size = pick(128, 16, 512)
     c.model.num_layers = LAYERS[size]
-    c.model.num_heads = pick(4, 2, 8)
+    c.model.num_heads = HEADS[size]
     c.train.batch_size = pick(8, 4, 16)
     c.train.seq_len = pick(128, 32, 512)
     c.train.log_every = pick(25, 2, 50)

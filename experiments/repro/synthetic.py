@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments.repro.corpus_bpe import train_bpe
 from experiments.repro.settings import ALL_DOMAINS
 
 SHARED = ["the", "of", "and", "to", "in", "is", "for", "on", "with", "as",
@@ -59,21 +60,6 @@ def documents(domain: str, shape: Shape, rng: np.random.Generator) -> list[str]:
         seq[:, t] = state
         state = successors[state, rng.integers(0, SUCCESSORS, shape.docs)]
     return [" ".join(words[seq[i, :n]]) for i, n in enumerate(lengths)]
-
-
-def train_bpe(texts: list[str], vocab_size: int, path: Path) -> Path:
-    """A byte-level BPE of ``vocab_size`` ids trained on ``texts`` (``<|endoftext|>`` = 0),
-    written as ``tokenizer.json`` to ``path``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<|endoftext|>"], show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok.save(str(path))
-    return path
 
 
 def build(root: Path, size: str = "tiny", seed: int = 0) -> Path:

@@ -14,7 +14,6 @@ with domain tokens added (``cpt-jax vocab extend``, subword-mean initialisation 
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import json
 import math
 from pathlib import Path
@@ -22,37 +21,18 @@ from typing import Any
 
 import numpy as np
 
-from cpt_jax.data import readers
 from cpt_jax.data.indexed import IndexedDataset
 from cpt_jax.data.manifest import load_manifest, local_data_dir
 from cpt_jax.data.tokenize import is_val_document, load_token_bytes, tokenize_domain
 from cpt_jax.errors import UserError
 from cpt_jax.eval.report_plots import pyplot, save_figure
 from cpt_jax.vocab import extend_checkpoint
-from experiments.repro import common, settings, stats, vocab_eval
+from experiments.repro import common, corpus_bpe, settings, stats, vocab_eval
 from experiments.repro.common import Context, Section, md_table, mean_sd, rewarm_text
 
 PART = "vocab"
 STEP0_MAX = 0.75  # "well below uniform": the step-0 loss at most 0.75 ln V
 NONINFERIORITY = 0.02  # "matches": the extended bpb at most 2% above the base
-VAL_FRACTIONS = (0.05, 0.2, 0.1, 0.02, 0.01, 0.03, 0.15, 0.25)  # corpus default first
-
-
-def _val_fraction(domain: str, n_docs: int, n_val: int) -> float:
-    """The hold-out fraction that puts ``n_val`` of documents ``0..n_docs-1`` in ``val``."""
-    for f in VAL_FRACTIONS:
-        picked = sum(is_val_document(i, domain, f) for i in range(n_docs))
-        if picked == n_val or (picked == 0 and n_val == 1):
-            return f
-    raise UserError(f"{domain}: no known val fraction puts {n_val} of {n_docs} documents in val")
-
-
-def _write_jsonl(path: Path, docs: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with gzip.open(tmp, "wt", encoding="utf-8") as f:
-        f.writelines(json.dumps({"text": d}) + "\n" for d in docs)
-    tmp.replace(path)
 
 
 def prepare(ctx: Context, domain: str, pretrained: str) -> dict:
@@ -69,18 +49,12 @@ def prepare(ctx: Context, domain: str, pretrained: str) -> dict:
         base_tok = fetch_assets(log=ctx.log).tokenizer
     if base_tok is None or file_sha256(base_tok) != manifest["tokenizer"]["sha256"]:
         raise UserError(f"{ctx.data_dir}: the tokenizer {name} is not available with the manifest's sha256")
-    n_docs, n_val = entry["train_documents"] + entry["val_documents"], entry["val_documents"]
-    frac = _val_fraction(domain, n_docs, n_val)
-    raw = local_data_dir(ctx.data_dir) / "_cache" / "raw" / f"{domain}.jsonl.gz"
+    n_val = entry["val_documents"]
     all_file, train_file = work / "raw" / f"{domain}.jsonl.gz", work / "raw" / "train_only.jsonl.gz"
+    docs, frac = corpus_bpe.raw_documents(ctx.data_dir, domain)
     if not (all_file.is_file() and train_file.is_file()):
-        docs = []
-        for doc in readers.iter_documents(readers.expand_inputs([raw])):
-            docs.append(doc)
-            if len(docs) == n_docs:
-                break
-        _write_jsonl(train_file, [d for i, d in enumerate(docs) if not is_val_document(i, domain, frac)])
-        _write_jsonl(all_file, docs)
+        corpus_bpe.write_jsonl(train_file, [d for i, d in enumerate(docs) if not is_val_document(i, domain, frac)])
+        corpus_bpe.write_jsonl(all_file, docs)
     ext = work / "extend"
     if not (ext / "vocab.json").is_file():
         new_tokens = ctx.module(PART).NEW_TOKENS[ctx.size]
