@@ -43,6 +43,7 @@ def test_part_runs_judges_and_reports(part, data_dir, tmp_path):
                                   for p in section.images)
     doc = (tmp_path / "repro.md").read_text()
     assert f"## {section.title}" in doc and f"**Verdict: {section.verdict}.**" in doc
+    assert "**The designs**" in doc and "**The model.**" in doc
     json.dumps(section.numbers)  # the record is plain JSON
     # run again: every run is finished, nothing trains
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("summary.json")}

@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 
 from experiments.repro import PARTS
-from experiments.repro.common import Section, training_minutes
+from cpt_jax.errors import UserError
+from experiments.repro.common import Section, final_losses, training_minutes
 
 INTRO = """\
 Which of the papers' headline findings hold in cpt-jax, re-measured at CPU scale: tiny Pythia
@@ -45,13 +46,31 @@ def section_markdown(s: Section, out: Path) -> str:
     return "\n".join(lines)
 
 
+DESIGNS = Path(__file__).with_name("designs.md")  # the designs and the model, kept by hand
+
+
+def pretraining_line(runs: Path) -> str:
+    """The shared pretraining's held-out loss at its end (mean and worst over its domains),
+    read from its summary; empty before it has run."""
+    try:
+        losses = final_losses(runs / "pretrain" / "cosine")
+    except (OSError, ValueError, UserError):
+        return ""
+    if not losses:
+        return ""
+    worst = max(losses, key=losses.get)
+    return (f"In this run the shared pretraining ended at {sum(losses.values()) / len(losses):.2f} "
+            f"nats per token on the held-out general domains (mean; worst {worst} "
+            f"{losses[worst]:.2f}).\n")
+
+
 def write(runs: Path, out: Path, command: str) -> Path:
     """Gather ``runs/<part>/section.json`` of every part into ``out`` (parts not run yet are
     listed as such)."""
     sections = {p: Section.load(runs / p) for p in PARTS}
     done = [s for s in sections.values() if s is not None]
     minutes = sum(s.minutes for s in done)
-    head = ["# Reproductions", "", INTRO,
+    head = ["# Reproductions", "", INTRO, DESIGNS.read_text(), pretraining_line(runs),
             f"Generated on {time.strftime('%Y-%m-%d')} by `{command}` on {platform.machine()} "
             f"({os.cpu_count()} CPU cores): {minutes:.0f} minutes of wall time as the parts ran (upper "
             "bounds when other jobs shared the machine), the shared pretraining "
