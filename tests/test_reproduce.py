@@ -68,3 +68,32 @@ def test_without_a_checkout_says_what_to_do_in_one_line(tmp_path, monkeypatch, c
     assert main(["reproduce", "--data", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert reproduce.NO_CHECKOUT in err and "\n" not in err
+
+
+def test_reproduce_trains_on_the_corpus_retokenized_with_its_bpe(data_dir, tmp_path, monkeypatch):
+    """With a BPE size set, the parts see the re-tokenized copy of --data, and the compilation
+    cache is on while they run and off after."""
+    import shutil
+
+    import jax
+
+    from experiments.repro import rewarm, settings
+
+    data = tmp_path / "ten"
+    shutil.copytree(data_dir, data)
+    monkeypatch.setitem(settings.BPE_VOCAB, "tiny", 300)
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    seen = {}
+
+    def fake_run(ctx):
+        seen["data"], seen["cache"] = ctx.data_dir, jax.config.values["jax_compilation_cache_dir"]
+        return Section(part="rewarm", title="t", claim="c", source="s", setting="x", table="|",
+                       verdict=VERDICTS[0], why="w")
+
+    monkeypatch.setattr(rewarm, "run", fake_run)
+    before = jax.config.values["jax_compilation_cache_dir"]
+    assert _reproduce(tmp_path, data, "rewarm") == 0
+    assert seen["data"] == f"{data}_bpe300"
+    assert json.loads((tmp_path / "ten_bpe300" / "manifest.json").read_text())["tokenizer"]["vocab_size"] == 300
+    assert seen["cache"] == str(tmp_path / "runs" / "jax_cache")
+    assert jax.config.values["jax_compilation_cache_dir"] == before
