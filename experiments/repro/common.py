@@ -144,10 +144,10 @@ def compilation_cache(folder: Path) -> Iterator[None]:
         yield
         return
     folder.mkdir(parents=True, exist_ok=True)
-    settings = {"jax_compilation_cache_dir": str(folder), "jax_persistent_cache_min_compile_time_secs": 0.0,
-                "jax_persistent_cache_min_entry_size_bytes": 0}
-    before = {k: jax.config.values[k] for k in settings}
-    for k, v in settings.items():
+    options = {"jax_compilation_cache_dir": str(folder), "jax_persistent_cache_min_compile_time_secs": 0.0,
+               "jax_persistent_cache_min_entry_size_bytes": 0}
+    before = {k: jax.config.values[k] for k in options}
+    for k, v in options.items():
         jax.config.update(k, v)
     try:
         yield

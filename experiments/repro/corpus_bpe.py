@@ -50,13 +50,18 @@ def val_fraction(domain: str, n_docs: int, n_val: int) -> float:
     raise UserError(f"{domain}: no known val fraction puts {n_val} of {n_docs} documents in val")
 
 
+def split_fraction(entry: dict, domain: str) -> float:
+    """The val fraction that split a domain's documents, from its manifest ``entry``."""
+    return val_fraction(domain, entry["train_documents"] + entry["val_documents"], entry["val_documents"])
+
+
 def raw_documents(data_dir: str | Path, domain: str) -> tuple[list[str], float]:
     """The documents a data dir's ``domain`` was tokenized from (its raw cache, in order) and
     the val fraction that split them."""
     entry = load_manifest(str(data_dir))["domains"].get(domain)
     if entry is None:
         raise UserError(f"{data_dir}: no domain {domain!r} (build it: cpt-jax corpus --out {data_dir})")
-    n_docs, n_val = entry["train_documents"] + entry["val_documents"], entry["val_documents"]
+    n_docs = entry["train_documents"] + entry["val_documents"]
     raw = local_data_dir(str(data_dir)) / "_cache" / "raw" / f"{domain}.jsonl.gz"
     if not raw.is_file():
         raise UserError(f"{raw} not found: the data dir was not built by `cpt-jax corpus`")
@@ -67,7 +72,7 @@ def raw_documents(data_dir: str | Path, domain: str) -> tuple[list[str], float]:
             break
     if len(docs) != n_docs:
         raise UserError(f"{raw}: {len(docs)} documents, the manifest counts {n_docs}")
-    return docs, val_fraction(domain, n_docs, n_val)
+    return docs, split_fraction(entry, domain)
 
 
 def write_jsonl(path: Path, docs: list[str]) -> None:
@@ -79,29 +84,36 @@ def write_jsonl(path: Path, docs: list[str]) -> None:
     tmp.replace(path)
 
 
+def tokenize_like(raw: Path, domain: str, out: str | Path, tokenizer: str | Path, base: dict,
+                  log: Callable[[str], None] = print) -> dict:
+    """Tokenize ``raw`` (a domain's documents, in order) into ``out`` with ``tokenizer``, split
+    like the base data's manifest ``entry`` ``base``; UserError when the split differs."""
+    entry = tokenize_domain([raw], domain, out, tokenizer, val_fraction=split_fraction(base, domain),
+                            workers=1, progress=False, log=log)
+    for key in ("train_documents", "val_documents"):
+        if entry[key] != base[key]:
+            raise UserError(f"re-tokenized {domain}: {key} {entry[key]} != {base[key]} of the base data")
+    return entry
+
+
 def retokenize(data_dir: str, out: str | Path, vocab_size: int,
                log: Callable[[str], None] = print) -> str:
     """``data_dir``'s domains re-tokenized into ``out`` with a ``vocab_size`` BPE trained on
     their training documents; a finished ``out`` is returned as it is."""
     out = Path(out)
-    domains = sorted(load_manifest(data_dir)["domains"])
+    base = load_manifest(data_dir)["domains"]
     manifest = out / "manifest.json"
-    if manifest.is_file() and set(domains) <= set(load_manifest(str(out))["domains"]):
+    if manifest.is_file() and set(base) <= set(load_manifest(str(out))["domains"]):
         return str(out)
-    corpus = {d: raw_documents(data_dir, d) for d in domains}
+    corpus = {d: raw_documents(data_dir, d) for d in sorted(base)}
     training = [doc for d, (docs, frac) in corpus.items()
                 for i, doc in enumerate(docs) if not is_val_document(i, d, frac)]
     tokenizer = out / TOKENIZER_FILE
     if not tokenizer.is_file():
         log(f"training a {vocab_size}-id byte-level BPE on {len(training):,} training documents")
         train_bpe(training, vocab_size, tokenizer)
-    base = load_manifest(data_dir)["domains"]
-    for domain, (docs, frac) in corpus.items():
+    for domain, (docs, _) in corpus.items():
         raw = out / "_cache" / "raw" / f"{domain}.jsonl.gz"
         write_jsonl(raw, docs)
-        entry = tokenize_domain([raw], domain, out, tokenizer, val_fraction=frac, workers=1,
-                                progress=False, log=log)
-        for key in ("train_documents", "val_documents"):
-            if entry[key] != base[domain][key]:
-                raise UserError(f"re-tokenized {domain}: {key} {entry[key]} != {base[domain][key]} of {data_dir}")
+        tokenize_like(raw, domain, out, tokenizer, base[domain], log)
     return str(out)

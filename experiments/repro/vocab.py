@@ -23,7 +23,7 @@ import numpy as np
 
 from cpt_jax.data.indexed import IndexedDataset
 from cpt_jax.data.manifest import load_manifest, local_data_dir
-from cpt_jax.data.tokenize import is_val_document, load_token_bytes, tokenize_domain
+from cpt_jax.data.tokenize import is_val_document, load_token_bytes
 from cpt_jax.errors import UserError
 from cpt_jax.eval.report_plots import pyplot, save_figure
 from cpt_jax.vocab import extend_checkpoint
@@ -49,10 +49,10 @@ def prepare(ctx: Context, domain: str, pretrained: str) -> dict:
         base_tok = fetch_assets(log=ctx.log).tokenizer
     if base_tok is None or file_sha256(base_tok) != manifest["tokenizer"]["sha256"]:
         raise UserError(f"{ctx.data_dir}: the tokenizer {name} is not available with the manifest's sha256")
-    n_val = entry["val_documents"]
+    n_val, frac = entry["val_documents"], corpus_bpe.split_fraction(entry, domain)
     all_file, train_file = work / "raw" / f"{domain}.jsonl.gz", work / "raw" / "train_only.jsonl.gz"
-    docs, frac = corpus_bpe.raw_documents(ctx.data_dir, domain)
     if not (all_file.is_file() and train_file.is_file()):
+        docs, _ = corpus_bpe.raw_documents(ctx.data_dir, domain)
         corpus_bpe.write_jsonl(train_file, [d for i, d in enumerate(docs) if not is_val_document(i, domain, frac)])
         corpus_bpe.write_jsonl(all_file, docs)
     ext = work / "extend"
@@ -60,11 +60,7 @@ def prepare(ctx: Context, domain: str, pretrained: str) -> dict:
         new_tokens = ctx.module(PART).NEW_TOKENS[ctx.size]
         extend_checkpoint(pretrained, [str(train_file)], new_tokens, str(ext), base_tokenizer=str(base_tok))
     data = work / "data"
-    new = tokenize_domain([all_file], domain, data, ext / "tokenizer.json", val_fraction=frac,
-                          workers=1, progress=False, log=ctx.log)
-    for key in ("train_documents", "val_documents"):
-        if new[key] != entry[key]:
-            raise UserError(f"re-tokenized {domain}: {key} {new[key]} != {entry[key]} of the base data")
+    corpus_bpe.tokenize_like(all_file, domain, data, ext / "tokenizer.json", entry, ctx.log)
     base_val = vocab_eval.val_text(ctx.data_dir, domain, base_tok)
     ext_val = vocab_eval.val_text(str(data), domain, ext / "tokenizer.json")
     if base_val != ext_val:
